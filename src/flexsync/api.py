@@ -1,0 +1,65 @@
+"""The ASGI application: API routers, operations endpoints, and the process's shared resources."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.responses import Response
+
+from flexsync import __version__
+from flexsync.config import Settings, get_settings
+from flexsync.customers.endpoints import router as customers_router
+from flexsync.db import create_engine, session_factory
+from flexsync.deps import Database
+from flexsync.kit.errors import error_response, install_error_handlers
+from flexsync.kit.json import JSONResponse
+from flexsync.kit.middleware import BodySizeLimit, DefaultJSONContentType
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url)
+        app.state.db = Database(settings=settings, engine=engine, sessions=session_factory(engine))
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="flexsync",
+        version=__version__,
+        description="Two-way customer sync between a FlexPrice-compatible customer API and Stripe.",
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+    )
+    install_error_handlers(app)
+    app.add_middleware(DefaultJSONContentType)
+    app.add_middleware(BodySizeLimit)
+    app.include_router(customers_router)
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz() -> Response:
+        db: Database = app.state.db
+        try:
+            async with db.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception as exc:  # any failure to reach the database means not ready
+            return error_response(503, "internal_error", f"database unreachable: {type(exc).__name__}")
+        return JSONResponse({"status": "ready", "database": db.engine.dialect.name})
+
+    @app.get("/metrics", tags=["operations"])
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,185 @@
+"""The `flexsync` command line: serve, migrate, and manage tenants, environments and API keys."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flexsync.config import Settings, get_settings
+from flexsync.db import create_engine, migrate, session_factory, transaction
+from flexsync.kit.errors import APIError
+from flexsync.logs import configure_logging
+from flexsync.tenancy import service as tenancy
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="flexsync: two-way customer sync between FlexPrice-style billing and Stripe.", no_args_is_help=True
+)
+tenant_app = typer.Typer(help="Manage tenants.", no_args_is_help=True)
+environment_app = typer.Typer(help="Manage environments.", no_args_is_help=True)
+api_key_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(environment_app, name="environment")
+app.add_typer(api_key_app, name="api-key")
+
+console = Console()
+err_console = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
+
+
+def _in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def runner() -> T:
+        engine = create_engine(settings.database_url, null_pool=True)
+        try:
+            async with transaction(session_factory(engine)) as session:
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(runner())
+    except APIError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(code=1) from None
+
+
+def _emit(as_json: bool, data: dict[str, Any], lines: list[str]) -> None:
+    if as_json:
+        typer.echo(json.dumps(data))
+    else:
+        for line in lines:
+            console.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command("migrate")
+def migrate_command() -> None:
+    """Apply database migrations."""
+    settings = get_settings()
+    migrate(settings.database_url)
+    console.print("database is up to date")
+
+
+@tenant_app.command("create")
+def tenant_create(
+    name: str,
+    id: Annotated[str | None, typer.Option("--id", help="Tenant id (default: tenant_<ULID>).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a tenant."""
+    tenant = _in_transaction(get_settings(), lambda s: tenancy.create_tenant(s, name, id))
+    _emit(as_json, {"tenant_id": tenant.id}, [f"tenant created: {tenant.id}"])
+
+
+@environment_app.command("create")
+def environment_create(
+    name: str,
+    tenant: Annotated[str, typer.Option("--tenant", help="Tenant id.")],
+    id: Annotated[str | None, typer.Option("--id", help="Environment id (default: env_<ULID>).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create an environment in a tenant."""
+    settings = get_settings()
+    env = _in_transaction(settings, lambda s: tenancy.create_environment(s, tenant, name, id))
+    url = settings.webhook_url(tenant, env.id)
+    _emit(
+        as_json,
+        {"tenant_id": tenant, "environment_id": env.id, "webhook_url": url},
+        [f"environment created: {env.id}", f"Stripe webhook URL: {url}"],
+    )
+
+
+@api_key_app.command("create")
+def api_key_create(
+    tenant: Annotated[str, typer.Option("--tenant", help="Tenant id.")],
+    environment: Annotated[str, typer.Option("--environment", help="Environment id.")],
+    name: Annotated[str, typer.Option("--name", help="A label for the key.")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Create an API key for one tenant and environment. The key is printed once; only its hash is kept."""
+    issued = _in_transaction(get_settings(), lambda s: tenancy.create_api_key(s, tenant, environment, name))
+    _emit(
+        as_json,
+        {"tenant_id": tenant, "environment_id": environment, "api_key": issued.key},
+        [f"API key (shown once, store it now): {issued.key}"],
+    )
+
+
+@api_key_app.command("revoke")
+def api_key_revoke(key_id: str) -> None:
+    """Revoke an API key by its id (key_...)."""
+    _in_transaction(get_settings(), lambda s: tenancy.revoke_api_key(s, key_id))
+    console.print(f"API key {key_id} revoked")
+
+
+def _bootstrap_lines(settings: Settings, result: tenancy.Bootstrap) -> list[str]:
+    return [
+        f"tenant:       {result.tenant_id}",
+        f"environment:  {result.environment_id}",
+        f"API key:      {result.api_key.key}   (shown once: store it now)",
+        f"Stripe webhook URL: {settings.webhook_url(result.tenant_id, result.environment_id)}",
+    ]
+
+
+@app.command("bootstrap")
+def bootstrap_command(as_json: JsonFlag = False) -> None:
+    """Create a default tenant, environment and API key; on a bootstrapped database, a new key."""
+    settings = get_settings()
+    migrate(settings.database_url)
+    result = _in_transaction(settings, tenancy.bootstrap)
+    assert result is not None
+    data = {
+        "tenant_id": result.tenant_id,
+        "environment_id": result.environment_id,
+        "api_key": result.api_key.key,
+        "webhook_url": settings.webhook_url(result.tenant_id, result.environment_id),
+    }
+    _emit(as_json, data, _bootstrap_lines(settings, result))
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default FLEXSYNC_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default FLEXSYNC_PORT).")] = None,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="Do not run the embedded sync worker.")
+    ] = False,
+    no_migrate: Annotated[
+        bool, typer.Option("--no-migrate", help="Do not apply migrations at start.")
+    ] = False,
+) -> None:
+    """Serve the API and dashboard (with an embedded worker unless --no-worker)."""
+    import uvicorn
+
+    from flexsync.api import create_app
+
+    settings = get_settings()
+    settings.host = host or settings.host
+    settings.port = port or settings.port
+    configure_logging(settings.log_level, settings.log_format)
+    if not no_migrate:
+        migrate(settings.database_url)
+    first = _in_transaction(settings, lambda s: tenancy.bootstrap(s, new_key_when_present=False))
+    if first is not None:
+        console.print("[bold]First start: created a default tenant, environment and API key[/bold]")
+        for line in _bootstrap_lines(settings, first):
+            console.print(line, highlight=False, soft_wrap=True)
+    settings.run_worker = not no_worker
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+    )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Customers: the FlexPrice-compatible customer API and its rules."""

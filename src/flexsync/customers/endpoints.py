@@ -1,0 +1,128 @@
+"""HTTP endpoints of the FlexPrice-compatible customer API (`/v1/customers`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from starlette.responses import Response
+
+from flexsync.customers import repository, service
+from flexsync.customers.repository import CustomerQuery
+from flexsync.customers.schemas import CustomerCreate, CustomerSearch, CustomerStatusFilter, CustomerUpdate
+from flexsync.deps import DB, AuthScope
+from flexsync.kit.errors import NotFound, ValidationFailed
+from flexsync.kit.json import JSONResponse
+from flexsync.kit.pagination import MAX_LIMIT, Page, page_body
+
+router = APIRouter(prefix="/v1/customers", tags=["customers"])
+
+
+@router.post("", status_code=201)
+async def create_customer(body: CustomerCreate, scope: AuthScope, db: DB) -> JSONResponse:
+    async with db.transaction() as session:
+        customer = await service.create_customer(session, scope, body, actor=scope.api_key_id)
+        payload = service.customer_to_dict(customer)
+    return JSONResponse(payload, status_code=201)
+
+
+@router.get("")
+async def list_customers(
+    scope: AuthScope,
+    db: DB,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    external_id: str | None = None,
+    email: str | None = None,
+    status: CustomerStatusFilter = "published",
+) -> JSONResponse:
+    query = CustomerQuery(
+        status=status,
+        external_ids=[external_id] if external_id is not None else None,
+        email=email,
+    )
+    async with db.sessions() as session:
+        items, total = await repository.list_page(session, scope, query, limit, offset)
+        return JSONResponse(
+            page_body([service.customer_to_dict(c) for c in items], total, Page(limit=limit, offset=offset))
+        )
+
+
+@router.post("/search")
+async def search_customers(body: CustomerSearch, scope: AuthScope, db: DB) -> JSONResponse:
+    external_ids = list(body.external_ids or [])
+    if body.external_id is not None:
+        external_ids.append(body.external_id)
+    query = CustomerQuery(
+        status=body.status or "published",
+        customer_ids=body.customer_ids,
+        external_ids=external_ids
+        if (body.external_ids is not None or body.external_id is not None)
+        else None,
+        parent_customer_ids=body.parent_customer_ids,
+        email=body.email,
+        created_from=body.start_time,
+        created_to=body.end_time,
+        sort=[(s.field, s.direction) for s in body.sort or []],
+        order=body.order,
+    )
+    async with db.sessions() as session:
+        items, total = await repository.list_page(session, scope, query, body.limit, body.offset)
+        page = Page(limit=body.limit, offset=body.offset)
+        return JSONResponse(page_body([service.customer_to_dict(c) for c in items], total, page))
+
+
+@router.get("/external/{external_id}")
+async def get_customer_by_external_id(external_id: str, scope: AuthScope, db: DB) -> JSONResponse:
+    async with db.sessions() as session:
+        customer = await repository.get_published_by_external_id(session, scope, external_id)
+        if customer is None:
+            raise NotFound(f"customer with external_id {external_id!r} not found")
+        return JSONResponse(service.customer_to_dict(customer))
+
+
+@router.get("/{customer_id}")
+async def get_customer(customer_id: str, scope: AuthScope, db: DB) -> JSONResponse:
+    async with db.sessions() as session:
+        customer = await repository.get(session, scope, customer_id)
+        if customer is None:
+            raise NotFound(f"customer {customer_id} not found")
+        return JSONResponse(service.customer_to_dict(customer))
+
+
+async def _update(
+    db: DB, scope: AuthScope, body: CustomerUpdate, *, customer_id: str | None, external_id: str | None
+) -> JSONResponse:
+    async with db.transaction() as session:
+        customer = await service.find_for_update(
+            session, scope, customer_id=customer_id, external_id=external_id
+        )
+        await service.update_customer(session, scope, customer, body, actor=scope.api_key_id)
+        payload = service.customer_to_dict(customer)
+    return JSONResponse(payload)
+
+
+@router.put("/{customer_id}")
+async def update_customer(customer_id: str, body: CustomerUpdate, scope: AuthScope, db: DB) -> JSONResponse:
+    return await _update(db, scope, body, customer_id=customer_id, external_id=None)
+
+
+@router.put("")
+async def update_customer_by_query(
+    body: CustomerUpdate,
+    scope: AuthScope,
+    db: DB,
+    id: str | None = None,
+    external_customer_id: str | None = None,
+) -> JSONResponse:
+    if (id is None) == (external_customer_id is None):
+        raise ValidationFailed("give exactly one of the query parameters id or external_customer_id")
+    return await _update(db, scope, body, customer_id=id, external_id=external_customer_id)
+
+
+@router.delete("/{customer_id}", status_code=204)
+async def delete_customer(customer_id: str, scope: AuthScope, db: DB) -> Response:
+    async with db.transaction() as session:
+        customer = await service.find_for_update(session, scope, customer_id=customer_id)
+        await service.archive_customer(session, customer, actor=scope.api_key_id)
+    return Response(status_code=204)

@@ -1,0 +1,146 @@
+"""Request bodies of the customer API, with every input rule in one place."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import pycountry
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+
+# Stripe's own limits, since every customer may be pushed there.
+METADATA_MAX_KEYS = 50
+METADATA_KEY_MAX = 40
+METADATA_VALUE_MAX = 500
+SYNC_OWNED_METADATA_KEYS = frozenset({"stripe_customer_id"})
+
+
+def _blank_to_none(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+def _check_email(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"not a valid email address ({exc})") from None
+
+
+def normalize_country(value: str | None) -> str | None:
+    if value is None:
+        return None
+    code = value.strip().upper()
+    if len(code) != 2 or pycountry.countries.get(alpha_2=code) is None:
+        raise ValueError("must be an ISO 3166-1 alpha-2 country code, like US or DE")
+    return code
+
+
+def _check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if len(value) > METADATA_MAX_KEYS:
+        raise ValueError(f"at most {METADATA_MAX_KEYS} keys")
+    for key, item in value.items():
+        if not key or len(key) > METADATA_KEY_MAX:
+            raise ValueError(f"keys must be 1-{METADATA_KEY_MAX} characters")
+        if len(item) > METADATA_VALUE_MAX:
+            raise ValueError(f"values must be at most {METADATA_VALUE_MAX} characters")
+    return value
+
+
+def _text(max_length: int) -> Any:
+    return Annotated[
+        Annotated[str, StringConstraints(strip_whitespace=True, max_length=max_length)] | None,
+        BeforeValidator(_blank_to_none),
+    ]
+
+
+OptionalText255 = _text(255)
+OptionalText100 = _text(100)
+OptionalText20 = _text(20)
+RequiredText255 = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+Email = Annotated[
+    Annotated[str, StringConstraints(strip_whitespace=True, max_length=255)] | None,
+    BeforeValidator(_blank_to_none),
+    AfterValidator(_check_email),
+]
+Country = Annotated[str | None, BeforeValidator(_blank_to_none), AfterValidator(normalize_country)]
+Metadata = Annotated[dict[str, str] | None, AfterValidator(_check_metadata)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IntegrationEntityMapping(StrictModel):
+    provider: Literal["stripe"]
+    id: Annotated[
+        str, StringConstraints(strip_whitespace=True, pattern=r"^cus_[A-Za-z0-9]+$", max_length=255)
+    ]
+
+
+class CustomerFields(StrictModel):
+    email: Email = None
+    address_line1: OptionalText255 = None
+    address_line2: OptionalText255 = None
+    address_city: OptionalText100 = None
+    address_state: OptionalText100 = None
+    address_postal_code: OptionalText20 = None
+    address_country: Country = None
+    metadata: Metadata = None
+
+
+class CustomerCreate(CustomerFields):
+    external_id: RequiredText255
+    name: RequiredText255
+    parent_customer_id: OptionalText255 = None
+    parent_customer_external_id: OptionalText255 = None
+    integration_entity_mapping: list[IntegrationEntityMapping] | None = Field(default=None, max_length=1)
+    # FlexPrice's onboarding workflows and tax overrides do not exist here; an empty or false value is accepted.
+    skip_onboarding_workflow: bool | None = None
+    tax_rate_overrides: list[Any] | None = Field(default=None, max_length=0)
+
+
+class CustomerUpdate(CustomerFields):
+    """Partial update: only the fields present in the body change."""
+
+    external_id: RequiredText255 | None = None
+    name: RequiredText255 | None = None
+    parent_customer_id: OptionalText255 = None
+    parent_customer_external_id: OptionalText255 = None
+    integration_entity_mapping: list[IntegrationEntityMapping] | None = Field(default=None, max_length=1)
+
+
+CustomerStatusFilter = Literal["published", "archived", "all"]
+
+
+SortableField = Literal["created_at", "updated_at", "name", "external_id", "email"]
+
+
+class SortSpec(StrictModel):
+    field: SortableField
+    direction: Literal["asc", "desc"] = "asc"
+
+
+class CustomerSearch(StrictModel):
+    """FlexPrice's customer filter. Its generic `filters` list is accepted only when empty."""
+
+    customer_ids: list[str] | None = Field(default=None, max_length=1000)
+    external_ids: list[str] | None = Field(default=None, max_length=1000)
+    parent_customer_ids: list[str] | None = Field(default=None, max_length=1000)
+    external_id: str | None = None
+    email: str | None = None
+    status: CustomerStatusFilter | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    limit: int = Field(default=50, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+    order: Literal["asc", "desc"] = "desc"
+    sort: list[SortSpec] | None = Field(default=None, max_length=5)
+    expand: str | None = None
+    filters: list[Any] | None = Field(default=None, max_length=0)

@@ -1,0 +1,59 @@
+"""Request dependencies: the process's database and the caller's scope from its API key."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from flexsync.config import Settings
+from flexsync.db import transaction
+from flexsync.kit.errors import Unauthorized
+from flexsync.tenancy.service import Scope, resolve_api_key
+
+
+@dataclass(slots=True)
+class Database:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        async with transaction(self.sessions) as session:
+            yield session
+
+
+def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def presented_api_key(request: Request) -> str | None:
+    key = request.headers.get("x-api-key")
+    if key:
+        return key.strip()
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+async def require_scope(request: Request, db: Annotated[Database, Depends(get_db)]) -> Scope:
+    key = presented_api_key(request)
+    if not key:
+        raise Unauthorized("missing API key: send it in the x-api-key header or as a Bearer token")
+    async with db.sessions() as session:
+        scope = await resolve_api_key(session, key)
+    if scope is None:
+        raise Unauthorized("invalid or revoked API key")
+    return scope
+
+
+DB = Annotated[Database, Depends(get_db)]
+AuthScope = Annotated[Scope, Depends(require_scope)]

@@ -1,0 +1,121 @@
+"""The one HTTP error type and the handlers that turn every failure into the contract's error shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from flexsync.kit.json import JSONResponse
+
+log = structlog.get_logger(__name__)
+
+CODES_BY_STATUS = {
+    400: "validation_error",
+    401: "unauthorized",
+    403: "permission_denied",
+    404: "not_found",
+    405: "validation_error",
+    409: "already_exists",
+    413: "payload_too_large",
+    415: "validation_error",
+    422: "validation_error",
+    429: "too_many_requests",
+    500: "internal_error",
+}
+
+
+class APIError(Exception):
+    def __init__(
+        self, status: int, message: str, *, code: str | None = None, details: dict[str, Any] | None = None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.code = code or CODES_BY_STATUS.get(status, "internal_error")
+        self.message = message
+        self.details = details or {}
+
+
+class ValidationFailed(APIError):
+    def __init__(self, message: str, details: dict[str, Any] | None = None):
+        super().__init__(400, message, details=details)
+
+
+class NotFound(APIError):
+    def __init__(self, message: str = "not found", details: dict[str, Any] | None = None):
+        super().__init__(404, message, details=details)
+
+
+class AlreadyExists(APIError):
+    def __init__(self, message: str, details: dict[str, Any] | None = None):
+        super().__init__(409, message, details=details)
+
+
+class Unauthorized(APIError):
+    def __init__(self, message: str = "a valid API key is required"):
+        super().__init__(401, message)
+
+
+def error_body(status: int, code: str, message: str, details: dict[str, Any]) -> dict[str, Any]:
+    # `success` and `error` repeat the message in FlexPrice's own error shape, which its SDK parses.
+    return {
+        "code": code,
+        "message": message,
+        "http_status_code": status,
+        "details": details,
+        "success": False,
+        "error": {"message": message, "internal_error": None},
+    }
+
+
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(status, code, message, details or {}), status_code=status)
+
+
+def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def describe_validation_errors(errors: list[Any]) -> tuple[str, dict[str, Any]]:
+    """Pydantic's error list -> a readable message and a `details.fields` map of field -> problem."""
+    fields: dict[str, str] = {}
+    for err in errors:
+        path = _field_path(err.get("loc", ()))
+        if err.get("type") == "json_invalid":
+            return "request body is not valid JSON", {"fields": {"body": "malformed JSON"}}
+        if err.get("type") == "extra_forbidden":
+            fields[path] = "unknown field"
+            continue
+        msg = str(err.get("msg", "invalid value"))
+        fields.setdefault(path, msg.removeprefix("Value error, "))
+    message = "; ".join(f"{k}: {v}" for k, v in fields.items()) or "invalid request"
+    return message, {"fields": fields}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, details = describe_validation_errors(list(exc.errors()))
+        return error_response(400, "validation_error", message, details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = CODES_BY_STATUS.get(
+            exc.status_code, "internal_error" if exc.status_code >= 500 else "validation_error"
+        )
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", path=request.url.path, error_type=type(exc).__name__)
+        return error_response(500, "internal_error", "internal error")

@@ -1,0 +1,1 @@
+"""Tenants, environments and the API keys that scope every request to one of each."""

@@ -1,0 +1,66 @@
+"""Fixtures: every API test runs against SQLite and, when FLEXSYNC_TEST_DATABASE_URL is set, PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support import (
+    PG_ENV,
+    DatabaseUnderTest,
+    Server,
+    TenantContext,
+    new_tenant,
+    postgres_database,
+    sqlite_database,
+    start_server,
+)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DatabaseUnderTest]:
+    if request.param == "sqlite":
+        with sqlite_database(tmp_path_factory.mktemp("sqlite")) as db:
+            yield db
+        return
+    admin_url = os.environ.get(PG_ENV)
+    if not admin_url:
+        pytest.skip(
+            f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test)"
+        )
+    with postgres_database(admin_url) as db:
+        yield db
+
+
+@pytest.fixture(scope="session")
+def server(database: DatabaseUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start_server(database, tmp_path_factory.mktemp("logs"), "--no-worker")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def tenant(database: DatabaseUnderTest, server: Server) -> TenantContext:
+    return new_tenant(database, server.base_url)
+
+
+@pytest.fixture
+def api(tenant: TenantContext) -> Iterator[httpx.Client]:
+    with tenant.client() as client:
+        yield client
+
+
+@pytest.fixture
+def anonymous(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        yield client
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Keep one backend's tests together so each session-scoped server starts once.
+    items.sort(key=lambda item: "postgresql" in item.nodeid)

@@ -1,0 +1,193 @@
+"""Helpers shared by the test suite: databases, a running flexsync process, API clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import httpx
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flexsync.db import create_engine, migrate, session_factory, transaction
+from flexsync.tenancy import service as tenancy
+
+T = TypeVar("T")
+PG_ENV = "FLEXSYNC_TEST_DATABASE_URL"
+# A fixed Fernet key for tests only; production keys come from FLEXSYNC_ENCRYPTION_KEYS.
+TEST_ENCRYPTION_KEY = "3n5kpH0c8Mq3Q1pG9ZtZ6y0l0h2C8y0m4mYzq1i6Qk8="
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@dataclass
+class DatabaseUnderTest:
+    """A database of its own for one test session, migrated by Alembic like production."""
+
+    url: str
+    backend: str
+
+    def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run `work` in one committed transaction on a fresh engine."""
+
+        async def runner() -> T:
+            engine = create_engine(self.url, null_pool=True)
+            try:
+                async with transaction(session_factory(engine)) as session:
+                    return await work(session)
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(runner())
+
+
+@contextmanager
+def sqlite_database(tmp_dir: Path) -> Iterator[DatabaseUnderTest]:
+    url = f"sqlite+aiosqlite:///{tmp_dir / 'flexsync-test.db'}"
+    migrate(url)
+    yield DatabaseUnderTest(url=url, backend="sqlite")
+
+
+def _asyncpg_dsn(url: str, database: str | None = None) -> str:
+    parsed = make_url(url).set(drivername="postgresql")
+    if database is not None:
+        parsed = parsed.set(database=database)
+    return parsed.render_as_string(hide_password=False)
+
+
+@contextmanager
+def postgres_database(admin_url: str) -> Iterator[DatabaseUnderTest]:
+    name = f"flexsync_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(_asyncpg_dsn(admin_url))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate(url)
+        yield DatabaseUnderTest(url=url, backend="postgresql")
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@dataclass
+class Server:
+    """A real `flexsync serve` process."""
+
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def server_env(db: DatabaseUnderTest, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXSYNC_")}
+    env.update(
+        FLEXSYNC_DATABASE_URL=db.url,
+        FLEXSYNC_ENCRYPTION_KEYS=TEST_ENCRYPTION_KEY,
+        FLEXSYNC_LOG_FORMAT="json",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def start_server(db: DatabaseUnderTest, log_dir: Path, *args: str, **env: str) -> Server:
+    port = free_port()
+    log_path = log_dir / f"server-{port}.log"
+    base_url = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flexsync", "serve", "--port", str(port), "--no-migrate", *args],
+            env=server_env(db, FLEXSYNC_PUBLIC_URL=base_url, **env),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_http(f"{base_url}/healthz", process=process)
+    except Exception:
+        process.kill()
+        raise RuntimeError(f"flexsync did not start:\n{log_path.read_text(errors='replace')}") from None
+    return Server(base_url=base_url, process=process, log_path=log_path)
+
+
+@dataclass
+class TenantContext:
+    """A fresh tenant, environment and API key: tests stay apart without wiping the database."""
+
+    tenant_id: str
+    environment_id: str
+    api_key: str
+    base_url: str
+
+    def client(self, **headers: str) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url, headers={"x-api-key": self.api_key, **headers}, timeout=30
+        )
+
+
+def new_tenant(db: DatabaseUnderTest, base_url: str) -> TenantContext:
+    async def work(session: AsyncSession) -> TenantContext:
+        tenant = await tenancy.create_tenant(session, "Test tenant")
+        env = await tenancy.create_environment(session, tenant.id, "test")
+        key = await tenancy.create_api_key(session, tenant.id, env.id)
+        return TenantContext(tenant.id, env.id, key.key, base_url)
+
+    return db.run(work)
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The contract's error shape, with the expected status and code."""
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code, body
+    assert body["http_status_code"] == status
+    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["details"], dict)
+    return body
