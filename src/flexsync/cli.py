@@ -148,12 +148,8 @@ def bootstrap_command(as_json: JsonFlag = False) -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default FLEXSYNC_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default FLEXSYNC_PORT).")] = None,
-    no_worker: Annotated[
-        bool, typer.Option("--no-worker", help="Do not run the embedded sync worker.")
-    ] = False,
-    no_migrate: Annotated[
-        bool, typer.Option("--no-migrate", help="Do not apply migrations at start.")
-    ] = False,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="Do not run the embedded sync worker.")] = False,
+    no_migrate: Annotated[bool, typer.Option("--no-migrate", help="Do not apply migrations at start.")] = False,
 ) -> None:
     """Serve the API and dashboard (with an embedded worker unless --no-worker)."""
     import uvicorn

@@ -56,9 +56,7 @@ async def search_customers(body: CustomerSearch, scope: AuthScope, db: DB) -> JS
     query = CustomerQuery(
         status=body.status or "published",
         customer_ids=body.customer_ids,
-        external_ids=external_ids
-        if (body.external_ids is not None or body.external_id is not None)
-        else None,
+        external_ids=external_ids if (body.external_ids is not None or body.external_id is not None) else None,
         parent_customer_ids=body.parent_customer_ids,
         email=body.email,
         created_from=body.start_time,
@@ -94,9 +92,7 @@ async def _update(
     db: DB, scope: AuthScope, body: CustomerUpdate, *, customer_id: str | None, external_id: str | None
 ) -> JSONResponse:
     async with db.transaction() as session:
-        customer = await service.find_for_update(
-            session, scope, customer_id=customer_id, external_id=external_id
-        )
+        customer = await service.find_for_update(session, scope, customer_id=customer_id, external_id=external_id)
         await service.update_customer(session, scope, customer, body, actor=scope.api_key_id)
         payload = service.customer_to_dict(customer)
     return JSONResponse(payload)

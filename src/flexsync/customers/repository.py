@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,12 +14,12 @@ from sqlalchemy.orm import InstrumentedAttribute
 from flexsync.models import Customer
 from flexsync.tenancy.service import Scope
 
-SORT_COLUMNS: dict[str, InstrumentedAttribute[object]] = {
-    "created_at": Customer.created_at,  # type: ignore[dict-item]
-    "updated_at": Customer.updated_at,  # type: ignore[dict-item]
-    "name": Customer.name,  # type: ignore[dict-item]
-    "external_id": Customer.external_id,  # type: ignore[dict-item]
-    "email": Customer.email,  # type: ignore[dict-item]
+SORT_COLUMNS: dict[str, InstrumentedAttribute[Any]] = {
+    "created_at": Customer.created_at,
+    "updated_at": Customer.updated_at,
+    "name": Customer.name,
+    "external_id": Customer.external_id,
+    "email": Customer.email,
 }
 
 
@@ -35,15 +36,13 @@ class CustomerQuery:
     order: str = "desc"
 
 
-def _scoped(scope: Scope) -> Select[tuple[Customer]]:
+def _scoped(scope: Scope) -> Select[Customer]:
     return select(Customer).where(
         Customer.tenant_id == scope.tenant_id, Customer.environment_id == scope.environment_id
     )
 
 
-async def get(
-    session: AsyncSession, scope: Scope, customer_id: str, *, for_update: bool = False
-) -> Customer | None:
+async def get(session: AsyncSession, scope: Scope, customer_id: str, *, for_update: bool = False) -> Customer | None:
     stmt = _scoped(scope).where(Customer.id == customer_id)
     if for_update:
         stmt = stmt.with_for_update()
@@ -59,7 +58,7 @@ async def get_published_by_external_id(
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-def _filtered(scope: Scope, query: CustomerQuery) -> Select[tuple[Customer]]:
+def _filtered(scope: Scope, query: CustomerQuery) -> Select[Customer]:
     stmt = _scoped(scope)
     if query.status != "all":
         stmt = stmt.where(Customer.status == query.status)
@@ -83,7 +82,7 @@ async def list_page(
 ) -> tuple[list[Customer], int]:
     stmt = _filtered(scope, query)
     total = (await session.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
-    ordering = []
+    ordering: list[Any] = []
     for name, direction in query.sort:
         column = SORT_COLUMNS[name]
         ordering.append(column.desc() if direction == "desc" else column.asc())

@@ -53,16 +53,15 @@ def _check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
     return value
 
 
-def _text(max_length: int) -> Any:
-    return Annotated[
-        Annotated[str, StringConstraints(strip_whitespace=True, max_length=max_length)] | None,
-        BeforeValidator(_blank_to_none),
-    ]
-
-
-OptionalText255 = _text(255)
-OptionalText100 = _text(100)
-OptionalText20 = _text(20)
+OptionalText255 = Annotated[
+    Annotated[str, StringConstraints(strip_whitespace=True, max_length=255)] | None, BeforeValidator(_blank_to_none)
+]
+OptionalText100 = Annotated[
+    Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)] | None, BeforeValidator(_blank_to_none)
+]
+OptionalText20 = Annotated[
+    Annotated[str, StringConstraints(strip_whitespace=True, max_length=20)] | None, BeforeValidator(_blank_to_none)
+]
 RequiredText255 = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
 Email = Annotated[
     Annotated[str, StringConstraints(strip_whitespace=True, max_length=255)] | None,
@@ -79,9 +78,7 @@ class StrictModel(BaseModel):
 
 class IntegrationEntityMapping(StrictModel):
     provider: Literal["stripe"]
-    id: Annotated[
-        str, StringConstraints(strip_whitespace=True, pattern=r"^cus_[A-Za-z0-9]+$", max_length=255)
-    ]
+    id: Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^cus_[A-Za-z0-9]+$", max_length=255)]
 
 
 class CustomerFields(StrictModel):

@@ -103,9 +103,7 @@ async def _flush_unique(session: AsyncSession, external_id: str) -> None:
         ) from exc
 
 
-async def _ensure_external_id_free(
-    session: AsyncSession, scope: Scope, external_id: str, own_id: str | None
-) -> None:
+async def _ensure_external_id_free(session: AsyncSession, scope: Scope, external_id: str, own_id: str | None) -> None:
     existing = await repository.get_published_by_external_id(session, scope, external_id)
     if existing is not None and existing.id != own_id:
         raise AlreadyExists(
@@ -118,9 +116,7 @@ async def create_customer(session: AsyncSession, scope: Scope, data: CustomerCre
     metadata = data.metadata or {}
     _check_client_metadata(metadata, {})
     await _ensure_external_id_free(session, scope, data.external_id, None)
-    parent_id = await _resolve_parent(
-        session, scope, data.parent_customer_id, data.parent_customer_external_id
-    )
+    parent_id = await _resolve_parent(session, scope, data.parent_customer_id, data.parent_customer_external_id)
     now = utcnow()
     customer = Customer(
         id=new_id("cust"),
@@ -170,9 +166,7 @@ async def update_customer(
     if "name" in given and data.name is None:
         raise ValidationFailed("name must not be blank", {"fields": {"name": "must not be blank"}})
     if "external_id" in given and data.external_id is None:
-        raise ValidationFailed(
-            "external_id must not be blank", {"fields": {"external_id": "must not be blank"}}
-        )
+        raise ValidationFailed("external_id must not be blank", {"fields": {"external_id": "must not be blank"}})
     if customer.status != "published":
         raise ValidationFailed(f"customer {customer.id} is archived and cannot be changed")
     if data.external_id is not None and data.external_id != customer.external_id:
@@ -189,9 +183,7 @@ async def update_customer(
             customer.metadata_ = merged
             changed.add("metadata")
     if given & {"parent_customer_id", "parent_customer_external_id"}:
-        parent_id = await _resolve_parent(
-            session, scope, data.parent_customer_id, data.parent_customer_external_id
-        )
+        parent_id = await _resolve_parent(session, scope, data.parent_customer_id, data.parent_customer_external_id)
         if parent_id == customer.id:
             raise ValidationFailed("a customer cannot be its own parent")
         if parent_id != customer.parent_customer_id:

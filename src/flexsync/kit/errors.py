@@ -29,9 +29,7 @@ CODES_BY_STATUS = {
 
 
 class APIError(Exception):
-    def __init__(
-        self, status: int, message: str, *, code: str | None = None, details: dict[str, Any] | None = None
-    ):
+    def __init__(self, status: int, message: str, *, code: str | None = None, details: dict[str, Any] | None = None):
         super().__init__(message)
         self.status = status
         self.code = code or CODES_BY_STATUS.get(status, "internal_error")
@@ -71,9 +69,7 @@ def error_body(status: int, code: str, message: str, details: dict[str, Any]) ->
     }
 
 
-def error_response(
-    status: int, code: str, message: str, details: dict[str, Any] | None = None
-) -> JSONResponse:
+def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
     return JSONResponse(error_body(status, code, message, details or {}), status_code=status)
 
 
@@ -110,9 +106,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = CODES_BY_STATUS.get(
-            exc.status_code, "internal_error" if exc.status_code >= 500 else "validation_error"
-        )
+        code = CODES_BY_STATUS.get(exc.status_code, "internal_error" if exc.status_code >= 500 else "validation_error")
         return error_response(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)

@@ -40,9 +40,7 @@ class BodySizeLimit:
             await self._reject(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(
-            413, "payload_too_large", f"request body is larger than {self.max_bytes} bytes"
-        )
+        response = error_response(413, "payload_too_large", f"request body is larger than {self.max_bytes} bytes")
         await response(scope, receive, send)
 
 
@@ -58,11 +56,7 @@ class DefaultJSONContentType:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["method"] in ("POST", "PUT", "PATCH")
-            and scope["path"].startswith("/v1/")
-        ):
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH") and scope["path"].startswith("/v1/"):
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-type" or b"json" in v]
             if len(headers) == len(scope["headers"]) and any(k == b"content-type" for k, _ in headers):
                 await self.app(scope, receive, send)

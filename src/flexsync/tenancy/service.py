@@ -72,9 +72,7 @@ async def create_environment(
     return environment
 
 
-async def create_api_key(
-    session: AsyncSession, tenant_id: str, environment_id: str, name: str = ""
-) -> IssuedKey:
+async def create_api_key(session: AsyncSession, tenant_id: str, environment_id: str, name: str = "") -> IssuedKey:
     environment = await session.get(Environment, environment_id)
     if environment is None or environment.tenant_id != tenant_id:
         raise NotFound(f"environment {environment_id} not found in tenant {tenant_id}")

@@ -188,9 +188,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["customer_id"], ["customers.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("connection_id", "customer_id", name="uq_customer_links_connection_customer"),
-        sa.UniqueConstraint(
-            "connection_id", "stripe_customer_id", name="uq_customer_links_connection_stripe"
-        ),
+        sa.UniqueConstraint("connection_id", "stripe_customer_id", name="uq_customer_links_connection_stripe"),
     )
     with op.batch_alter_table("customer_links", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_customer_links_customer_id"), ["customer_id"], unique=False)
@@ -250,9 +248,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("connection_id", "stripe_event_id", name="uq_webhook_events_connection_event"),
     )
     with op.batch_alter_table("webhook_events", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_webhook_events_env_received", ["environment_id", "received_at"], unique=False
-        )
+        batch_op.create_index("ix_webhook_events_env_received", ["environment_id", "received_at"], unique=False)
         batch_op.create_index("ix_webhook_events_status_next", ["status", "next_attempt_at"], unique=False)
 
 

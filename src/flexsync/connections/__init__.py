@@ -1,0 +1,1 @@
+"""Stripe connections: Settings > Integrations. Keys encrypted at rest, one live connection per environment."""

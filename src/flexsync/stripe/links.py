@@ -1,0 +1,100 @@
+"""The link between a flexsync customer and a Stripe customer, used by inbound, outbound and reconcile.
+
+A link is a row in `customer_links` (unique on both sides per connection) mirrored into the customer's
+`metadata.stripe_customer_id`. Concurrent linkers (a webhook and the worker racing over one new customer)
+are settled by the unique constraints: the loser sees the winner's row.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flexsync.ids import new_id
+from flexsync.models import Customer, CustomerLink, utcnow
+from flexsync.stripe.mapping import STRIPE_ID_KEY
+
+
+class LinkConflict(Exception):
+    """The customer or the Stripe customer is already linked to someone else."""
+
+    def __init__(self, message: str, existing: CustomerLink):
+        super().__init__(message)
+        self.existing = existing
+
+
+async def by_stripe_id(session: AsyncSession, connection_id: str, stripe_customer_id: str) -> CustomerLink | None:
+    stmt = select(CustomerLink).where(
+        CustomerLink.connection_id == connection_id, CustomerLink.stripe_customer_id == stripe_customer_id
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def by_customer(session: AsyncSession, connection_id: str, customer_id: str) -> CustomerLink | None:
+    stmt = select(CustomerLink).where(
+        CustomerLink.connection_id == connection_id, CustomerLink.customer_id == customer_id
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+def _mirror_into_metadata(customer: Customer, stripe_customer_id: str | None) -> None:
+    metadata = dict(customer.metadata_ or {})
+    if stripe_customer_id is None:
+        metadata.pop(STRIPE_ID_KEY, None)
+    else:
+        metadata[STRIPE_ID_KEY] = stripe_customer_id
+    if metadata != customer.metadata_:
+        customer.metadata_ = metadata
+        customer.updated_at = utcnow()
+
+
+async def link(session: AsyncSession, connection_id: str, customer: Customer, stripe_customer_id: str) -> CustomerLink:
+    """Link, or return the identical existing link. Raises LinkConflict if either side is linked elsewhere."""
+    for existing in (
+        await by_customer(session, connection_id, customer.id),
+        await by_stripe_id(session, connection_id, stripe_customer_id),
+    ):
+        if existing is not None:
+            if existing.customer_id == customer.id and existing.stripe_customer_id == stripe_customer_id:
+                _mirror_into_metadata(customer, stripe_customer_id)
+                return existing
+            raise LinkConflict(
+                f"customer {existing.customer_id} is already linked to Stripe customer {existing.stripe_customer_id}",
+                existing,
+            )
+    row = CustomerLink(
+        id=new_id("link"),
+        connection_id=connection_id,
+        customer_id=customer.id,
+        stripe_customer_id=stripe_customer_id,
+        status="linked",
+        last_synced_at=utcnow(),
+    )
+    try:
+        async with session.begin_nested():
+            session.add(row)
+            await session.flush()
+    except IntegrityError:
+        # Someone linked one side between our check and our insert: report what they linked.
+        winner = await by_customer(session, connection_id, customer.id) or await by_stripe_id(
+            session, connection_id, stripe_customer_id
+        )
+        if winner is None:
+            raise
+        if winner.customer_id == customer.id and winner.stripe_customer_id == stripe_customer_id:
+            _mirror_into_metadata(customer, stripe_customer_id)
+            return winner
+        raise LinkConflict(
+            f"customer {winner.customer_id} is already linked to Stripe customer {winner.stripe_customer_id}",
+            winner,
+        ) from None
+    _mirror_into_metadata(customer, stripe_customer_id)
+    return row
+
+
+async def unlink(session: AsyncSession, link_row: CustomerLink, customer: Customer | None) -> None:
+    await session.delete(link_row)
+    if customer is not None:
+        _mirror_into_metadata(customer, None)
+    await session.flush()
