@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.responses import Response
 
+import flexsync.metrics  # noqa: F401  (registers flexsync's own counters)
 from flexsync import __version__
 from flexsync.config import Settings, get_settings
 from flexsync.customers.endpoints import router as customers_router
