@@ -169,6 +169,8 @@ class CustomerLink(Base):
     # Ordering guard for inbound events: the Stripe `created` second and event id last applied.
     last_event_created: Mapped[int] = mapped_column(Integer, default=0)
     last_event_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    # The mapped fields as flexsync last wrote them to Stripe: an echoed webhook equal to this changes nothing.
+    pushed_snapshot: Mapped[dict[str, Any]] = mapped_column(default=dict)
     last_synced_at: Mapped[datetime | None] = mapped_column(default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
