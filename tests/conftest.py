@@ -11,28 +11,26 @@ import pytest
 from tests.support import (
     PG_ENV,
     DatabaseUnderTest,
+    LocalStripe,
     Server,
     TenantContext,
     new_tenant,
     postgres_database,
     sqlite_database,
+    start_localstripe,
     start_server,
 )
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def database(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[DatabaseUnderTest]:
+def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseUnderTest]:
     if request.param == "sqlite":
         with sqlite_database(tmp_path_factory.mktemp("sqlite")) as db:
             yield db
         return
     admin_url = os.environ.get(PG_ENV)
     if not admin_url:
-        pytest.skip(
-            f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test)"
-        )
+        pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test)")
     with postgres_database(admin_url) as db:
         yield db
 
@@ -64,3 +62,10 @@ def anonymous(server: Server) -> Iterator[httpx.Client]:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Keep one backend's tests together so each session-scoped server starts once.
     items.sort(key=lambda item: "postgresql" in item.nodeid)
+
+
+@pytest.fixture(scope="session")
+def localstripe_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStripe]:
+    running = start_localstripe(tmp_path_factory.mktemp("localstripe"))
+    yield running
+    running.stop()

@@ -86,7 +86,8 @@ def _asyncpg_dsn(url: str, database: str | None = None) -> str:
 
 
 @contextmanager
-def postgres_database(admin_url: str) -> Iterator[DatabaseUnderTest]:
+def postgres_database(admin_url: str, *, migrated: bool = True) -> Iterator[DatabaseUnderTest]:
+    """A new PostgreSQL database, dropped afterwards; empty unless `migrated`."""
     name = f"flexsync_test_{uuid.uuid4().hex[:12]}"
 
     async def admin(sql: str) -> None:
@@ -99,7 +100,8 @@ def postgres_database(admin_url: str) -> Iterator[DatabaseUnderTest]:
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     try:
-        migrate(url)
+        if migrated:
+            migrate(url)
         yield DatabaseUnderTest(url=url, backend="postgresql")
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -167,9 +169,7 @@ class TenantContext:
     base_url: str
 
     def client(self, **headers: str) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.base_url, headers={"x-api-key": self.api_key, **headers}, timeout=30
-        )
+        return httpx.Client(base_url=self.base_url, headers={"x-api-key": self.api_key, **headers}, timeout=30)
 
 
 def new_tenant(db: DatabaseUnderTest, base_url: str) -> TenantContext:
@@ -191,3 +191,52 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     assert isinstance(body["message"], str) and body["message"]
     assert isinstance(body["details"], dict)
     return body
+
+
+@dataclass
+class LocalStripe:
+    """localstripe, a stateful fake Stripe server, on its own loopback port (see TESTING.md)."""
+
+    base_url: str
+    process: subprocess.Popen[bytes]
+
+    def wipe(self) -> None:
+        httpx.delete(f"{self.base_url}/_config/data", timeout=10).raise_for_status()
+
+    def register_webhook(self, webhook_id: str, url: str, secret: str, events: list[str] | None = None) -> None:
+        body = {
+            "url": url,
+            "secret": secret,
+            "events": events or ["customer.created", "customer.updated", "customer.deleted"],
+        }
+        httpx.post(f"{self.base_url}/_config/webhooks/{webhook_id}", json=body, timeout=10).raise_for_status()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+LOCALSTRIPE_START = (
+    "import localstripe.resources as r; r.Store.dump_to_disk = lambda self: None; "
+    "from localstripe.server import start; start()"
+)
+
+
+def start_localstripe(log_dir: Path) -> LocalStripe:
+    port = free_port()
+    with (log_dir / f"localstripe-{port}.log").open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-c", LOCALSTRIPE_START, "--port", str(port), "--from-scratch"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base_url}/v1/customers", process=process)
+    except Exception:
+        process.kill()
+        raise
+    return LocalStripe(base_url=base_url, process=process)
