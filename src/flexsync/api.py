@@ -14,6 +14,7 @@ import flexsync.metrics  # noqa: F401  (registers flexsync's own counters)
 from flexsync import __version__
 from flexsync.config import Settings, get_settings
 from flexsync.customers.endpoints import router as customers_router
+from flexsync.crypto import secret_box
 from flexsync.db import create_engine, session_factory
 from flexsync.deps import Database
 from flexsync.kit.errors import error_response, install_error_handlers
@@ -27,7 +28,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url)
-        app.state.db = Database(settings=settings, engine=engine, sessions=session_factory(engine))
+        app.state.db = Database(
+            settings=settings, engine=engine, sessions=session_factory(engine), box=secret_box(settings)
+        )
         try:
             yield
         finally:

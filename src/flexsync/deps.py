@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from flexsync.config import Settings
+from flexsync.crypto import SecretBox
 from flexsync.db import transaction
 from flexsync.kit.errors import Unauthorized
 from flexsync.tenancy.service import Scope, resolve_api_key
@@ -18,9 +19,12 @@ from flexsync.tenancy.service import Scope, resolve_api_key
 
 @dataclass(slots=True)
 class Database:
+    """The process's shared resources: settings, the engine and session factory, the secret box."""
+
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    box: SecretBox
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
