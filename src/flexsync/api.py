@@ -13,8 +13,8 @@ from starlette.responses import Response
 import flexsync.metrics  # noqa: F401  (registers flexsync's own counters)
 from flexsync import __version__
 from flexsync.config import Settings, get_settings
-from flexsync.customers.endpoints import router as customers_router
 from flexsync.crypto import secret_box
+from flexsync.customers.endpoints import router as customers_router
 from flexsync.db import create_engine, session_factory
 from flexsync.deps import Database
 from flexsync.kit.errors import error_response, install_error_handlers
