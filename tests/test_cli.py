@@ -1,0 +1,179 @@
+"""The `flexsync` command line, run as a real process against an empty SQLite file and PostgreSQL database."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flexsync.db import alembic_config
+from tests.support import PG_ENV, DatabaseUnderTest, postgres_database, server_env, start_server
+
+PUBLIC_URL = "https://sync.example.com"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseUnderTest]:
+    """A database with no tables at all: the CLI is what migrates it."""
+    if request.param == "sqlite":
+        yield DatabaseUnderTest(url=f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}", backend="sqlite")
+        return
+    admin_url = os.environ.get(PG_ENV)
+    if not admin_url:
+        pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test)")
+    with postgres_database(admin_url, migrated=False) as db:
+        yield db
+
+
+class CLI:
+    def __init__(self, db: DatabaseUnderTest, workdir: Path) -> None:
+        self.db = db
+        self.workdir = workdir
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        # In a directory of its own, so no `.env` or `.flexsync-key` of the checkout is read.
+        return subprocess.run(
+            [sys.executable, "-m", "flexsync", *args],
+            cwd=self.workdir,
+            env=server_env(self.db, FLEXSYNC_PUBLIC_URL=PUBLIC_URL),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def json(self, *args: str) -> dict[str, Any]:
+        completed = self.run(*args, "--json")
+        assert completed.returncode == 0, completed.stderr
+        data: dict[str, Any] = json.loads(completed.stdout)
+        return data
+
+    def fails(self, *args: str) -> str:
+        """Runs a command that must fail; returns what it printed on stderr."""
+        completed = self.run(*args)
+        assert completed.returncode != 0, completed.stdout
+        assert completed.stdout == "", "a failed command must print nothing a script could take for a result"
+        assert "Traceback" not in completed.stderr, completed.stderr
+        return completed.stderr
+
+
+@pytest.fixture
+def cli(empty_database: DatabaseUnderTest, tmp_path: Path) -> CLI:
+    return CLI(empty_database, tmp_path)
+
+
+def customers_answer(base_url: str, key: str) -> httpx.Response:
+    return httpx.get(f"{base_url}/v1/customers", headers={"x-api-key": key}, timeout=30)
+
+
+def test_migrate_brings_an_empty_database_to_head_and_is_repeatable(cli: CLI) -> None:
+    for _ in range(2):
+        completed = cli.run("migrate")
+        assert completed.returncode == 0, completed.stderr
+        assert "up to date" in completed.stdout
+
+    async def version(session: AsyncSession) -> str | None:
+        return (await session.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
+
+    head = ScriptDirectory.from_config(alembic_config(cli.db.url)).get_current_head()
+    assert cli.db.run(version) == head
+
+
+def test_bootstrap_is_idempotent_and_each_key_works(cli: CLI, tmp_path: Path) -> None:
+    first = cli.json("bootstrap")
+    second = cli.json("bootstrap")
+    assert set(first) == {"tenant_id", "environment_id", "api_key", "webhook_url"}
+    assert (second["tenant_id"], second["environment_id"]) == (first["tenant_id"], first["environment_id"])
+    assert second["api_key"] != first["api_key"]
+    assert first["webhook_url"] == f"{PUBLIC_URL}/v1/webhooks/stripe/{first['tenant_id']}/{first['environment_id']}"
+
+    server = start_server(cli.db, tmp_path, "--no-worker")
+    try:
+        created = httpx.post(
+            f"{server.base_url}/v1/customers",
+            headers={"x-api-key": first["api_key"]},
+            json={"external_id": "boot-1", "name": "Bootstrapped"},
+            timeout=30,
+        )
+        assert created.status_code == 201, created.text
+        # Both keys belong to the same environment, so the second sees what the first made.
+        listed = customers_answer(server.base_url, second["api_key"])
+        assert listed.status_code == 200
+        assert [c["external_id"] for c in listed.json()["items"]] == ["boot-1"]
+    finally:
+        server.stop()
+
+
+def test_tenant_environment_and_api_key_commands(cli: CLI, tmp_path: Path) -> None:
+    assert cli.run("migrate").returncode == 0
+    assert cli.json("tenant", "create", "Acme", "--id", "t1") == {"tenant_id": "t1"}
+    assert cli.json("environment", "create", "--tenant", "t1", "staging", "--id", "e1") == {
+        "tenant_id": "t1",
+        "environment_id": "e1",
+        "webhook_url": f"{PUBLIC_URL}/v1/webhooks/stripe/t1/e1",
+    }
+    issued = cli.json("api-key", "create", "--tenant", "t1", "--environment", "e1")
+    assert (issued["tenant_id"], issued["environment_id"]) == ("t1", "e1")
+    assert issued["api_key"].startswith("fsk_")
+
+    human = cli.run("tenant", "create", "Globex")
+    assert human.returncode == 0 and "tenant created: tenant_" in human.stdout
+
+    server = start_server(cli.db, tmp_path, "--no-worker")
+    try:
+        listed = customers_answer(server.base_url, issued["api_key"])
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["pagination"]["total"] == 0
+        created = httpx.post(
+            f"{server.base_url}/v1/customers",
+            headers={"x-api-key": issued["api_key"]},
+            json={"external_id": "acme-1", "name": "Acme Customer"},
+            timeout=30,
+        ).json()
+        assert (created["tenant_id"], created["environment_id"]) == ("t1", "e1")
+        assert customers_answer(server.base_url, "fsk_not-a-key").status_code == 401
+    finally:
+        server.stop()
+
+
+def test_conflicts_and_unknown_ids_fail_with_a_clear_message(cli: CLI) -> None:
+    assert cli.run("migrate").returncode == 0
+    cli.json("tenant", "create", "Acme", "--id", "t1")
+    cli.json("environment", "create", "--tenant", "t1", "production", "--id", "e1")
+
+    assert "tenant t1 already exists" in cli.fails("tenant", "create", "Acme again", "--id", "t1", "--json")
+    assert "tenant nope not found" in cli.fails("environment", "create", "--tenant", "nope", "staging")
+    assert "environment e1 already exists" in cli.fails(
+        "environment", "create", "--tenant", "t1", "again", "--id", "e1"
+    )
+    assert "not found" in cli.fails("api-key", "create", "--tenant", "nope", "--environment", "e1")
+    assert "not found" in cli.fails("api-key", "create", "--tenant", "t1", "--environment", "nope")
+    assert "id must be" in cli.fails("tenant", "create", "Bad", "--id", "has space")
+
+
+def test_only_the_sha256_of_a_key_is_stored(cli: CLI) -> None:
+    boot = cli.json("bootstrap")
+    issued = cli.json("api-key", "create", "--tenant", boot["tenant_id"], "--environment", boot["environment_id"])
+    keys = [boot["api_key"], issued["api_key"]]
+
+    async def api_key_rows(session: AsyncSession) -> list[dict[str, Any]]:
+        result = await session.execute(text("SELECT * FROM api_keys"))
+        return [dict(row) for row in result.mappings()]
+
+    rows = cli.db.run(api_key_rows)
+    assert len(rows) == 2
+    assert {row["key_hash"] for row in rows} == {hashlib.sha256(k.encode()).hexdigest() for k in keys}
+    stored = " ".join(str(value) for row in rows for value in row.values())
+    for key in keys:
+        assert key not in stored
+        assert key.removeprefix("fsk_") not in stored
