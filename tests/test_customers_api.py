@@ -77,9 +77,7 @@ def test_create_returns_every_flexprice_field(api: httpx.Client, tenant: TenantC
         ),
     ],
 )
-def test_bad_input_is_rejected_and_nothing_written(
-    api: httpx.Client, payload: dict[str, Any], field: str
-) -> None:
+def test_bad_input_is_rejected_and_nothing_written(api: httpx.Client, payload: dict[str, Any], field: str) -> None:
     response = api.post("/v1/customers", json=payload)
     body = assert_error(response, 400, "validation_error")
     assert field in body["details"]["fields"], body
@@ -106,9 +104,7 @@ def test_duplicate_published_external_id_conflicts_until_archived(api: httpx.Cli
     assert api.get("/v1/customers/external/dup").json()["id"] == second["id"]
 
 
-def test_concurrent_creates_with_one_external_id_have_one_winner(
-    api: httpx.Client, tenant: TenantContext
-) -> None:
+def test_concurrent_creates_with_one_external_id_have_one_winner(api: httpx.Client, tenant: TenantContext) -> None:
     def attempt(i: int) -> int:
         with tenant.client() as client:
             return client.post("/v1/customers", json={"external_id": "race", "name": f"R{i}"}).status_code
@@ -158,9 +154,7 @@ def test_search_with_flexprice_filter(api: httpx.Client) -> None:
     body = api.post("/v1/customers/search", json={"limit": 1, "offset": 1}).json()
     assert body["pagination"] == {"total": 4, "limit": 1, "offset": 1}
     assert [c["external_id"] for c in body["items"]] == ["s2"]
-    body = api.post(
-        "/v1/customers/search", json={"sort": [{"field": "external_id", "direction": "desc"}]}
-    ).json()
+    body = api.post("/v1/customers/search", json={"sort": [{"field": "external_id", "direction": "desc"}]}).json()
     assert [c["external_id"] for c in body["items"]] == ["s3", "s2", "s1", "s0"]
     assert api.post("/v1/customers/search", json={}).json()["pagination"]["total"] == 4
     assert_error(api.post("/v1/customers/search", json={"limit": 5000}), 400, "validation_error")
@@ -168,9 +162,7 @@ def test_search_with_flexprice_filter(api: httpx.Client) -> None:
 
 
 def test_partial_update_by_path_and_query(api: httpx.Client) -> None:
-    customer = create(
-        api, external_id="u1", email="old@example.com", address_city="Paris", metadata={"a": "1"}
-    )
+    customer = create(api, external_id="u1", email="old@example.com", address_city="Paris", metadata={"a": "1"})
     updated = api.put(f"/v1/customers/{customer['id']}", json={"name": "New Name"}).json()
     assert updated["name"] == "New Name"
     assert updated["email"] == "old@example.com" and updated["address_city"] == "Paris"
@@ -179,9 +171,7 @@ def test_partial_update_by_path_and_query(api: httpx.Client) -> None:
 
     by_id = api.put("/v1/customers", params={"id": customer["id"]}, json={"address_country": "fr"})
     assert by_id.status_code == 200 and by_id.json()["address_country"] == "FR"
-    by_ext = api.put(
-        "/v1/customers", params={"external_customer_id": "u1"}, json={"email": "new@example.com"}
-    )
+    by_ext = api.put("/v1/customers", params={"external_customer_id": "u1"}, json={"email": "new@example.com"})
     assert by_ext.status_code == 200 and by_ext.json()["email"] == "new@example.com"
 
     replaced = api.put(f"/v1/customers/{customer['id']}", json={"metadata": {"b": "2"}}).json()
@@ -210,9 +200,7 @@ def test_update_external_id_respects_uniqueness(api: httpx.Client) -> None:
 
 def test_sync_owned_metadata_cannot_be_set_by_update(api: httpx.Client) -> None:
     customer = create(api, external_id="m1")
-    response = api.put(
-        f"/v1/customers/{customer['id']}", json={"metadata": {"stripe_customer_id": "cus_fake"}}
-    )
+    response = api.put(f"/v1/customers/{customer['id']}", json={"metadata": {"stripe_customer_id": "cus_fake"}})
     assert_error(response, 400, "validation_error")
     assert api.get(f"/v1/customers/{customer['id']}").json()["metadata"] == {}
 
@@ -250,9 +238,7 @@ def test_authentication(anonymous: httpx.Client, tenant: TenantContext) -> None:
     assert bearer.status_code == 200
 
 
-def test_revoked_key_is_refused(
-    database: DatabaseUnderTest, tenant: TenantContext, anonymous: httpx.Client
-) -> None:
+def test_revoked_key_is_refused(database: DatabaseUnderTest, tenant: TenantContext, anonymous: httpx.Client) -> None:
     from sqlalchemy import select
 
     from flexsync.models import ApiKey
@@ -292,9 +278,7 @@ def test_other_tenants_and_environments_are_invisible(
             assert_error(client.put(f"/v1/customers/{mine['id']}", json={"name": "x"}), 404, "not_found")
             assert_error(client.delete(f"/v1/customers/{mine['id']}"), 404, "not_found")
             assert client.get("/v1/customers").json()["pagination"]["total"] == 0
-            assert (
-                client.post("/v1/customers/search", json={"customer_ids": [mine["id"]]}).json()["items"] == []
-            )
+            assert client.post("/v1/customers/search", json={"customer_ids": [mine["id"]]}).json()["items"] == []
             theirs = client.post("/v1/customers", json={"external_id": "shared-ext", "name": "Theirs"})
             assert theirs.status_code == 201
     assert api.get(f"/v1/customers/{mine['id']}").json()["name"] == "Ada Lovelace"
