@@ -183,6 +183,14 @@ class WebhookEvent(Base):
         UniqueConstraint("connection_id", "stripe_event_id", name="uq_webhook_events_connection_event"),
         Index("ix_webhook_events_env_received", "environment_id", "received_at"),
         Index("ix_webhook_events_status_next", "status", "next_attempt_at"),
+        # A Stripe customer once deleted stays deleted: late events for it are recognised by this lookup.
+        Index(
+            "ix_webhook_events_deleted_objects",
+            "connection_id",
+            "stripe_object_id",
+            postgresql_where=text("type = 'customer.deleted'"),
+            sqlite_where=text("type = 'customer.deleted'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -198,6 +206,8 @@ class WebhookEvent(Base):
     status: Mapped[str] = mapped_column(String(16), default="received")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    # What applying did besides succeeding or failing: why it was ignored, Stripe data that was not copied.
+    note: Mapped[str | None] = mapped_column(Text, default=None)
     customer_id: Mapped[str | None] = mapped_column(String(64), default=None)
     next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -244,6 +244,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("note", sa.Text(), nullable=True),
         sa.Column("customer_id", sa.String(length=64), nullable=True),
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
@@ -255,10 +256,22 @@ def upgrade() -> None:
     with op.batch_alter_table("webhook_events", schema=None) as batch_op:
         batch_op.create_index("ix_webhook_events_env_received", ["environment_id", "received_at"], unique=False)
         batch_op.create_index("ix_webhook_events_status_next", ["status", "next_attempt_at"], unique=False)
+        batch_op.create_index(
+            "ix_webhook_events_deleted_objects",
+            ["connection_id", "stripe_object_id"],
+            unique=False,
+            postgresql_where=sa.text("type = 'customer.deleted'"),
+            sqlite_where=sa.text("type = 'customer.deleted'"),
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("webhook_events", schema=None) as batch_op:
+        batch_op.drop_index(
+            "ix_webhook_events_deleted_objects",
+            postgresql_where=sa.text("type = 'customer.deleted'"),
+            sqlite_where=sa.text("type = 'customer.deleted'"),
+        )
         batch_op.drop_index("ix_webhook_events_status_next")
         batch_op.drop_index("ix_webhook_events_env_received")
 
