@@ -13,13 +13,17 @@ from starlette.responses import Response
 import flexsync.metrics  # noqa: F401  (registers flexsync's own counters)
 from flexsync import __version__
 from flexsync.config import Settings, get_settings
+from flexsync.connections.endpoints import router as connections_router
 from flexsync.crypto import secret_box
 from flexsync.customers.endpoints import router as customers_router
 from flexsync.db import create_engine, session_factory
 from flexsync.deps import Database
+from flexsync.jobs.endpoints import router as sync_jobs_router
+from flexsync.jobs.worker import Worker
 from flexsync.kit.errors import error_response, install_error_handlers
 from flexsync.kit.json import JSONResponse
 from flexsync.kit.middleware import BodySizeLimit, DefaultJSONContentType
+from flexsync.web.app import install_dashboard
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -31,9 +35,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.db = Database(
             settings=settings, engine=engine, sessions=session_factory(engine), box=secret_box(settings)
         )
+        worker = Worker(app.state.db, concurrency=settings.worker_concurrency) if settings.run_worker else None
         try:
+            if worker is not None:
+                await worker.start()
             yield
         finally:
+            if worker is not None:
+                await worker.stop()
             await engine.dispose()
 
     app = FastAPI(
@@ -47,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(DefaultJSONContentType)
     app.add_middleware(BodySizeLimit)
     app.include_router(customers_router)
+    app.include_router(sync_jobs_router)
+    app.include_router(connections_router)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> JSONResponse:
@@ -66,4 +77,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    install_dashboard(app)
     return app

@@ -12,6 +12,8 @@ from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.config import Settings, get_settings
+from flexsync.connections import service as connections
+from flexsync.crypto import secret_box
 from flexsync.db import create_engine, migrate, session_factory, transaction
 from flexsync.kit.errors import APIError
 from flexsync.logs import configure_logging
@@ -144,6 +146,30 @@ def bootstrap_command(as_json: JsonFlag = False) -> None:
     _emit(as_json, data, _bootstrap_lines(settings, result))
 
 
+@app.command("rotate-keys")
+def rotate_keys_command(as_json: JsonFlag = False) -> None:
+    """Re-encrypt every stored Stripe secret under the newest key of FLEXSYNC_ENCRYPTION_KEYS (idempotent).
+
+    Put the new key first and keep the old ones after it: FLEXSYNC_ENCRYPTION_KEYS="NEW,OLD". Once this has run,
+    OLD can be dropped from the list.
+    """
+    settings = get_settings()
+    try:
+        box = secret_box(settings)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=1) from None
+    report = _in_transaction(settings, lambda s: connections.rotate_encryption_keys(s, box))
+    _emit(
+        as_json,
+        {"connections": report.connections, "rotated": report.rotated, "already_current": report.already_current},
+        [
+            f"rotated {report.rotated} secrets of {report.connections} connections under the newest encryption key "
+            f"({report.already_current} already current)"
+        ],
+    )
+
+
 @app.command("serve")
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default FLEXSYNC_HOST).")] = None,
@@ -175,6 +201,21 @@ def serve(
         log_level=settings.log_level,
         access_log=False,
     )
+
+
+@app.command("worker")
+def worker_command(
+    concurrency: Annotated[
+        int | None,
+        typer.Option("--concurrency", min=1, max=256, help="Jobs run at once (default FLEXSYNC_WORKER_CONCURRENCY)."),
+    ] = None,
+) -> None:
+    """Run the outbound sync worker only (run many of them against PostgreSQL; one on SQLite)."""
+    from flexsync.jobs.worker import run_worker
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(run_worker(settings, concurrency or settings.worker_concurrency))
 
 
 def main() -> None:

@@ -19,9 +19,11 @@ class SecretBox:
         if not keys:
             raise ValueError("at least one encryption key is required")
         try:
-            self._fernet = MultiFernet([Fernet(key.encode()) for key in keys])
+            fernets = [Fernet(key.encode()) for key in keys]
         except ValueError as exc:
             raise ValueError("FLEXSYNC_ENCRYPTION_KEYS must hold Fernet keys (32 url-safe base64 bytes)") from exc
+        self._newest = fernets[0]
+        self._fernet = MultiFernet(fernets)
 
     def encrypt(self, plain: str) -> str:
         return self._fernet.encrypt(plain.encode()).decode()
@@ -33,7 +35,18 @@ class SecretBox:
             raise ValueError("a stored secret cannot be decrypted with the configured encryption keys") from None
 
     def rotate(self, token: str) -> str:
-        return self._fernet.rotate(token.encode()).decode()
+        try:
+            return self._fernet.rotate(token.encode()).decode()
+        except InvalidToken:
+            raise ValueError("a stored secret cannot be decrypted with the configured encryption keys") from None
+
+    def is_current(self, token: str) -> bool:
+        """Whether `token` is encrypted under the newest key already, so rotation can leave it alone."""
+        try:
+            self._newest.decrypt(token.encode())
+        except InvalidToken:
+            return False
+        return True
 
 
 def configured_keys(settings: Settings) -> list[str]:

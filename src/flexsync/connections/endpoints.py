@@ -1,0 +1,93 @@
+"""HTTP endpoints of Settings > Integrations (`/v1/connections`): the environment's Stripe connection.
+
+Stripe is asked (`verify: true`) before the database transaction opens, so no lock is held during a network call.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from starlette.responses import Response
+
+from flexsync.connections import repository, secrets, service
+from flexsync.connections.schemas import ConnectionCreate, ConnectionUpdate
+from flexsync.deps import DB, AuthScope
+from flexsync.kit.json import JSONResponse
+from flexsync.kit.pagination import Page, page_body, page_params
+
+router = APIRouter(prefix="/v1/connections", tags=["connections"])
+
+WEBHOOK_SECRETS_GUIDE = """
+Webhook signing secrets, newest first:
+
+- `webhook_secret` may be left out at creation (Stripe shows the signing secret only once the webhook endpoint
+  exists). Until a connection has one, `webhook_secret_set` is false and deliveries to its `webhook_url` answer
+  404 `not_found` ("no active Stripe connection with a webhook secret").
+- Rotation without a gap: `PUT {"add_webhook_secret": "whsec_new"}` (both secrets verify; `webhook_secrets_count`
+  is 2), roll the secret in Stripe, then `PUT {"remove_old_webhook_secrets": true}` (only the newest is kept).
+- `PUT {"webhook_secret": "whsec_…"}` replaces them all with one; `{"webhook_secret": null}` removes them all.
+
+One of these three per request. Secrets are write-only: responses show `webhook_secret_set` and
+`webhook_secrets_count`, never a secret.
+"""
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Add the environment's Stripe connection (at most one per environment: a second answers 409)",
+    description=WEBHOOK_SECRETS_GUIDE,
+)
+async def create_connection(body: ConnectionCreate, scope: AuthScope, db: DB) -> JSONResponse:
+    verified = (
+        await service.verify_with_stripe(body.secret_key.get_secret_value(), db.settings) if body.verify else None
+    )
+    async with db.transaction() as session:
+        connection = await service.create_connection(session, db.box, scope, body, verified)
+        payload = service.connection_to_dict(connection, db.settings)
+    return JSONResponse(payload, status_code=201)
+
+
+@router.get("")
+async def list_connections(scope: AuthScope, db: DB, page: Annotated[Page, Depends(page_params)]) -> JSONResponse:
+    async with db.sessions() as session:
+        items, total = await repository.list_page(session, scope, page.limit, page.offset)
+        return JSONResponse(page_body([service.connection_to_dict(c, db.settings) for c in items], total, page))
+
+
+@router.get("/{connection_id}")
+async def get_connection(connection_id: str, scope: AuthScope, db: DB) -> JSONResponse:
+    async with db.sessions() as session:
+        connection = await service.find(session, scope, connection_id)
+        return JSONResponse(service.connection_to_dict(connection, db.settings))
+
+
+@router.put(
+    "/{connection_id}",
+    summary="Partial update: name, keys, settings (merged), status, webhook secrets",
+    description=WEBHOOK_SECRETS_GUIDE,
+)
+async def update_connection(connection_id: str, body: ConnectionUpdate, scope: AuthScope, db: DB) -> JSONResponse:
+    verified = None
+    if body.verify:
+        if body.secret_key is not None:
+            key = body.secret_key.get_secret_value()
+        else:
+            async with db.sessions() as session:
+                key = secrets.secret_key(db.box, await service.find(session, scope, connection_id))
+        verified = await service.verify_with_stripe(key, db.settings)
+    async with db.transaction() as session:
+        connection = await service.find(session, scope, connection_id, for_update=True)
+        service.update_connection(connection, db.box, body, verified)
+        payload = service.connection_to_dict(connection, db.settings)
+    return JSONResponse(payload)
+
+
+@router.delete("/{connection_id}", status_code=204)
+async def delete_connection(connection_id: str, scope: AuthScope, db: DB) -> Response:
+    """Delete the connection and its secrets; the environment is free for a new connection."""
+    async with db.transaction() as session:
+        connection = await service.find(session, scope, connection_id, for_update=True)
+        service.delete_connection(connection)
+    return Response(status_code=204)

@@ -1,0 +1,124 @@
+"""Request bodies of the connection API: key formats checked before anything is stored.
+
+Secrets arrive as `SecretStr`, so a stray repr or log line shows `**********`, never the key. Validation
+messages describe the expected format and never repeat the value that was sent.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, StringConstraints
+
+from flexsync.connections.settings import ConnectionSettings
+
+Mode = Literal["test", "live"]
+
+SECRET_KEY_FORMAT = re.compile(r"(?:sk|rk)_(test|live)_[A-Za-z0-9_]+")
+PUBLISHABLE_KEY_FORMAT = re.compile(r"pk_(test|live)_[A-Za-z0-9_]+")
+WEBHOOK_SECRET_FORMAT = re.compile(r"whsec_[A-Za-z0-9_+/=-]+")
+MAX_KEY_LENGTH = 255
+# Room for a rollover (new + old) and one spare; Stripe itself keeps two signing secrets at a time.
+MAX_WEBHOOK_SECRETS = 3
+
+
+def key_mode(key: str) -> Mode:
+    """The Stripe mode a validated key belongs to, read from its prefix."""
+    match = SECRET_KEY_FORMAT.fullmatch(key) or PUBLISHABLE_KEY_FORMAT.fullmatch(key)
+    if match is None:
+        raise ValueError("not a Stripe API key")
+    return "live" if match.group(1) == "live" else "test"
+
+
+def _strip(value: Any) -> Any:
+    # Keys are pasted from Stripe's dashboard; a trailing newline or space is a copy artefact, not part of the key.
+    return value.strip() if isinstance(value, str) else value
+
+
+def _format_check(pattern: re.Pattern[str], expected: str) -> Any:
+    def check(value: SecretStr) -> SecretStr:
+        plain = value.get_secret_value()
+        if len(plain) > MAX_KEY_LENGTH or pattern.fullmatch(plain) is None:
+            raise ValueError(f"must be {expected}")
+        return value
+
+    return check
+
+
+SecretKey = Annotated[
+    SecretStr,
+    BeforeValidator(_strip),
+    AfterValidator(
+        _format_check(SECRET_KEY_FORMAT, "a Stripe secret or restricted key: sk_test_, sk_live_, rk_test_ or rk_live_…")
+    ),
+]
+WebhookSecret = Annotated[
+    SecretStr,
+    BeforeValidator(_strip),
+    AfterValidator(_format_check(WEBHOOK_SECRET_FORMAT, "a Stripe webhook signing secret: whsec_…")),
+]
+
+
+def _check_publishable_key(value: str) -> str:
+    if len(value) > MAX_KEY_LENGTH or PUBLISHABLE_KEY_FORMAT.fullmatch(value) is None:
+        raise ValueError("must be a Stripe publishable key: pk_test_… or pk_live_…")
+    return value
+
+
+PublishableKey = Annotated[str, BeforeValidator(_strip), AfterValidator(_check_publishable_key)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConnectionCreate(StrictModel):
+    name: Name
+    provider: Literal["stripe"] = "stripe"
+    secret_key: SecretKey
+    publishable_key: PublishableKey
+    webhook_secret: WebhookSecret | None = Field(
+        default=None,
+        description="Stripe's signing secret for the webhook endpoint. May be left out and set later with PUT: "
+        "until a connection has one, webhook deliveries answer 404.",
+    )
+    settings: ConnectionSettings = Field(default_factory=ConnectionSettings)
+    verify: bool = Field(
+        default=False, description="Check the secret key with Stripe before saving; a rejected key answers 400."
+    )
+
+
+class ConnectionUpdate(StrictModel):
+    """Partial update: only the fields present in the body change."""
+
+    name: Name | None = None
+    secret_key: SecretKey | None = Field(
+        default=None, description="A new key (e.g. after rolling it in Stripe); its mode must stay the same."
+    )
+    publishable_key: PublishableKey | None = None
+    settings: ConnectionSettings | None = Field(
+        default=None, description="Merged into the current settings: given keys replace, the others stay."
+    )
+    status: Literal["active", "disabled"] | None = Field(
+        default=None, description="`disabled` pauses the sync and refuses webhooks without deleting anything."
+    )
+    webhook_secret: WebhookSecret | None = Field(
+        default=None,
+        description="Replaces every signing secret with this one; `null` removes them all (webhooks then answer 404).",
+    )
+    add_webhook_secret: WebhookSecret | None = Field(
+        default=None,
+        description="Rotation, step 1: adds a new signing secret in front of the current ones (newest first, at "
+        f"most {MAX_WEBHOOK_SECRETS}); deliveries signed with any of them verify. Adding one already present "
+        "changes nothing.",
+    )
+    remove_old_webhook_secrets: bool = Field(
+        default=False,
+        description="Rotation, step 2: keeps only the newest signing secret, once Stripe signs with it alone.",
+    )
+    verify: bool = Field(
+        default=False,
+        description="Check the secret key (the new one if given, else the stored one) with Stripe before saving.",
+    )
