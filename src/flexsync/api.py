@@ -18,12 +18,9 @@ from flexsync.crypto import secret_box
 from flexsync.customers.endpoints import router as customers_router
 from flexsync.db import create_engine, session_factory
 from flexsync.deps import Database
-from flexsync.jobs.endpoints import router as sync_jobs_router
-from flexsync.jobs.worker import Worker
 from flexsync.kit.errors import error_response, install_error_handlers
 from flexsync.kit.json import JSONResponse
 from flexsync.kit.middleware import BodySizeLimit, DefaultJSONContentType
-from flexsync.web.app import install_dashboard
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -35,14 +32,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.db = Database(
             settings=settings, engine=engine, sessions=session_factory(engine), box=secret_box(settings)
         )
-        worker = Worker(app.state.db, concurrency=settings.worker_concurrency) if settings.run_worker else None
         try:
-            if worker is not None:
-                await worker.start()
             yield
         finally:
-            if worker is not None:
-                await worker.stop()
             await engine.dispose()
 
     app = FastAPI(
@@ -56,7 +48,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(DefaultJSONContentType)
     app.add_middleware(BodySizeLimit)
     app.include_router(customers_router)
-    app.include_router(sync_jobs_router)
     app.include_router(connections_router)
 
     @app.get("/healthz", tags=["operations"])
@@ -77,5 +68,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    install_dashboard(app)
     return app
