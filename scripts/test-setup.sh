@@ -1,7 +1,19 @@
 #!/usr/bin/env bash
-# Installs what the test suite drives from outside Python: FlexPrice's npm SDK (when node is present).
+# Installs what the test suite drives from outside Python: the system Chromium for the dashboard's browser
+# tests (Debian packages, when root with apt-get) and FlexPrice's npm SDK (when node is present).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Playwright drives the system Chromium; `playwright install` (a browser download) is never used.
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "test-setup: installing Chromium for the dashboard tests (apt-get install chromium chromium-driver)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+        echo "test-setup: /usr/bin/chromium not found (needs root and apt-get to install); dashboard tests will be skipped"
+    fi
+fi
 
 sdk_dir=tests/sdk
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then

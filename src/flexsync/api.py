@@ -21,6 +21,7 @@ from flexsync.deps import Database
 from flexsync.kit.errors import error_response, install_error_handlers
 from flexsync.kit.json import JSONResponse
 from flexsync.kit.middleware import BodySizeLimit, DefaultJSONContentType
+from flexsync.web.app import install_dashboard
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -68,4 +69,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    install_dashboard(app)
     return app

@@ -1,0 +1,123 @@
+"""HTML forms to the API's own request models: the same rules, the same messages, shown beside each field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import FormData
+
+from flexsync.customers.schemas import SYNC_OWNED_METADATA_KEYS
+from flexsync.kit.errors import APIError, describe_validation_errors
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+FORM_ERROR = "_form"
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    label: str
+    type: str = "text"
+    required: bool = False
+    autocomplete: str = "off"
+    hint: str = ""
+    maxlength: int | None = None
+
+
+CUSTOMER_FIELDS = (
+    Field("external_id", "External id", required=True, hint="Your own id for this customer.", maxlength=255),
+    Field("name", "Name", required=True, autocomplete="organization", maxlength=255),
+    Field("email", "Email", type="email", autocomplete="email", maxlength=255),
+    Field("address_line1", "Address line 1", autocomplete="address-line1", maxlength=255),
+    Field("address_line2", "Address line 2", autocomplete="address-line2", maxlength=255),
+    Field("address_city", "City", autocomplete="address-level2", maxlength=100),
+    Field("address_state", "State / province", autocomplete="address-level1", maxlength=100),
+    Field("address_postal_code", "Postal code", autocomplete="postal-code", maxlength=20),
+    Field("address_country", "Country", autocomplete="country", hint="ISO 3166-1 alpha-2 code, like US or DE."),
+)
+METADATA_FIELD = "metadata"
+CUSTOMER_LABELS = {f.name: f.label for f in CUSTOMER_FIELDS} | {METADATA_FIELD: "Metadata"}
+
+
+@dataclass(slots=True)
+class FormState:
+    """What a form shows: the values as typed and a message per field (`_form` for the whole form)."""
+
+    values: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def invalid(self) -> bool:
+        return bool(self.errors)
+
+
+def text_values(form: FormData, names: list[str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for name in names:
+        value = form.get(name)
+        values[name] = value if isinstance(value, str) else ""
+    return values
+
+
+def metadata_text(metadata: dict[str, Any]) -> str:
+    """A customer's client metadata as `key=value` lines; the sync's own keys are shown apart, read-only."""
+    return "\n".join(f"{k}={v}" for k, v in metadata.items() if k not in SYNC_OWNED_METADATA_KEYS)
+
+
+def parse_metadata(text: str) -> dict[str, str]:
+    metadata: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"line {number}: write each entry as key=value")
+        metadata[key.strip()] = value.strip()
+    return metadata
+
+
+def field_errors(details_fields: dict[str, Any]) -> dict[str, str]:
+    """The API's `details.fields` keyed by form field: `metadata.plan` is shown beside the metadata box."""
+    errors: dict[str, str] = {}
+    for path, problem in details_fields.items():
+        name, _, rest = path.partition(".")
+        message = f"{rest}: {problem}" if rest else str(problem)
+        errors.setdefault(name, message)
+    return errors
+
+
+def validation_errors(exc: ValidationError) -> dict[str, str]:
+    _message, details = describe_validation_errors(list(exc.errors()))
+    return field_errors(details["fields"])
+
+
+def api_errors(exc: APIError) -> dict[str, str]:
+    fields = exc.details.get("fields")
+    errors = field_errors(fields) if isinstance(fields, dict) else {}
+    errors.setdefault(FORM_ERROR, exc.message)
+    return errors
+
+
+def customer_form(form: FormData) -> tuple[FormState, dict[str, Any]]:
+    """The typed values and the request body they make; errors when the metadata box cannot be read."""
+    state = FormState(values=text_values(form, [f.name for f in CUSTOMER_FIELDS] + [METADATA_FIELD]))
+    body: dict[str, Any] = {f.name: state.values[f.name] for f in CUSTOMER_FIELDS}
+    try:
+        body[METADATA_FIELD] = parse_metadata(state.values[METADATA_FIELD])
+    except ValueError as exc:
+        state.errors[METADATA_FIELD] = str(exc)
+    return state, body
+
+
+def build(model: type[ModelT], body: dict[str, Any], state: FormState) -> ModelT | None:
+    """The API's request model from a form body, or None with the API's messages recorded per field."""
+    try:
+        built = model.model_validate(body)
+    except ValidationError as exc:
+        for name, message in validation_errors(exc).items():
+            state.errors.setdefault(name, message)
+        return None
+    return None if state.invalid else built

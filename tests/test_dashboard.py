@@ -1,0 +1,288 @@
+"""The dashboard in a real browser: Playwright driving the system Chromium against a running flexsync on SQLite.
+
+Screenshots of each page are written to docs/screenshots/ when FLEXSYNC_SCREENSHOTS=1 (off in CI, so a test run
+never rewrites tracked files).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flexsync.tenancy import service as tenancy
+from tests.support import DatabaseUnderTest, Server, TenantContext, new_tenant, sqlite_database, start_server
+
+T = TypeVar("T")
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+
+if not CHROMIUM.exists():
+    pytest.skip(
+        "the dashboard tests drive the system Chromium at /usr/bin/chromium (Debian packages chromium and "
+        "chromium-driver), which is not installed; scripts/test-setup.sh installs it when run as root",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip("playwright.sync_api", reason="the dashboard tests need the playwright package")
+Browser = sync_api.Browser
+Page = sync_api.Page
+expect = sync_api.expect
+
+
+def outside_playwright(work: Callable[[], T]) -> T:
+    """Playwright's sync API keeps an event loop running in this thread, so asyncio.run work goes elsewhere."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(work).result()
+
+
+def fresh_tenant(db: DatabaseUnderTest, server: Server) -> TenantContext:
+    return outside_playwright(lambda: new_tenant(db, server.base_url))
+
+
+@pytest.fixture(scope="module")
+def dashboard_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseUnderTest]:
+    with sqlite_database(tmp_path_factory.mktemp("dashboard-db")) as db:
+        yield db
+
+
+@pytest.fixture(scope="module")
+def dashboard(dashboard_db: DatabaseUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start_server(dashboard_db, tmp_path_factory.mktemp("dashboard-logs"), "--no-worker")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(dashboard: Server) -> Iterator[Browser]:
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def tenant(dashboard_db: DatabaseUnderTest, dashboard: Server) -> TenantContext:
+    return fresh_tenant(dashboard_db, dashboard)
+
+
+@pytest.fixture
+def page(browser: Browser, dashboard: Server) -> Iterator[Page]:
+    context = browser.new_context(base_url=dashboard.base_url, viewport={"width": 1280, "height": 860})
+    context.set_default_timeout(10_000)
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+def screenshot(page: Page, name: str) -> None:
+    if os.environ.get("FLEXSYNC_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def sign_in(page: Page, key: str, path: str = "/customers") -> None:
+    page.goto(path)
+    expect(page).to_have_url(re.compile(r"/signin\?next="))
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(re.compile(re.escape(path) + "$"))
+
+
+def create_via_api(tenant: TenantContext, **fields: str) -> dict[str, str]:
+    with tenant.client() as api:
+        response = api.post("/v1/customers", json=fields)
+        assert response.status_code == 201, response.text
+        body: dict[str, str] = response.json()
+        return body
+
+
+def test_sign_in_with_an_api_key_and_out_again(page: Page, tenant: TenantContext) -> None:
+    page.goto("/customers")
+    expect(page).to_have_url(re.compile(r"/signin\?next=/customers$"))
+    screenshot(page, "sign-in")
+
+    page.get_by_label("API key").fill("fsk_not-a-real-key")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("That API key is not valid, or it has been revoked.")
+
+    page.get_by_label("API key").fill(tenant.api_key)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Customers")
+    expect(page.get_by_role("navigation", name="Main").get_by_role("link", name="Customers")).to_have_attribute(
+        "aria-current", "page"
+    )
+
+    cookie = next(c for c in page.context.cookies() if c["name"] == "flexsync_session")
+    assert cookie["httpOnly"] is True
+    assert cookie["sameSite"] == "Lax"
+    assert tenant.api_key not in cookie["value"]
+    assert tenant.api_key[4:] not in cookie["value"]
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("status")).to_have_text("You are signed out.")
+    page.goto("/customers")
+    expect(page).to_have_url(re.compile(r"/signin"))
+
+
+def test_create_search_edit_and_archive_a_customer(page: Page, tenant: TenantContext) -> None:
+    create_via_api(tenant, external_id="crm-existing", name="Existing Ltd")
+    sign_in(page, tenant.api_key)
+    page.get_by_role("link", name="New customer").click()
+
+    page.get_by_label("External id").fill("crm-existing")
+    page.get_by_label("Email").fill("not-an-email")
+    page.get_by_label("Country").fill("XX")
+    page.get_by_role("button", name="Create customer").click()
+    # The API's own messages, next to the fields they concern.
+    expect(page.locator("#f-name-error")).to_have_text("String should have at least 1 character")
+    expect(page.locator("#f-email-error")).to_contain_text("not a valid email address")
+    expect(page.locator("#f-address_country-error")).to_have_text(
+        "must be an ISO 3166-1 alpha-2 country code, like US or DE"
+    )
+    expect(page.get_by_label("Email")).to_have_attribute("aria-invalid", "true")
+    screenshot(page, "customer-form-errors")
+
+    page.get_by_role("textbox", name="Name", exact=True).fill("Ada Lovelace")
+    page.get_by_label("Email").fill("ada@example.com")
+    page.get_by_label("Country").fill("gb")
+    page.get_by_label("Metadata").fill("plan=pro")
+    page.get_by_role("button", name="Create customer").click()
+    expect(page.locator("#f-external_id-error")).to_have_text("already exists")
+
+    page.get_by_label("External id").fill("crm-ada")
+    page.get_by_role("button", name="Create customer").click()
+    expect(page.get_by_role("status")).to_have_text("Customer created.")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Ada Lovelace")
+    details = page.get_by_role("region", name="Details")
+    expect(details).to_contain_text("GB")
+    expect(details).to_contain_text("plan = pro")
+    expect(page.get_by_role("region", name="Stripe")).to_contain_text("not linked")
+
+    page.get_by_role("link", name="Customers", exact=True).first.click()
+    page.get_by_label("Search").fill("ADA@EXAMPLE")
+    page.get_by_role("button", name="Search").click()
+    rows = page.locator("tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("Ada Lovelace")
+    expect(rows.first).to_contain_text("not linked")
+    page.get_by_label("Search").fill("nobody-matches")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_text("No customers match your search.")).to_be_visible()
+
+    page.goto("/customers")
+    page.get_by_role("link", name="Ada Lovelace").click()
+    page.get_by_role("link", name="Edit").click()
+    page.get_by_role("textbox", name="Name", exact=True).fill("Ada King")
+    page.get_by_label("City").fill("London")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.get_by_role("status")).to_have_text("Customer saved.")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Ada King")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Archive").click()
+    expect(page.get_by_role("status")).to_have_text("Customer archived.")
+    expect(page.get_by_role("link", name="Edit")).to_have_count(0)
+
+    with tenant.client() as api:
+        archived = api.get("/v1/customers/external/crm-ada")
+        assert archived.status_code == 404
+        listed = api.get("/v1/customers", params={"status": "archived"}).json()["items"]
+        assert [(c["name"], c["address_city"], c["metadata"]) for c in listed] == [
+            ("Ada King", "London", {"plan": "pro"})
+        ]
+
+
+def test_customer_list_pages_through_results(page: Page, tenant: TenantContext) -> None:
+    for i in range(27):
+        create_via_api(tenant, external_id=f"bulk-{i:02d}", name=f"Bulk {i:02d}")
+    sign_in(page, tenant.api_key)
+    expect(page.get_by_text("27 customers")).to_be_visible()
+    expect(page.locator("tbody tr")).to_have_count(25)
+    screenshot(page, "customers")
+    page.get_by_role("link", name="Next").click()
+    expect(page.locator("tbody tr")).to_have_count(2)
+    expect(page.get_by_text("Page 2 of 2")).to_be_visible()
+
+
+def test_another_tenants_key_sees_none_of_its_data(
+    page: Page, tenant: TenantContext, dashboard_db: DatabaseUnderTest, dashboard: Server
+) -> None:
+    theirs = create_via_api(tenant, external_id="private-1", name="Private Customer")
+    other = fresh_tenant(dashboard_db, dashboard)
+    sign_in(page, other.api_key)
+    expect(page.get_by_text("No customers yet.")).to_be_visible()
+    page.get_by_label("Status").select_option("all")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_text("No customers yet.")).to_be_visible()
+
+    response = page.goto(f"/customers/{theirs['id']}")
+    assert response is not None and response.status == 404
+    expect(page.get_by_role("heading", level=1)).to_have_text("Not found")
+    response = page.goto(f"/customers/{theirs['id']}/edit")
+    assert response is not None and response.status == 404
+
+
+def test_a_form_without_the_csrf_token_is_refused(page: Page, tenant: TenantContext) -> None:
+    sign_in(page, tenant.api_key)
+    page.goto("/customers/new")
+    page.get_by_label("External id").fill("csrf-1")
+    page.get_by_role("textbox", name="Name", exact=True).fill("Forged")
+    page.locator("#main input[name=csrf_token]").evaluate("input => input.remove()")
+    page.get_by_role("button", name="Create customer").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Not allowed")
+    screenshot(page, "csrf-refused")
+
+    # The same with a token from another session, straight over HTTP with this session's cookie.
+    forged = page.request.post(
+        "/customers/new", form={"external_id": "csrf-2", "name": "Forged", "csrf_token": "x" * 43}
+    )
+    assert forged.status == 403
+    with tenant.client() as api:
+        assert api.get("/v1/customers", params={"status": "all"}).json()["pagination"]["total"] == 0
+
+
+def test_a_revoked_keys_session_stops_working(
+    page: Page, tenant: TenantContext, dashboard_db: DatabaseUnderTest
+) -> None:
+    sign_in(page, tenant.api_key)
+
+    async def revoke(session: AsyncSession) -> None:
+        scope = await tenancy.resolve_api_key(session, tenant.api_key)
+        assert scope is not None
+        await tenancy.revoke_api_key(session, scope.api_key_id)
+
+    outside_playwright(lambda: dashboard_db.run(revoke))
+    page.reload()
+    expect(page).to_have_url(re.compile(r"/signin"))
+    expect(page.get_by_role("status")).to_contain_text("revoked")
+
+
+def test_a_tampered_session_cookie_is_not_accepted(dashboard: Server, tenant: TenantContext) -> None:
+    with httpx.Client(base_url=dashboard.base_url) as client:
+        sign_in_page = client.get("/signin")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', sign_in_page.text)
+        assert token is not None
+        signed = client.post("/signin", data={"api_key": tenant.api_key, "csrf_token": token.group(1)})
+        assert signed.status_code == 303
+        assert client.get("/customers").status_code == 200
+        cookie = client.cookies["flexsync_session"]
+        key_id, rest = cookie.split(".", 1)
+        client.cookies.set("flexsync_session", f"{key_id}X.{rest}")
+        assert client.get("/customers").headers["location"].startswith("/signin")
