@@ -18,6 +18,8 @@ from flexsync.crypto import secret_box
 from flexsync.customers.endpoints import router as customers_router
 from flexsync.db import create_engine, session_factory
 from flexsync.deps import Database
+from flexsync.jobs.endpoints import router as sync_jobs_router
+from flexsync.jobs.worker import Worker
 from flexsync.kit.errors import error_response, install_error_handlers
 from flexsync.kit.json import JSONResponse
 from flexsync.kit.middleware import BodySizeLimit, DefaultJSONContentType
@@ -33,9 +35,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.db = Database(
             settings=settings, engine=engine, sessions=session_factory(engine), box=secret_box(settings)
         )
+        worker = Worker(app.state.db, concurrency=settings.worker_concurrency) if settings.run_worker else None
         try:
+            if worker is not None:
+                await worker.start()
             yield
         finally:
+            if worker is not None:
+                await worker.stop()
             await engine.dispose()
 
     app = FastAPI(
@@ -49,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(DefaultJSONContentType)
     app.add_middleware(BodySizeLimit)
     app.include_router(customers_router)
+    app.include_router(sync_jobs_router)
     app.include_router(connections_router)
 
     @app.get("/healthz", tags=["operations"])

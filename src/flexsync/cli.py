@@ -203,5 +203,20 @@ def serve(
     )
 
 
+@app.command("worker")
+def worker_command(
+    concurrency: Annotated[
+        int | None,
+        typer.Option("--concurrency", min=1, max=256, help="Jobs run at once (default FLEXSYNC_WORKER_CONCURRENCY)."),
+    ] = None,
+) -> None:
+    """Run the outbound sync worker only (run many of them against PostgreSQL; one on SQLite)."""
+    from flexsync.jobs.worker import run_worker
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(run_worker(settings, concurrency or settings.worker_concurrency))
+
+
 def main() -> None:
     app()

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     stripe_timeout_seconds: float = 20.0
     # Whether `serve` runs the outbound worker inside the API process (`serve --no-worker` turns it off).
     run_worker: bool = True
+    # Jobs one worker process runs at once (`flexsync worker --concurrency N` overrides it).
+    worker_concurrency: int = 8
 
     @property
     def is_sqlite(self) -> bool:

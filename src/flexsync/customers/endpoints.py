@@ -14,6 +14,7 @@ from flexsync.deps import DB, AuthScope
 from flexsync.kit.errors import NotFound, ValidationFailed
 from flexsync.kit.json import JSONResponse
 from flexsync.kit.pagination import MAX_LIMIT, Page, page_body
+from flexsync.stripe import outbound
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
 
@@ -114,6 +115,26 @@ async def update_customer_by_query(
     if (id is None) == (external_customer_id is None):
         raise ValidationFailed("give exactly one of the query parameters id or external_customer_id")
     return await _update(db, scope, body, customer_id=id, external_id=external_customer_id)
+
+
+@router.post("/{customer_id}/sync-to-stripe", status_code=202)
+async def sync_customer_to_stripe(customer_id: str, scope: AuthScope, db: DB) -> JSONResponse:
+    """Create the customer in Stripe if unlinked, else update it there; runs as a job (202)."""
+    async with db.transaction() as session:
+        customer = await service.find_for_update(session, scope, customer_id=customer_id)
+        job = await outbound.request_sync(session, customer)
+        body = {"job_id": job.id, "status": job.status}
+    return JSONResponse(body, status_code=202)
+
+
+@router.get("/{customer_id}/sync")
+async def get_customer_sync(customer_id: str, scope: AuthScope, db: DB) -> JSONResponse:
+    """The customer's Stripe link and outbound sync state: Stripe id, last synced, last error, pending jobs."""
+    async with db.sessions() as session:
+        customer = await repository.get(session, scope, customer_id)
+        if customer is None:
+            raise NotFound(f"customer {customer_id} not found")
+        return JSONResponse(await outbound.sync_status(session, customer))
 
 
 @router.delete("/{customer_id}", status_code=204)

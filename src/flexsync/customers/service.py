@@ -12,6 +12,7 @@ from flexsync.customers.schemas import SYNC_OWNED_METADATA_KEYS, CustomerCreate,
 from flexsync.ids import new_id
 from flexsync.kit.errors import AlreadyExists, NotFound, ValidationFailed
 from flexsync.models import Customer, utcnow
+from flexsync.stripe import outbound
 from flexsync.tenancy.service import Scope
 
 ADDRESS_FIELDS = (
@@ -142,6 +143,11 @@ async def create_customer(session: AsyncSession, scope: Scope, data: CustomerCre
     )
     session.add(customer)
     await _flush_unique(session, data.external_id)
+    # The Stripe job commits with the customer, or neither does.
+    if data.integration_entity_mapping:
+        await outbound.request_link(session, customer, data.integration_entity_mapping[0].id)
+    else:
+        await outbound.on_customer_created(session, customer)
     return customer
 
 
@@ -194,6 +200,10 @@ async def update_customer(
         customer.updated_at = utcnow()
         customer.updated_by = actor
         await _flush_unique(session, customer.external_id)
+    if changed & SYNCED_FIELDS:
+        await outbound.on_customer_changed(session, customer)
+    if data.integration_entity_mapping:
+        await outbound.request_link(session, customer, data.integration_entity_mapping[0].id)
     return changed
 
 
@@ -206,4 +216,5 @@ async def archive_customer(session: AsyncSession, customer: Customer, actor: str
     customer.updated_at = utcnow()
     customer.updated_by = actor
     await session.flush()
+    await outbound.on_customer_archived(session, customer)
     return True

@@ -1,0 +1,54 @@
+"""HTTP endpoints for outbound sync jobs (`/v1/sync-jobs`): what ran, what failed and why, retry."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from flexsync.deps import DB, AuthScope
+from flexsync.jobs import repository, service
+from flexsync.kit.errors import NotFound
+from flexsync.kit.json import JSONResponse
+from flexsync.kit.pagination import MAX_LIMIT, Page, page_body
+
+router = APIRouter(prefix="/v1/sync-jobs", tags=["sync jobs"])
+
+JobStatus = Literal["pending", "running", "succeeded", "failed"]
+
+
+@router.get("")
+async def list_sync_jobs(
+    scope: AuthScope,
+    db: DB,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    status: JobStatus | None = None,
+    customer_id: str | None = None,
+) -> JSONResponse:
+    """Newest first."""
+    async with db.sessions() as session:
+        items, total = await repository.list_page(
+            session, scope, status=status, customer_id=customer_id, limit=limit, offset=offset
+        )
+        return JSONResponse(
+            page_body([service.job_to_dict(job) for job in items], total, Page(limit=limit, offset=offset))
+        )
+
+
+@router.get("/{job_id}")
+async def get_sync_job(job_id: str, scope: AuthScope, db: DB) -> JSONResponse:
+    async with db.sessions() as session:
+        job = await repository.get(session, scope, job_id)
+        if job is None:
+            raise NotFound(f"sync job {job_id} not found")
+        return JSONResponse(service.job_to_dict(job))
+
+
+@router.post("/{job_id}/retry", status_code=202)
+async def retry_sync_job(job_id: str, scope: AuthScope, db: DB) -> JSONResponse:
+    """Run a failed job again now."""
+    async with db.transaction() as session:
+        job = await service.retry_failed(session, scope, job_id)
+        body = service.job_to_dict(job)
+    return JSONResponse(body, status_code=202)

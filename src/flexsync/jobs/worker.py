@@ -1,0 +1,215 @@
+"""The outbound sync worker: claims due jobs under a lease, runs them concurrently, retries with backoff.
+
+Runs inside `flexsync serve` (unless --no-worker) and as `flexsync worker`; any number of workers may share a
+PostgreSQL database (SQLite: one). A worker sleeps until woken by a new job (PostgreSQL LISTEN/NOTIFY, or an
+in-process commit hook) or until the poll interval passes, whichever is first. While it runs a job it renews
+the job's lease; if it dies, the lease runs out and another worker takes the job over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+import asyncpg  # type: ignore[import-untyped]
+import structlog
+from sqlalchemy.engine import make_url
+
+from flexsync.config import Settings
+from flexsync.crypto import secret_box
+from flexsync.db import create_engine, session_factory
+from flexsync.deps import Database
+from flexsync.jobs import outbox, repository
+from flexsync.jobs.service import fail, retry_later, succeed
+from flexsync.metrics import SYNC_JOBS
+from flexsync.models import SyncJob, utcnow
+from flexsync.stripe import outbound
+from flexsync.stripe.calls import StripeCaller, StripeCallFailed, retry_delay
+
+log = structlog.get_logger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+class Worker:
+    def __init__(self, db: Database, *, concurrency: int):
+        self.db = db
+        self.settings = db.settings
+        self.concurrency = concurrency
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._caller = StripeCaller(db.settings)
+        self._wakeup = asyncio.Event()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listener: asyncpg.Connection | None = None
+        self._listener_retry_at = 0.0
+        self._stop_local_wake: Callable[[], None] | None = None
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def start(self) -> None:
+        self._stop_local_wake = outbox.on_commit_wake(self.wake)
+        await self._ensure_listener()
+        self._tasks = [asyncio.create_task(self._loop()), asyncio.create_task(self._keep_leases())]
+        log.info("sync worker started", worker=self.id, concurrency=self.concurrency)
+
+    async def stop(self) -> None:
+        """Stop claiming, let running jobs finish for a few seconds, then hand the rest back."""
+        self._stopping = True
+        if self._stop_local_wake is not None:
+            self._stop_local_wake()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        unfinished = list(self._running.values())
+        if unfinished:
+            _, pending = await asyncio.wait(unfinished, timeout=SHUTDOWN_GRACE_SECONDS)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            if self._running:
+                async with self.db.transaction() as session:
+                    await repository.release(session, self.id, list(self._running), utcnow())
+        if self._listener is not None:
+            await self._listener.close()
+        await self._caller.aclose()
+        log.info("sync worker stopped", worker=self.id)
+
+    async def tick(self) -> int:
+        """One pass of the worker: claim the due jobs that fit in its free capacity and start them.
+
+        Returns how many jobs were started. Called whenever the worker wakes (a new job, a finished job, the
+        poll interval), so other periodic work of the worker belongs here too.
+        """
+        free = self.concurrency - len(self._running)
+        if free <= 0:
+            return 0
+        async with self.db.transaction() as session:
+            jobs = await repository.claim(session, self.id, free, self.settings.job_lease_seconds, utcnow())
+        for job in jobs:
+            self._running[job.id] = asyncio.create_task(self._run(job))
+        return len(jobs)
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            self._wakeup.clear()
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("sync worker tick failed; retrying after the poll interval", worker=self.id)
+            await self._ensure_listener()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self.settings.job_poll_interval)
+
+    async def _keep_leases(self) -> None:
+        interval = self.settings.job_lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            if not self._running:
+                continue
+            until = utcnow() + timedelta(seconds=self.settings.job_lease_seconds)
+            try:
+                async with self.db.transaction() as session:
+                    await repository.extend_leases(session, self.id, list(self._running), until)
+            except Exception:
+                log.exception("could not renew job leases", worker=self.id)
+
+    async def _ensure_listener(self) -> None:
+        """On PostgreSQL, LISTEN on a dedicated connection; reconnect (at most once per poll) if it dropped."""
+        if self.db.engine.dialect.name != "postgresql" or self._stopping:
+            return
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        if time.monotonic() < self._listener_retry_at:
+            return
+        self._listener_retry_at = time.monotonic() + self.settings.job_poll_interval
+        dsn = make_url(self.settings.database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            self._listener = await asyncpg.connect(dsn)
+            await self._listener.add_listener(outbox.NOTIFY_CHANNEL, lambda *_: self.wake())
+        except (OSError, asyncpg.PostgresError) as exc:
+            self._listener = None
+            log.warning("cannot LISTEN for new jobs; polling instead", error=type(exc).__name__)
+
+    async def _run(self, job: SyncJob) -> None:
+        try:
+            if job.attempts > job.max_attempts:
+                message = f"gave up after {job.max_attempts} attempts (last error: {job.last_error})"
+                await self._retry_or_fail(job, message, retryable=False)
+            else:
+                await self._attempt(job)
+        except Exception as exc:
+            log.exception("sync job crashed", job_id=job.id, kind=job.kind, worker=self.id)
+            await self._retry_or_fail(job, f"internal error ({type(exc).__name__})", retryable=True)
+        finally:
+            self._running.pop(job.id, None)
+            self.wake()
+
+    async def _attempt(self, job: SyncJob) -> None:
+        try:
+            async with self.db.transaction() as session:
+                plan = await outbound.prepare(session, job, self.db.box, self.settings)
+            if isinstance(plan, outbound.NothingToDo):
+                async with self.db.transaction() as session:
+                    held = await repository.get_held(session, job.id, self.id)
+                    if held is not None:
+                        succeed(held, plan.result, utcnow())
+                SYNC_JOBS.labels(job.kind, "skipped").inc()
+                return
+            pushed = await outbound.send(plan, self._caller)
+            async with self.db.transaction() as session:
+                held = await repository.get_held(session, job.id, self.id)
+                if held is None:
+                    log.warning("job lease was taken over before its result was recorded", job_id=job.id)
+                    return
+                result = await outbound.record(session, plan, pushed, held)
+            SYNC_JOBS.labels(job.kind, "succeeded").inc()
+            log.info("sync job succeeded", job_id=job.id, kind=job.kind, customer_id=job.customer_id, **result)
+        except StripeCallFailed as failure:
+            await self._retry_or_fail(job, failure.message, retryable=failure.retryable)
+        except outbound.JobFailed as failure:
+            await self._retry_or_fail(job, failure.message, retryable=False)
+
+    async def _retry_or_fail(self, job: SyncJob, message: str, *, retryable: bool) -> None:
+        now = utcnow()
+        async with self.db.transaction() as session:
+            held = await repository.get_held(session, job.id, self.id)
+            if held is None:
+                return
+            if retryable and held.attempts < held.max_attempts:
+                delay = retry_delay(held.attempts)
+                retry_later(held, message, delay, now)
+                asyncio.get_running_loop().call_later(delay, self.wake)
+                outcome = "retried"
+            else:
+                fail(held, message, now)
+                outcome = "failed"
+            await outbound.note_failure(session, held, message)
+        SYNC_JOBS.labels(job.kind, outcome).inc()
+        log.warning("sync job " + outcome, job_id=job.id, kind=job.kind, attempts=job.attempts, error=message)
+
+
+async def run_worker(settings: Settings, concurrency: int) -> None:
+    """`flexsync worker`: run until SIGINT or SIGTERM, then shut down gracefully."""
+    engine = create_engine(settings.database_url, pool_size=concurrency + 2)
+    db = Database(settings=settings, engine=engine, sessions=session_factory(engine), box=secret_box(settings))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    worker = Worker(db, concurrency=concurrency)
+    try:
+        await worker.start()
+        await stop.wait()
+        await worker.stop()
+    finally:
+        await engine.dispose()

@@ -1,0 +1,224 @@
+"""A fault-injecting Stripe stand-in: a proxy in front of localstripe, for what localstripe cannot do.
+
+localstripe ignores Idempotency-Key (a repeated key makes a duplicate customer) and never answers 429, 5xx or
+slowly. This proxy forwards every request to localstripe and adds, as Stripe does or might:
+- Idempotency replay: the first answer to a key (per API key) is stored, and every later request with that key
+  gets the same answer without reaching localstripe; a request reusing a key with other parameters gets
+  Stripe's 400 `idempotency_error`; a second request arriving while the first is in flight waits for it.
+- Scripted faults, taken in order by the requests they match (method + path regex), each `count` times:
+  `status` (answer with that status and a Stripe-shaped error, optionally with headers such as
+  Stripe-Should-Retry, without reaching localstripe), `timeout_after_commit` (forward and store the answer,
+  then stall `seconds` so the client times out after Stripe has committed), `hold` (forward and store, then
+  stall until released: a worker can be killed mid-request), `delay` (stall `seconds`, then forward).
+- Counters: creates that reached localstripe per `metadata[flexprice_customer_id]`, requests per route.
+
+Run: python -m tests.stripe_standin --upstream URL --port PORT. Control API under /_standin/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+from aiohttp import ClientSession, ClientTimeout, web
+
+CUSTOMER_PATH = re.compile(r"/v1/customers/[^/]+")
+KEY_REUSED = "Keys for idempotent requests can only be used with the same parameters they were first used with."
+
+
+@dataclass
+class Fault:
+    action: str
+    method: str
+    path: re.Pattern[str]
+    count: int
+    status: int = 500
+    message: str = "injected fault"
+    error_type: str = "api_error"
+    headers: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class Stored:
+    fingerprint: str
+    status: int
+    body: bytes
+    content_type: str
+
+
+@dataclass
+class State:
+    upstream: str
+    faults: list[Fault] = field(default_factory=list)
+    stored: dict[tuple[str, str], Stored] = field(default_factory=dict)
+    in_flight: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+    creates: Counter[str] = field(default_factory=Counter)
+    requests: Counter[str] = field(default_factory=Counter)
+    replays: int = 0
+    injected: int = 0
+    held: int = 0
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    session: ClientSession | None = None
+
+
+def route_of(method: str, path: str) -> str:
+    return f"{method} {CUSTOMER_PATH.sub('/v1/customers/{id}', path)}"
+
+
+def take_fault(state: State, method: str, path: str) -> Fault | None:
+    for fault in state.faults:
+        if fault.count > 0 and fault.method == method and fault.path.fullmatch(path):
+            fault.count -= 1
+            return fault
+    return None
+
+
+def error_response(fault: Fault) -> web.Response:
+    body = {"error": {"message": fault.message, "type": fault.error_type}}
+    return web.json_response(body, status=fault.status, headers=fault.headers)
+
+
+async def forward(state: State, request: web.Request, body: bytes) -> Stored:
+    assert state.session is not None
+    headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
+    async with state.session.request(
+        request.method, state.upstream + request.path_qs, data=body, headers=headers
+    ) as upstream:
+        content = await upstream.read()
+        stored = Stored("", upstream.status, content, upstream.headers.get("content-type", "application/json"))
+    if request.method == "POST" and request.path == "/v1/customers" and stored.status == 200:
+        fields = dict(parse_qsl(body.decode(), keep_blank_values=True))
+        state.creates[fields.get("metadata[flexprice_customer_id]", "")] += 1
+    return stored
+
+
+def as_response(stored: Stored, replayed: bool = False) -> web.Response:
+    headers = {"Idempotent-Replayed": "true"} if replayed else {}
+    response = web.Response(status=stored.status, body=stored.body, headers=headers)
+    response.content_type = stored.content_type.split(";")[0]
+    return response
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    state: State = request.app["state"]
+    body = await request.read()
+    state.requests[route_of(request.method, request.path)] += 1
+    fault = take_fault(state, request.method, request.path)
+    if fault is not None and fault.action == "status":
+        state.injected += 1
+        return error_response(fault)
+    if fault is not None and fault.action == "delay":
+        await asyncio.sleep(fault.seconds)
+    key = request.headers.get("Idempotency-Key")
+    if key is None or request.method not in ("POST", "DELETE"):
+        return as_response(await forward(state, request, body))
+    slot = (request.headers.get("Authorization", ""), key)
+    fingerprint = hashlib.sha256(f"{request.method} {request.path} ".encode() + body).hexdigest()
+    lock = state.in_flight.setdefault(slot, asyncio.Lock())
+    async with lock:
+        stored = state.stored.get(slot)
+        if stored is not None:
+            if stored.fingerprint != fingerprint:
+                message = (
+                    "Keys for idempotent requests can only be used with the same parameters they were first used with."
+                )
+                return error_response(Fault("status", "", re.compile(""), 0, 400, message, "idempotency_error"))
+            state.replays += 1
+            return as_response(stored, replayed=True)
+        stored = await forward(state, request, body)
+        stored.fingerprint = fingerprint
+        state.stored[slot] = stored
+    if fault is not None and fault.action == "timeout_after_commit":
+        state.injected += 1
+        await asyncio.sleep(fault.seconds)
+    elif fault is not None and fault.action == "hold":
+        state.injected += 1
+        state.held += 1
+        await state.release.wait()
+    return as_response(stored)
+
+
+async def set_faults(request: web.Request) -> web.Response:
+    state: State = request.app["state"]
+    spec = await request.json()
+    state.faults = [
+        Fault(
+            action=item["action"],
+            method=item.get("method", "POST"),
+            path=re.compile(item.get("path", "/v1/customers")),
+            count=int(item.get("count", 1)),
+            status=int(item.get("status", 500)),
+            message=item.get("message", "injected fault"),
+            error_type=item.get("error_type", "api_error"),
+            headers=item.get("headers", {}),
+            seconds=float(item.get("seconds", 0)),
+        )
+        for item in spec["faults"]
+    ]
+    state.release = asyncio.Event()
+    return web.json_response({"faults": len(state.faults)})
+
+
+async def release(request: web.Request) -> web.Response:
+    request.app["state"].release.set()
+    return web.json_response({"released": True})
+
+
+async def stats(request: web.Request) -> web.Response:
+    state: State = request.app["state"]
+    return web.json_response(
+        {
+            "creates": dict(state.creates),
+            "requests": dict(state.requests),
+            "replays": state.replays,
+            "injected": state.injected,
+            "held": state.held,
+        }
+    )
+
+
+async def reset(request: web.Request) -> web.Response:
+    state: State = request.app["state"]
+    state.release.set()
+    request.app["state"] = State(upstream=state.upstream, session=state.session)
+    return web.json_response({"reset": True})
+
+
+def make_app(upstream: str) -> web.Application:
+    app = web.Application(client_max_size=2**20)
+    app["state"] = State(upstream=upstream.rstrip("/"))
+
+    async def open_session(app: web.Application) -> None:
+        app["state"].session = ClientSession(timeout=ClientTimeout(total=60))
+
+    async def close_session(app: web.Application) -> None:
+        session = app["state"].session
+        if session is not None:
+            await session.close()
+
+    app.on_startup.append(open_session)
+    app.on_cleanup.append(close_session)
+    app.router.add_post("/_standin/faults", set_faults)
+    app.router.add_post("/_standin/release", release)
+    app.router.add_post("/_standin/reset", reset)
+    app.router.add_get("/_standin/stats", stats)
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    web.run_app(make_app(args.upstream), host="127.0.0.1", port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
