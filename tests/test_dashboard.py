@@ -18,7 +18,15 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.tenancy import service as tenancy
-from tests.support import DatabaseUnderTest, Server, TenantContext, new_tenant, sqlite_database, start_server
+from tests.support import (
+    DatabaseUnderTest,
+    LocalStripe,
+    Server,
+    TenantContext,
+    new_tenant,
+    sqlite_database,
+    start_server,
+)
 
 T = TypeVar("T")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -63,8 +71,15 @@ def dashboard_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseU
 
 
 @pytest.fixture(scope="module")
-def dashboard(dashboard_db: DatabaseUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(dashboard_db, tmp_path_factory.mktemp("dashboard-logs"), "--no-worker")
+def dashboard(
+    dashboard_db: DatabaseUnderTest, localstripe_server: LocalStripe, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    running = start_server(
+        dashboard_db,
+        tmp_path_factory.mktemp("dashboard-logs"),
+        "--no-worker",
+        FLEXSYNC_STRIPE_API_BASE=localstripe_server.base_url,
+    )
     yield running
     running.stop()
 
@@ -85,6 +100,7 @@ def tenant(dashboard_db: DatabaseUnderTest, dashboard: Server) -> TenantContext:
 @pytest.fixture
 def page(browser: Browser, dashboard: Server) -> Iterator[Page]:
     context = browser.new_context(base_url=dashboard.base_url, viewport={"width": 1280, "height": 860})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=dashboard.base_url)
     context.set_default_timeout(10_000)
     opened = context.new_page()
     yield opened
@@ -286,3 +302,81 @@ def test_a_tampered_session_cookie_is_not_accepted(dashboard: Server, tenant: Te
         key_id, rest = cookie.split(".", 1)
         client.cookies.set("flexsync_session", f"{key_id}X.{rest}")
         assert client.get("/customers").headers["location"].startswith("/signin")
+
+
+SECRET_KEY = "sk_test_dashboardSecret0001"
+WEBHOOK_SECRET = "whsec_dashboardSigning0001"
+
+
+def add_connection(page: Page, **switches: bool) -> None:
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Settings > Integrations").click()
+    page.get_by_label("Connection name").fill("Production Stripe")
+    page.get_by_label("Stripe secret key").fill(SECRET_KEY)
+    page.get_by_label("Stripe publishable key").fill("pk_test_dashboardPublic0001")
+    page.get_by_label("Webhook signing secret").fill(WEBHOOK_SECRET)
+    for label, on in switches.items():
+        page.get_by_role("switch", name=label.replace("_", " ")).set_checked(on)
+    page.get_by_role("button", name="Add Stripe connection").click()
+    expect(page.get_by_role("status").first).to_have_text("Stripe connection added.")
+
+
+def test_add_copy_test_edit_and_disable_the_stripe_connection(page: Page, tenant: TenantContext) -> None:
+    sign_in(page, tenant.api_key, "/settings/integrations")
+    expect(page.get_by_role("heading", name="Add integration: Stripe")).to_be_visible()
+    page.get_by_label("Stripe secret key").fill("sk_live_wrongMode")
+    page.get_by_label("Stripe publishable key").fill("pk_test_x")
+    page.get_by_role("button", name="Add Stripe connection").click()
+    expect(page.locator("#f-name-error")).to_have_text("String should have at least 1 character")
+    # Secrets are write-only: a refused form does not send them back to the browser.
+    assert "sk_live_wrongMode" not in page.content()
+    expect(page.get_by_label("Stripe publishable key")).to_have_value("pk_test_x")
+    page.get_by_label("Connection name").fill("Production Stripe")
+    page.get_by_label("Stripe secret key").fill("sk_live_wrongMode")
+    page.get_by_role("button", name="Add Stripe connection").click()
+    expect(page.locator("#f-publishable_key-error")).to_have_text("must be a live-mode key")
+    screenshot(page, "integrations-errors")
+
+    add_connection(page)
+    stripe_card = page.get_by_role("region", name="Stripe: Production Stripe")
+    expect(stripe_card).to_contain_text("active")
+    expect(stripe_card).to_contain_text("••••••••0001")
+    assert SECRET_KEY not in page.content() and WEBHOOK_SECRET not in page.content()
+
+    webhook_url = f"{tenant.base_url}/v1/webhooks/stripe/{tenant.tenant_id}/{tenant.environment_id}"
+    expect(page.get_by_label("Endpoint URL")).to_have_value(webhook_url)
+    page.get_by_role("button", name="Copy").click()
+    expect(page.locator("#copy-status")).to_have_text("Copied to the clipboard.")
+    assert page.evaluate("navigator.clipboard.readText()") == webhook_url
+    for event in ("customer.created", "customer.updated", "customer.deleted"):
+        expect(page.get_by_role("region", name="Webhook endpoint")).to_contain_text(event)
+
+    page.get_by_role("button", name="Test connection").click()
+    expect(page.get_by_role("status").first).to_contain_text("Stripe accepted the secret key")
+    screenshot(page, "integrations")
+
+    page.get_by_label("Connection name").fill("Stripe (test)")
+    page.get_by_role("switch", name="Match by email").check()
+    page.get_by_label("When a customer is deleted in Stripe").select_option("archive")
+    page.get_by_role("button", name="Save connection").click()
+    expect(page.get_by_role("status").first).to_have_text("Stripe connection saved.")
+    expect(page.get_by_role("switch", name="Match by email")).to_be_checked()
+
+    page.get_by_role("button", name="Disable").click()
+    expect(page.get_by_role("status").first).to_contain_text("disabled")
+    with tenant.client() as api:
+        (connection,) = api.get("/v1/connections").json()["items"]
+    assert connection["name"] == "Stripe (test)"
+    assert connection["status"] == "disabled"
+    assert connection["secret_key_last4"] == "0001"
+    assert connection["webhook_secret_set"] is True
+    assert connection["settings"]["email_matching"] is True
+    assert connection["settings"]["on_stripe_delete"] == "archive"
+    assert connection["settings"]["outbound_enabled"] is True
+
+    page.get_by_role("button", name="Enable").click()
+    expect(page.get_by_role("status").first).to_have_text("Stripe connection enabled.")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete").click()
+    expect(page.get_by_role("heading", name="Add integration: Stripe")).to_be_visible()
+    with tenant.client() as api:
+        assert api.get("/v1/connections").json()["pagination"]["total"] == 0

@@ -121,3 +121,84 @@ def build(model: type[ModelT], body: dict[str, Any], state: FormState) -> ModelT
             state.errors.setdefault(name, message)
         return None
     return None if state.invalid else built
+
+
+CONNECTION_NAME = Field("name", "Connection name", required=True, hint='A descriptive name, like "Production Stripe".')
+PUBLISHABLE_KEY = Field("publishable_key", "Stripe publishable key", required=True, hint="pk_test_… or pk_live_…")
+
+
+CONNECTION_LABELS = {
+    "name": "Connection name",
+    "publishable_key": "Publishable key",
+    "secret_key": "Secret key",
+    "webhook_secret": "Webhook signing secret",
+    "settings": "Settings",
+    "verify": "Check with Stripe",
+    "provider": "Connection",
+}
+
+
+def secret_fields(editing: bool) -> tuple[Field, Field]:
+    """The write-only secret inputs; when editing, a blank one keeps the stored secret."""
+    keep = " Leave blank to keep the current one." if editing else ""
+    return (
+        Field(
+            "secret_key",
+            "New Stripe secret key" if editing else "Stripe secret key",
+            type="password",
+            required=not editing,
+            hint=f"sk_… or a restricted rk_… key with read and write access to Customers.{keep}",
+        ),
+        Field(
+            "webhook_secret",
+            "New webhook signing secret" if editing else "Webhook signing secret",
+            type="password",
+            hint=f"whsec_…, shown by Stripe once the webhook endpoint below exists; can be added later.{keep}",
+        ),
+    )
+
+
+SWITCHES = (
+    ("inbound_enabled", "Apply Stripe webhook events", "Customers created or changed in Stripe update flexsync."),
+    ("outbound_enabled", "Create customers in Stripe", "Every new flexsync customer gets a Stripe customer."),
+    ("push_updates", "Push changes to Stripe", "Changes to a linked customer are sent to its Stripe customer."),
+    (
+        "email_matching",
+        "Match by email",
+        "A new Stripe customer is linked to an unlinked flexsync customer with the same email.",
+    ),
+)
+CHOICES = {
+    "on_stripe_delete": (
+        "When a customer is deleted in Stripe",
+        [("ignore", "Keep the link and the customer"), ("unlink", "Unlink the customer"), ("archive", "Archive")],
+    ),
+    "on_customer_archive": (
+        "When a customer is archived here",
+        [("ignore", "Leave the Stripe customer"), ("delete_in_stripe", "Delete the Stripe customer")],
+    ),
+}
+
+
+def connection_settings(form: FormData) -> dict[str, Any]:
+    """The settings switches: an unticked checkbox is simply absent from the form."""
+    chosen: dict[str, Any] = {name: form.get(name) == "on" for name, _label, _hint in SWITCHES}
+    for name in CHOICES:
+        value = form.get(name)
+        chosen[name] = value if isinstance(value, str) else ""
+    return chosen
+
+
+def connection_form(form: FormData, editing: bool) -> tuple[FormState, dict[str, Any]]:
+    """Typed values (never the secrets: those are not sent back to the browser) and the request body."""
+    state = FormState(values=text_values(form, ["name", "publishable_key"]))
+    body: dict[str, Any] = dict(state.values)
+    for name in ("secret_key", "webhook_secret"):
+        secret = form.get(name)
+        if isinstance(secret, str) and secret.strip():
+            body[name] = secret
+        elif not editing and name == "secret_key":
+            body[name] = ""
+    body["settings"] = connection_settings(form)
+    body["verify"] = form.get("verify") == "on"
+    return state, body

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from flexsync.models import ApiKey, Customer, CustomerLink, Environment, SyncJob, Tenant, WebhookEvent
+from flexsync.models import ApiKey, Customer, CustomerLink, Environment, SyncJob, Tenant, WebhookEvent, utcnow
 from flexsync.tenancy.service import Scope
 
 
@@ -80,22 +80,25 @@ class SyncState:
     stripe_customer_id: str | None
     last_synced_at: datetime | None
     last_error: str | None
+    # Set when a link exists but no longer counts (its Stripe customer was deleted): shown beside the status.
+    link_note: str | None = None
 
 
-ACTIVE_JOB_STATUSES = frozenset({"pending", "queued", "running", "retrying"})
-FAILED_JOB_STATUSES = frozenset({"failed", "dead"})
+ACTIVE_JOB_STATUSES = frozenset({"pending", "running"})
+FAILED_JOB_STATUSES = frozenset({"failed"})
 
 
 def sync_state(link: CustomerLink | None, latest_job: SyncJob | None) -> SyncState:
     stripe_id = link.stripe_customer_id if link is not None else None
     synced_at = link.last_synced_at if link is not None else None
+    note = f"Stripe customer {link.status}" if link is not None and link.status != "linked" else None
     if latest_job is not None and latest_job.status in ACTIVE_JOB_STATUSES:
-        return SyncState("pending", stripe_id, synced_at, latest_job.last_error)
+        return SyncState("pending", stripe_id, synced_at, latest_job.last_error, note)
     if latest_job is not None and latest_job.status in FAILED_JOB_STATUSES:
-        return SyncState("failed", stripe_id, synced_at, latest_job.last_error)
-    if link is not None:
-        return SyncState("failed" if link.last_error else "linked", stripe_id, synced_at, link.last_error)
-    return SyncState("not linked", None, None, None)
+        return SyncState("failed", stripe_id, synced_at, latest_job.last_error, note)
+    if link is None or note is not None:
+        return SyncState("not linked", stripe_id, synced_at, None, note)
+    return SyncState("failed" if link.last_error else "linked", stripe_id, synced_at, link.last_error)
 
 
 async def sync_states(
@@ -157,3 +160,45 @@ async def customer_events(session: AsyncSession, scope: Scope, customer_id: str,
         .limit(limit)
     )
     return list((await session.execute(stmt)).scalars().all())
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Settings > Integrations' summary of how the sync is doing."""
+
+    last_event_at: datetime | None
+    failed_events_24h: int
+    failed_jobs_24h: int
+
+
+FAILED_EVENT_STATUSES = ("failed", "dead")
+
+
+async def health(session: AsyncSession, scope: Scope) -> Health:
+    since = utcnow() - timedelta(hours=24)
+    in_scope_events = (WebhookEvent.tenant_id == scope.tenant_id) & (
+        WebhookEvent.environment_id == scope.environment_id
+    )
+    last_event_at = (
+        await session.execute(select(func.max(WebhookEvent.received_at)).where(in_scope_events))
+    ).scalar_one()
+    failed_events = (
+        await session.execute(
+            select(func.count()).where(
+                in_scope_events,
+                WebhookEvent.status.in_(FAILED_EVENT_STATUSES),
+                WebhookEvent.received_at >= since,
+            )
+        )
+    ).scalar_one()
+    failed_jobs = (
+        await session.execute(
+            select(func.count()).where(
+                SyncJob.tenant_id == scope.tenant_id,
+                SyncJob.environment_id == scope.environment_id,
+                SyncJob.status.in_(FAILED_JOB_STATUSES),
+                SyncJob.updated_at >= since,
+            )
+        )
+    ).scalar_one()
+    return Health(last_event_at, failed_events, failed_jobs)

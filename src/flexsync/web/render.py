@@ -42,6 +42,7 @@ templates.env.globals["stripe_customer_url"] = stripe_customer_url
 # The main navigation: (key, path, label); a page passes its key to mark itself current.
 NAV_ITEMS = [
     ("customers", "/customers", "Customers"),
+    ("integrations", "/settings/integrations", "Settings > Integrations"),
 ]
 
 # Messages shown after a redirect, chosen by a fixed code so no page ever echoes text from the URL.
@@ -54,7 +55,9 @@ NOTICES = {
     "sync-queued": "Sync to Stripe queued.",
     "connection-created": "Stripe connection added.",
     "connection-saved": "Stripe connection saved.",
-    "connection-disabled": "Stripe connection disabled: this environment no longer syncs with Stripe.",
+    "connection-disabled": "Stripe connection disabled: nothing syncs until it is enabled again.",
+    "connection-enabled": "Stripe connection enabled.",
+    "connection-deleted": "Stripe connection deleted, with its secrets. You can add a new one.",
     "event-replayed": "Webhook event replayed.",
     "job-retried": "Sync job queued to run now.",
 }
