@@ -162,7 +162,8 @@ def _check_update(data: ConnectionUpdate) -> None:
     for name in NOT_NULLABLE:
         if name in given and getattr(data, name) is None:
             raise ValidationFailed(f"{name} must not be null", {"fields": {name: "must not be null"}})
-    changes = [name for name in WEBHOOK_SECRET_CHANGES if name in given]
+    # `remove_old_webhook_secrets: false` asks for nothing, so a form may always send it.
+    changes = [name for name in WEBHOOK_SECRET_CHANGES if name in given and getattr(data, name) is not False]
     if len(changes) > 1:
         raise ValidationFailed(
             f"give only one of {', '.join(WEBHOOK_SECRET_CHANGES)} per request",
