@@ -24,6 +24,9 @@ from flexsync.kit.errors import error_response, install_error_handlers
 from flexsync.kit.json import JSONResponse
 from flexsync.kit.middleware import BodySizeLimit, DefaultJSONContentType
 from flexsync.web.app import install_dashboard
+from flexsync.webhooks import receiver
+from flexsync.webhooks.endpoints import router as webhook_events_router
+from flexsync.webhooks.pipeline import WebhookPipeline
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -36,13 +39,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings, engine=engine, sessions=session_factory(engine), box=secret_box(settings)
         )
         worker = Worker(app.state.db, concurrency=settings.worker_concurrency) if settings.run_worker else None
+        webhooks = app.state.webhooks = WebhookPipeline(app.state.db)
         try:
+            webhooks.start()
             if worker is not None:
                 await worker.start()
             yield
         finally:
             if worker is not None:
                 await worker.stop()
+            await webhooks.stop()
             await engine.dispose()
 
     app = FastAPI(
@@ -55,9 +61,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(DefaultJSONContentType)
     app.add_middleware(BodySizeLimit)
+    # First in the routing table: Stripe's deliveries are the busiest route.
+    app.add_route(receiver.PATH, receiver.receive_stripe_webhook, methods=["POST"])
     app.include_router(customers_router)
     app.include_router(sync_jobs_router)
     app.include_router(connections_router)
+    app.include_router(webhook_events_router)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> JSONResponse:

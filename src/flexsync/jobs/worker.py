@@ -30,12 +30,14 @@ from flexsync.jobs import outbox, repository
 from flexsync.jobs.service import fail, retry_later, succeed
 from flexsync.metrics import SYNC_JOBS
 from flexsync.models import SyncJob, utcnow
-from flexsync.stripe import outbound
+from flexsync.stripe import inbound, outbound
 from flexsync.stripe.calls import StripeCaller, StripeCallFailed, retry_delay
 
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 5.0
+# How often the worker also retries Stripe webhook events that failed to apply or were left queued.
+INBOUND_RETRY_SECONDS = 2.0
 
 
 class Worker:
@@ -52,6 +54,7 @@ class Worker:
         self._listener_retry_at = 0.0
         self._stop_local_wake: Callable[[], None] | None = None
         self._stopping = False
+        self._next_inbound_retry = 0.0
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -90,6 +93,7 @@ class Worker:
         Returns how many jobs were started. Called whenever the worker wakes (a new job, a finished job, the
         poll interval), so other periodic work of the worker belongs here too.
         """
+        await self._retry_inbound_events()
         free = self.concurrency - len(self._running)
         if free <= 0:
             return 0
@@ -98,6 +102,16 @@ class Worker:
         for job in jobs:
             self._running[job.id] = asyncio.create_task(self._run(job))
         return len(jobs)
+
+    async def _retry_inbound_events(self) -> None:
+        """Inbound work of the worker: Stripe events that failed to apply, or that a stopped server left queued."""
+        if time.monotonic() < self._next_inbound_retry:
+            return
+        self._next_inbound_retry = time.monotonic() + INBOUND_RETRY_SECONDS
+        try:
+            await inbound.apply_due_events(self.db)
+        except Exception:
+            log.exception("retrying Stripe webhook events failed", worker=self.id)
 
     async def _loop(self) -> None:
         while not self._stopping:

@@ -1,0 +1,328 @@
+"""Webhook ingest benchmark (issue 3): flexsync against the reference receiver, alternating, on PostgreSQL.
+
+Each round runs both receivers one after the other (the order alternates between rounds), each on a fresh
+database, with the same signed `customer.created` / `customer.updated` events from
+`../shared/bench/webhook_load.py` (32 concurrent clients by default):
+
+- flexsync: `flexsync serve --no-worker` with one tenant, environment and Stripe connection. Reported: the
+  acknowledged events/s and p50/p99 from the load generator, and the end-to-end rate: events until every one
+  of them is applied to its customer (the load's time plus the time the last events took to be applied after
+  the load ended). Afterwards the rows are counted: every event stored once, one customer and one link per
+  Stripe customer, no event applied twice.
+- the reference: `reference_app.py`'s `/webhook-db-lean` (verify_header, one upsert and one commit per event),
+  whose acknowledged rate is its end-to-end rate.
+
+Usage (PostgreSQL must be reachable; the script creates and drops its own databases):
+
+    python bench/webhook_ingest.py --pg postgresql://postgres@127.0.0.1:5432/postgres --rounds 3
+
+Prints one line per run and the medians, and with --json one JSON object at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from cryptography.fernet import Fernet
+
+ROOT = Path(__file__).resolve().parents[1]
+KIT = (ROOT / ".." / "shared" / "bench").resolve()
+SECRET = "whsec_bench_webhook_ingest"
+SETTLED = ("applied", "ignored")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+@contextmanager
+def fresh_database(admin_dsn: str) -> Iterator[str]:
+    """A new PostgreSQL database for one run, dropped afterwards; yields its asyncpg DSN."""
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_dsn.rsplit("/", 1)[0] + "/" + name
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def run_load(args: argparse.Namespace, url: str, label: str, extra: list[str]) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        str(KIT / "webhook_load.py"),
+        "--url",
+        url,
+        "--secret",
+        SECRET,
+        "--count",
+        str(args.count),
+        "--concurrency",
+        str(args.concurrency),
+        "--seed",
+        str(args.seed),
+        "--warmup",
+        str(args.warmup),
+        "--json",
+        "--label",
+        label,
+        *extra,
+    ]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    return result
+
+
+# -- flexsync ---------------------------------------------------------------------------------------------------
+
+
+def seed_flexsync(database_url: str, encryption_key: str) -> tuple[str, str]:
+    """Migrate, then create a tenant, an environment and an active Stripe connection signing with SECRET."""
+    from flexsync.crypto import SecretBox
+    from flexsync.db import create_engine, migrate, session_factory, transaction
+    from flexsync.ids import new_id
+    from flexsync.models import StripeConnection
+    from flexsync.tenancy import service as tenancy
+
+    migrate(database_url)
+
+    async def seed() -> tuple[str, str]:
+        engine = create_engine(database_url, null_pool=True)
+        box = SecretBox([encryption_key])
+        try:
+            async with transaction(session_factory(engine)) as session:
+                tenant = await tenancy.create_tenant(session, "Bench")
+                env = await tenancy.create_environment(session, tenant.id, "bench")
+                session.add(
+                    StripeConnection(
+                        id=new_id("conn"),
+                        tenant_id=tenant.id,
+                        environment_id=env.id,
+                        name="Bench Stripe",
+                        mode="test",
+                        secret_key_encrypted=box.encrypt("sk_test_bench"),
+                        secret_key_last4="ench",
+                        publishable_key="pk_test_bench",
+                        webhook_secrets_encrypted=[box.encrypt(SECRET)],
+                        settings={},
+                    )
+                )
+                return tenant.id, env.id
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(seed())
+
+
+async def _event_counts(dsn: str) -> dict[str, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT status, count(*) AS n FROM webhook_events GROUP BY status")
+        return {row["status"]: row["n"] for row in rows}
+    finally:
+        await conn.close()
+
+
+async def _integrity(dsn: str) -> dict[str, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            """
+            SELECT
+              (SELECT count(*) FROM webhook_events) AS events,
+              (SELECT count(DISTINCT stripe_event_id) FROM webhook_events) AS distinct_events,
+              (SELECT count(DISTINCT stripe_object_id) FROM webhook_events) AS stripe_customers,
+              (SELECT count(*) FROM customers) AS customers,
+              (SELECT count(*) FROM customer_links) AS links,
+              (SELECT count(*) FROM webhook_events
+                WHERE status = 'applied' AND customer_id IS NULL) AS applied_without_customer,
+              (SELECT count(*) FROM webhook_events WHERE attempts > 1) AS applied_more_than_once,
+              (SELECT count(*) FROM (SELECT stripe_customer_id FROM customer_links
+                                     GROUP BY stripe_customer_id HAVING count(*) > 1) AS d) AS duplicate_links
+            """
+        )
+        return dict(row)
+    finally:
+        await conn.close()
+
+
+def run_flexsync(args: argparse.Namespace, admin_dsn: str, label: str) -> dict[str, Any]:
+    with fresh_database(admin_dsn) as dsn:
+        database_url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+        key = Fernet.generate_key().decode()
+        tenant_id, environment_id = seed_flexsync(database_url, key)
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXSYNC_")}
+        env.update(
+            FLEXSYNC_DATABASE_URL=database_url,
+            FLEXSYNC_ENCRYPTION_KEYS=key,
+            FLEXSYNC_LOG_LEVEL="warning",
+            FLEXSYNC_LOG_FORMAT="json",
+        )
+        server = subprocess.Popen(
+            [sys.executable, "-m", "flexsync", "serve", "--no-worker", "--no-migrate", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for(f"http://127.0.0.1:{port}/healthz", server)
+            url = f"http://127.0.0.1:{port}/v1/webhooks/stripe/{{tenant_id}}/{{environment_id}}"
+            load = run_load(args, url, label, ["--tenants", tenant_id, "--environments", environment_id])
+            load_ended = time.perf_counter()
+            expected = args.count + args.warmup
+            while True:
+                counts = asyncio.run(_event_counts(dsn))
+                if sum(counts.get(status, 0) for status in SETTLED) >= expected:
+                    break
+                if time.perf_counter() - load_ended > 60:
+                    raise RuntimeError(f"events not applied within 60 s: {counts}")
+                time.sleep(0.005)
+            drain = time.perf_counter() - load_ended
+            integrity = asyncio.run(_integrity(dsn))
+        finally:
+            stop(server)
+    end_to_end = load["count"] / (load["elapsed_s"] + drain)
+    return {
+        **load,
+        "drain_s": round(drain, 3),
+        "end_to_end_per_s": round(end_to_end, 1),
+        "statuses": counts,
+        **integrity,
+    }
+
+
+# -- the reference ----------------------------------------------------------------------------------------------
+
+
+async def _reference_rows(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        count: int = await conn.fetchval("SELECT count(*) FROM bench_customers")
+        return count
+    finally:
+        await conn.close()
+
+
+def run_reference(args: argparse.Namespace, admin_dsn: str, label: str) -> dict[str, Any]:
+    with fresh_database(admin_dsn) as dsn:
+        port = free_port()
+        env = dict(os.environ, WEBHOOK_SECRET=SECRET, DATABASE_URL=dsn)
+        command = [sys.executable, "-m", "uvicorn", "reference_app:app", "--app-dir", str(KIT), "--host"]
+        command += ["127.0.0.1", "--port", str(port), "--workers", "1", "--loop", "uvloop", "--http", "httptools"]
+        command += ["--no-access-log", "--log-level", "warning"]
+        server = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for(f"http://127.0.0.1:{port}/", server)
+            load = run_load(args, f"http://127.0.0.1:{port}/webhook-db-lean", label, [])
+            rows = asyncio.run(_reference_rows(dsn))
+        finally:
+            stop(server)
+    return {**load, "end_to_end_per_s": load["ok_per_s"], "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres", help="admin DSN")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--count", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--only", choices=["flexsync", "reference"], help="run one receiver only")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object at the end")
+    args = parser.parse_args()
+
+    results: dict[str, list[dict[str, Any]]] = {"flexsync": [], "reference": []}
+    runners = {"flexsync": run_flexsync, "reference": run_reference}
+    for round_number in range(args.rounds):
+        order = ["reference", "flexsync"] if round_number % 2 == 0 else ["flexsync", "reference"]
+        for name in order:
+            if args.only and name != args.only:
+                continue
+            result = runners[name](args, args.pg, f"{name}#{round_number + 1}")
+            results[name].append(result)
+            line = (
+                f"{result['label']:<12} acked {result['ok_per_s']:>7.0f}/s"
+                f"  end-to-end {result['end_to_end_per_s']:>7.0f}/s"
+                f"  p50 {result['p50_ms']:>5.1f} ms  p99 {result['p99_ms']:>5.1f} ms  codes {result['codes']}"
+            )
+            if name == "flexsync":
+                line += (
+                    f"  drain {result['drain_s']:.3f} s  events {result['events']} customers {result['customers']}"
+                    f" links {result['links']} twice {result['applied_more_than_once']} statuses {result['statuses']}"
+                )
+            else:
+                line += f"  rows {result['rows']}"
+            print(line, flush=True)
+
+    summary: dict[str, Any] = {}
+    for name, runs in results.items():
+        if runs:
+            summary[name] = {
+                metric: statistics.median(run[metric] for run in runs)
+                for metric in ("ok_per_s", "end_to_end_per_s", "p50_ms", "p99_ms")
+            }
+    if len(summary) == 2:
+        summary["end_to_end_ratio"] = round(
+            summary["flexsync"]["end_to_end_per_s"] / summary["reference"]["end_to_end_per_s"], 2
+        )
+    print("medians:", json.dumps(summary), flush=True)
+    if args.json:
+        print(json.dumps({"runs": results, "medians": summary}, default=str))
+
+
+if __name__ == "__main__":
+    main()

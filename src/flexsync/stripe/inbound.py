@@ -1,0 +1,667 @@
+"""Applying Stripe customer events to flexsync customers (Stripe -> flexsync).
+
+What an event does (CONTRACT "Stripe webhook", seed "Supported Events" and "Duplicate Prevention"):
+- `customer.created`, and `customer.updated` for a Stripe customer not linked yet: link or create. A link is
+  looked for in this order: the customer already linked to the Stripe id; the customer named by
+  `metadata.flexprice_customer_id` (its id, then a published external_id), which is how flexsync's own pushes
+  come back; with `email_matching`, the one unlinked published customer with that email. Linking an existing
+  customer leaves its fields alone (it is flexsync's record; later updates flow as usual). Otherwise a customer
+  is created from the Stripe data, with external_id = the flexprice id when that names no customer, else the
+  Stripe id.
+- `customer.updated` for a linked customer: name, email and address are copied.
+- `customer.deleted`: recorded; then `on_stripe_delete`: ignore (link marked deleted), unlink, or archive.
+- Other types, and every event while `inbound_enabled` is off: stored and ignored.
+Stripe data that does not fit (a 3-letter country, a bad email) is left out and named in the event's note;
+the event still counts as applied.
+
+Order. Stripe delivers out of order and more than once, and its `created` has a resolution of one second.
+The link remembers the newest event applied (`last_event_created`, `last_event_id`):
+- the same event again, or an older one, changes nothing;
+- `customer.created` precedes every other event of its customer, so in the same second it is stale too;
+- an update in the same second as the last applied event cannot be ordered by its timestamp, and an update
+  of a customer flexsync pushed that differs from the last push may be a late echo of an older push: in both
+  cases the customer is re-fetched from Stripe and its current state applied (the event waits, queued, for
+  the fetch);
+- once Stripe has deleted a customer, no late event for it brings it back.
+Changes are written here, never through the customer service, so nothing applied from Stripe is pushed back
+to Stripe (no echo loop).
+
+Batches. `apply_batch` applies many events in the caller's transaction with a handful of statements: the
+links, candidate customers and deletions of the whole batch are read up front, new customers and links are
+inserted together at the end. On PostgreSQL, `lock_customers` serialises work on one Stripe customer across
+processes (transaction-scoped advisory locks, taken in a fixed order so they cannot deadlock).
+
+Failures. A stored event that fails to apply is marked `failed` with the error and retried with exponential
+backoff (2 s doubling, at most an hour apart); after MAX_ATTEMPTS attempts it is `dead`, kept for a manual
+replay. `apply_due_events` is the retry sweep: it also picks up events left `queued` by a process that died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+import stripe
+import structlog
+from sqlalchemy import (
+    String,
+    Table,
+    and_,
+    any_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    text,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flexsync.connections.secrets import secret_key
+from flexsync.connections.settings import ConnectionSettings, effective_settings
+from flexsync.ids import new_id
+from flexsync.logs import redact
+from flexsync.models import Customer, CustomerLink, StripeConnection, WebhookEvent, utcnow
+from flexsync.stripe import links
+from flexsync.stripe.client import stripe_client
+from flexsync.stripe.mapping import MAPPED_FIELDS, STRIPE_ID_KEY, InboundCustomer, differs, from_stripe
+from flexsync.webhooks import repository
+
+if TYPE_CHECKING:
+    from flexsync.deps import Database
+
+log = structlog.get_logger(__name__)
+
+CUSTOMERS: Table = Customer.__table__  # type: ignore[assignment]
+LINKS: Table = CustomerLink.__table__  # type: ignore[assignment]
+EVENTS: Table = WebhookEvent.__table__  # type: ignore[assignment]
+
+HANDLED_TYPES = frozenset({"customer.created", "customer.updated", "customer.deleted"})
+ACTOR = "stripe"
+MAX_ATTEMPTS = 10
+RETRY_BASE_SECONDS = 2.0
+RETRY_CAP_SECONDS = 3600.0
+# A queued event that its receiving process has not applied by then is taken over by the retry sweep.
+RECOVERY_DELAY = timedelta(seconds=30)
+STRIPE_FETCH_CONCURRENCY = 8
+
+OutcomeStatus = Literal["applied", "ignored", "queued"]
+# The Stripe customers re-fetched for a batch: their current object, or None once Stripe no longer has them.
+Fetched = Mapping[str, Mapping[str, Any] | None]
+
+
+@dataclass(slots=True)
+class InboundEvent:
+    """A verified Stripe event, as applying needs it."""
+
+    id: str
+    connection_id: str
+    stripe_event_id: str
+    type: str
+    created: int
+    data_object: Mapping[str, Any] | None
+
+    @classmethod
+    def from_payload(cls, event_id: str, connection_id: str, payload: Mapping[str, Any]) -> InboundEvent:
+        data = payload.get("data")
+        data_object = data.get("object") if isinstance(data, Mapping) else None
+        created = payload.get("created")
+        return cls(
+            id=event_id,
+            connection_id=connection_id,
+            stripe_event_id=str(payload["id"]),
+            type=str(payload["type"]),
+            created=created if isinstance(created, int) else 0,
+            data_object=data_object if isinstance(data_object, Mapping) else None,
+        )
+
+    @property
+    def stripe_object_id(self) -> str | None:
+        object_id = self.data_object.get("id") if self.data_object is not None else None
+        return object_id if isinstance(object_id, str) and object_id else None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What applying one event did. `needs_stripe_state`: queued until the customer is re-fetched."""
+
+    status: OutcomeStatus
+    note: str | None = None
+    customer_id: str | None = None
+    needs_stripe_state: bool = False
+
+
+def _note(*parts: str | None) -> str | None:
+    text_parts = [part for part in parts if part]
+    return "; ".join(text_parts) or None
+
+
+async def lock_customers(session: AsyncSession, events: Iterable[InboundEvent]) -> None:
+    """PostgreSQL: hold, until the transaction ends, a lock per Stripe customer the events touch.
+
+    Two processes applying events of one Stripe customer then take turns, so neither decides on a state the
+    other is about to change. SQLite needs nothing: a write transaction there excludes every other writer.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    keys = sorted(
+        {f"{e.connection_id}:{e.stripe_object_id}" for e in events if e.type in HANDLED_TYPES and e.stripe_object_id}
+    )
+    if keys:
+        await session.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(k) FROM "
+                "(SELECT hashtextextended(key, 0) AS k FROM unnest(CAST(:keys AS text[])) AS key ORDER BY 1) AS s"
+            ),
+            {"keys": keys},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionView:
+    """What applying needs of an active connection."""
+
+    id: str
+    tenant_id: str
+    environment_id: str
+    settings: ConnectionSettings
+
+    @classmethod
+    def of(cls, connection: StripeConnection | None) -> ConnectionView | None:
+        """The view of a connection that may receive events; None if it is missing, deleted or not active."""
+        if connection is None or connection.deleted_at is not None or connection.status != "active":
+            return None
+        return cls(
+            connection.id, connection.tenant_id, connection.environment_id, effective_settings(connection.settings)
+        )
+
+
+async def apply_batch(
+    session: AsyncSession,
+    events: Sequence[InboundEvent],
+    *,
+    connections: Mapping[str, ConnectionView] | None = None,
+    fetched: Fetched | None = None,
+) -> list[Outcome]:
+    """Apply `events` in the caller's transaction (which must hold `lock_customers` for them on PostgreSQL).
+
+    `connections`: views the caller has at hand (the webhook route's cache); others are read. Returns one
+    outcome per event, in order. Raises on a database error: the caller rolls back.
+    """
+    by_connection: dict[str, list[InboundEvent]] = defaultdict(list)
+    for event in events:
+        by_connection[event.connection_id].append(event)
+    outcomes: dict[str, Outcome] = {}
+    for connection_id, group in by_connection.items():
+        view = (connections or {}).get(connection_id)
+        if view is None:
+            view = ConnectionView.of(await session.get(StripeConnection, connection_id))
+        if view is None:
+            for event in group:
+                outcomes[event.id] = Outcome("ignored", "the Stripe connection is no longer active")
+            continue
+        batch = _Batch(session, view, fetched or {})
+        await batch.prepare(group)
+        for event in group:
+            outcomes[event.id] = await batch.apply(event)
+        await batch.finish()
+    return [outcomes[event.id] for event in events]
+
+
+class _Batch:
+    """The state one connection's events in one batch share: what was read up front, what is to be written."""
+
+    def __init__(self, session: AsyncSession, connection: ConnectionView, fetched: Fetched) -> None:
+        self.session = session
+        self.connection = connection
+        self.settings = connection.settings
+        self.fetched = fetched
+        self.now = utcnow()
+        self.on_postgresql = session.get_bind().dialect.name == "postgresql"
+        self.links: dict[str, CustomerLink] = {}
+        self.customers: dict[str, Customer] = {}
+        self.by_external_id: dict[str, Customer] = {}
+        self.unlinked_by_email: dict[str, list[Customer]] = defaultdict(list)
+        self.deleted_in_stripe: set[str] = set()
+        self.taken_external_ids: set[str] = set()
+        self.mapped: dict[str, InboundCustomer] = {}
+        # Customers created by this batch, keyed by Stripe id: inserted together in `finish`.
+        self.new_customers: dict[str, dict[str, Any]] = {}
+        self.new_links: dict[str, dict[str, Any]] = {}
+
+    # -- reading up front ------------------------------------------------------------------------------------
+
+    async def prepare(self, events: Sequence[InboundEvent]) -> None:
+        """Read what the batch's events may need in one probe, then load only the rows it found."""
+        if not self.settings.inbound_enabled:
+            return
+        customer_events = [e for e in events if e.type in HANDLED_TYPES and e.stripe_object_id and e.data_object]
+        if not customer_events:
+            return
+        incoming = [self._incoming(e) for e in customer_events]
+        stripe_ids = {c.stripe_id for c in incoming}
+        named_ids = {c.flexprice_customer_id for c in incoming if c.flexprice_customer_id}
+        emails = {c.fields["email"].lower() for c in incoming if c.fields["email"]}
+        found: dict[str, set[str]] = defaultdict(set)
+        for kind, key in await self.session.execute(self._probe(stripe_ids, named_ids, emails)):
+            found[kind].add(key)
+        self.deleted_in_stripe = found["deleted"]
+        if found["link"]:
+            await self._load_links(found["link"])
+        if found["customer"] or found["email"]:
+            await self._load_candidates(found["customer"] | found["email"], found["email"])
+
+    def _any(self, column: Any, values: set[str]) -> Any:
+        """`column IN values`, as `= ANY(array)` on PostgreSQL so the statement text (and its plan) is reused."""
+        if self.on_postgresql:
+            return column == any_(bindparam(None, sorted(values), type_=ARRAY(String)))
+        return column.in_(sorted(values))
+
+    def _probe(self, stripe_ids: set[str], named_ids: set[str], emails: set[str]) -> Any:
+        """(kind, key) rows: `link` (Stripe ids linked already), `deleted` (Stripe ids Stripe has deleted),
+        `customer` (customers named by id or external_id), `email` (unlinked customers with these emails)."""
+        linked = exists().where(LINKS.c.connection_id == self.connection.id, LINKS.c.customer_id == CUSTOMERS.c.id)
+        in_environment = and_(
+            CUSTOMERS.c.tenant_id == self.connection.tenant_id,
+            CUSTOMERS.c.environment_id == self.connection.environment_id,
+        )
+        parts = [
+            select(literal_column("'link'"), LINKS.c.stripe_customer_id).where(
+                LINKS.c.connection_id == self.connection.id, self._any(LINKS.c.stripe_customer_id, stripe_ids)
+            ),
+            select(literal_column("'deleted'"), EVENTS.c.stripe_object_id).where(
+                EVENTS.c.connection_id == self.connection.id,
+                EVENTS.c.type == "customer.deleted",
+                self._any(EVENTS.c.stripe_object_id, stripe_ids),
+            ),
+            select(literal_column("'customer'"), CUSTOMERS.c.id).where(
+                in_environment,
+                or_(
+                    self._any(CUSTOMERS.c.id, named_ids),
+                    and_(CUSTOMERS.c.status == "published", self._any(CUSTOMERS.c.external_id, named_ids | stripe_ids)),
+                ),
+            ),
+        ]
+        if self.settings.email_matching and emails:
+            parts.append(
+                select(literal_column("'email'"), CUSTOMERS.c.id).where(
+                    in_environment,
+                    CUSTOMERS.c.status == "published",
+                    self._any(func.lower(CUSTOMERS.c.email), emails),
+                    ~linked,
+                )
+            )
+        return union_all(*parts)
+
+    async def _load_links(self, stripe_ids: set[str]) -> None:
+        """The links and their customers, locked: the outbound worker and the API change them too."""
+        found = await self.session.execute(
+            select(CustomerLink, Customer)
+            .join(Customer, Customer.id == CustomerLink.customer_id)
+            .where(CustomerLink.connection_id == self.connection.id, CustomerLink.stripe_customer_id.in_(stripe_ids))
+            .with_for_update()
+        )
+        for link, customer in found.tuples():
+            self.links[link.stripe_customer_id] = link
+            self.customers[customer.id] = customer
+
+    async def _load_candidates(self, customer_ids: set[str], same_email: set[str]) -> None:
+        """Customers an unlinked Stripe customer may be linked to, and whose external_ids a new one may not take."""
+        found = await self.session.execute(select(Customer).where(Customer.id.in_(customer_ids)))
+        for customer in found.scalars():
+            self.customers[customer.id] = customer
+            if customer.status == "published":
+                self.by_external_id[customer.external_id] = customer
+            if customer.id in same_email:
+                self.unlinked_by_email[(customer.email or "").lower()].append(customer)
+
+    async def _link_for(self, stripe_id: str) -> CustomerLink | None:
+        if stripe_id in self.new_links:
+            # Created earlier in this batch: write the new rows now and continue with the stored ones.
+            await self._insert_new()
+            await self._load_links({stripe_id})
+        return self.links.get(stripe_id)
+
+    def _incoming(self, event: InboundEvent) -> InboundCustomer:
+        """The event's customer in flexsync's fields (Stripe's current state, when it was fetched); mapped once."""
+        mapped = self.mapped.get(event.id)
+        if mapped is None:
+            assert event.stripe_object_id is not None and event.data_object is not None
+            mapped = self.mapped[event.id] = from_stripe(self.fetched.get(event.stripe_object_id) or event.data_object)
+        return mapped
+
+    # -- applying ----------------------------------------------------------------------------------------------
+
+    async def apply(self, event: InboundEvent) -> Outcome:
+        if event.type not in HANDLED_TYPES:
+            return Outcome("ignored", f"{event.type} events are not synced")
+        if not self.settings.inbound_enabled:
+            return Outcome("ignored", "inbound sync is turned off for this connection (settings.inbound_enabled)")
+        stripe_id = event.stripe_object_id
+        if stripe_id is None or event.data_object is None:
+            return Outcome("ignored", "the event carries no customer object")
+        if event.type == "customer.deleted":
+            return await self._deleted(event, stripe_id)
+        link = await self._link_for(stripe_id)
+        if stripe_id in self.deleted_in_stripe:
+            return Outcome(
+                "applied",
+                "the Stripe customer has been deleted; this older event changes nothing",
+                link.customer_id if link else None,
+            )
+        if link is None:
+            return await self._link_or_create(event, stripe_id, event.data_object)
+        return self._update_linked(event, link)
+
+    async def _deleted(self, event: InboundEvent, stripe_id: str) -> Outcome:
+        self.deleted_in_stripe.add(stripe_id)
+        link = await self._link_for(stripe_id)
+        if link is None:
+            return Outcome("applied", "no customer is linked to this Stripe customer; the deletion is recorded")
+        customer = self.customers[link.customer_id]
+        policy = self.settings.on_stripe_delete
+        if policy == "unlink":
+            await links.unlink(self.session, link, customer)
+            del self.links[stripe_id]
+            return Outcome("applied", "unlinked (on_stripe_delete: unlink)", customer.id)
+        link.status = "deleted"
+        self._advance(link, event)
+        if policy == "archive" and customer.status == "published":
+            customer.status = "archived"
+            self._touch(customer)
+            return Outcome("applied", "customer archived (on_stripe_delete: archive)", customer.id)
+        return Outcome("applied", f"link marked deleted (on_stripe_delete: {policy})", customer.id)
+
+    def _update_linked(self, event: InboundEvent, link: CustomerLink) -> Outcome:
+        customer = self.customers[link.customer_id]
+        stripe_id = link.stripe_customer_id
+        if link.status == "deleted":
+            return Outcome("applied", "the Stripe customer has been deleted; nothing to change", customer.id)
+        if event.stripe_event_id == link.last_event_id:
+            return Outcome("applied", "this event was applied already; nothing changed", customer.id)
+        stale = event.created < link.last_event_created or (
+            event.type == "customer.created" and event.created == link.last_event_created
+        )
+        if stale:
+            return Outcome("applied", "a newer event was applied already; this one changes nothing", customer.id)
+        incoming = self._incoming(event)
+        if stripe_id in self.fetched:
+            if self.fetched[stripe_id] is None:
+                return Outcome("applied", "the customer no longer exists in Stripe; nothing changed", customer.id)
+        else:
+            same_second = event.created == link.last_event_created
+            maybe_echo = bool(link.pushed_snapshot) and bool(differs(link.pushed_snapshot, incoming.fields))
+            if same_second or maybe_echo:
+                return Outcome("queued", "waiting for the customer's current state from Stripe", customer.id, True)
+        self._advance(link, event)
+        problems = "; ".join(incoming.problems) or None
+        if link.pushed_snapshot and not differs(link.pushed_snapshot, incoming.fields):
+            return Outcome(
+                "applied", _note("matches what flexsync last pushed; nothing changed", problems), customer.id
+            )
+        if customer.status != "published":
+            return Outcome("applied", _note("the customer is archived; not changed", problems), customer.id)
+        current_fields = {name: getattr(customer, name) for name in MAPPED_FIELDS}
+        changes = differs(current_fields, incoming.fields)
+        for name, value in changes.items():
+            setattr(customer, name, value)
+        if changes:
+            self._touch(customer)
+        return Outcome("applied", problems, customer.id)
+
+    async def _link_or_create(self, event: InboundEvent, stripe_id: str, data_object: Mapping[str, Any]) -> Outcome:
+        incoming = self._incoming(event)
+        problems = list(incoming.problems)
+        named_id = incoming.flexprice_customer_id
+        if named_id is not None:
+            named = self._named_customer(named_id)
+            if named is not None:
+                linked = await self._link_existing(event, named, stripe_id, problems)
+                if linked is not None:
+                    return Outcome("applied", _note(linked, *problems), named.id)
+        email = incoming.fields["email"]
+        if self.settings.email_matching and email:
+            matches = self.unlinked_by_email.get(email.lower(), [])
+            if len(matches) == 1:
+                match = matches[0]
+                linked = await self._link_existing(event, match, stripe_id, problems)
+                if linked is not None:
+                    matches.clear()
+                    return Outcome("applied", _note(linked, *problems), match.id)
+            elif len(matches) > 1:
+                problems.append(f"{len(matches)} unlinked customers have this email; none was linked by email")
+        customer_id = self._create(event, stripe_id, incoming)
+        return Outcome("applied", _note(*problems), customer_id)
+
+    def _named_customer(self, named_id: str) -> Customer | None:
+        by_id = self.customers.get(named_id)
+        if by_id is not None and by_id.environment_id == self.connection.environment_id:
+            return by_id
+        return self.by_external_id.get(named_id)
+
+    async def _link_existing(
+        self, event: InboundEvent, customer: Customer, stripe_id: str, problems: list[str]
+    ) -> str | None:
+        """Link an existing customer; None (with the problem noted) if it is linked to another Stripe customer."""
+        try:
+            link = await links.link(self.session, self.connection.id, customer, stripe_id)
+        except links.LinkConflict as conflict:
+            problems.append(
+                f"customer {customer.id} is already linked to Stripe customer {conflict.existing.stripe_customer_id}"
+            )
+            return None
+        self.links[stripe_id] = link
+        self._advance(link, event)
+        return f"linked to existing customer {customer.id}"
+
+    def _create(self, event: InboundEvent, stripe_id: str, incoming: InboundCustomer) -> str:
+        customer_id = new_id("cust")
+        external_id = self._free_external_id(incoming, stripe_id)
+        self.taken_external_ids.add(external_id)
+        self.new_customers[stripe_id] = {
+            "id": customer_id,
+            "tenant_id": self.connection.tenant_id,
+            "environment_id": self.connection.environment_id,
+            "external_id": external_id,
+            **{name: incoming.fields.get(name) for name in MAPPED_FIELDS},
+            "metadata": {STRIPE_ID_KEY: stripe_id},
+            "status": "published",
+            "parent_customer_id": None,
+            "version": 1,
+            "created_at": self.now,
+            "updated_at": self.now,
+            "created_by": ACTOR,
+            "updated_by": ACTOR,
+        }
+        self.new_links[stripe_id] = {
+            "id": new_id("link"),
+            "connection_id": self.connection.id,
+            "customer_id": customer_id,
+            "stripe_customer_id": stripe_id,
+            "status": "linked",
+            "last_event_created": event.created,
+            "last_event_id": event.stripe_event_id,
+            "pushed_snapshot": {},
+            "last_synced_at": self.now,
+            "last_error": None,
+            "created_at": self.now,
+            "updated_at": self.now,
+        }
+        return customer_id
+
+    def _free_external_id(self, incoming: InboundCustomer, stripe_id: str) -> str:
+        """The flexprice id when it names no customer, else the Stripe id; a suffix only if both are taken."""
+        candidates = [incoming.flexprice_customer_id] if incoming.flexprice_customer_id else []
+        for candidate in [*candidates, stripe_id]:
+            if (
+                candidate not in self.by_external_id
+                and candidate not in self.taken_external_ids
+                and candidate not in self.customers
+            ):
+                return candidate
+        return f"{stripe_id}-{new_id('x')[2:]}"
+
+    def _advance(self, link: CustomerLink, event: InboundEvent) -> None:
+        link.last_event_created = max(link.last_event_created, event.created)
+        link.last_event_id = event.stripe_event_id
+        link.last_synced_at = self.now
+        link.updated_at = self.now
+
+    def _touch(self, customer: Customer) -> None:
+        customer.version += 1
+        customer.updated_at = self.now
+        customer.updated_by = ACTOR
+
+    # -- writing -----------------------------------------------------------------------------------------------
+
+    async def _insert_new(self) -> None:
+        if self.new_customers:
+            await self.session.execute(insert(CUSTOMERS), list(self.new_customers.values()))
+            await self.session.execute(insert(LINKS), list(self.new_links.values()))
+            self.new_customers.clear()
+            self.new_links.clear()
+
+    async def finish(self) -> None:
+        await self._insert_new()
+        await self.session.flush()
+
+
+# -- stored events: the in-process applier, the retry sweep, replay ----------------------------------------------
+
+Claim = Callable[[AsyncSession], Awaitable[Sequence[repository.ClaimedEvent]]]
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """Exponential backoff with jitter: about 2 s after the first failure, doubling, at most an hour."""
+    seconds = min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** max(0, attempts - 1))
+    return timedelta(seconds=seconds * random.uniform(0.8, 1.2))
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error for the event's last_error: the database's own message, without the statement or values."""
+    origin = getattr(exc, "orig", None) or exc
+    message = str(origin).strip().splitlines()[0] if str(origin).strip() else ""
+    return redact(f"{type(origin).__name__}: {message}"[:500])
+
+
+async def apply_due_events(db: Database, *, limit: int = 200) -> int:
+    """Apply what is due: failed events whose backoff has passed, and queued events that their receiving
+    process did not get to (it stopped or crashed). Safe in many processes at once; returns how many."""
+    now = utcnow()
+    return len(await _apply_claimed(db, lambda session: repository.claim_due(session, now, limit)))
+
+
+async def apply_queued_events(db: Database, event_ids: Sequence[str]) -> None:
+    """Apply events this process has just stored as queued (unless another process took them meanwhile)."""
+    await _apply_claimed(db, lambda session: repository.claim_by_ids(session, event_ids, pending_only=True))
+
+
+async def replay_event(db: Database, event_id: str) -> None:
+    """Apply a stored event again now, whatever its status; the ordering rules still hold."""
+    await _apply_claimed(
+        db, lambda session: repository.claim_by_ids(session, [event_id], pending_only=False), force=True
+    )
+
+
+async def _apply_claimed(
+    db: Database, claim: Claim, *, force: bool = False, fetched: Fetched | None = None
+) -> list[str]:
+    """Claim stored events, apply them in one transaction, record the outcomes; returns the claimed ids.
+
+    If the batch fails, each event is tried on its own, so one bad event fails alone. Events that need
+    Stripe's current state are fetched after the commit (no network call inside a transaction) and applied.
+    """
+    claimed: list[repository.ClaimedEvent] = []
+    try:
+        async with db.transaction() as session:
+            claimed = list(await claim(session))
+            if not claimed:
+                return []
+            events = [_event_from_row(row) for row in claimed]
+            await lock_customers(session, events)
+            outcomes = await apply_batch(session, events, fetched=fetched)
+            await repository.record_outcomes(session, claimed, outcomes, utcnow(), RECOVERY_DELAY)
+    except Exception as exc:
+        if len(claimed) > 1:
+            for row in claimed:
+                await _apply_claimed(db, _claim_one(row.id, force), force=force, fetched=fetched)
+        elif claimed:
+            await _record_failure(db, claimed[0].id, exc)
+        else:
+            raise
+        return [row.id for row in claimed]
+    waiting = [event for event, outcome in zip(events, outcomes, strict=True) if outcome.needs_stripe_state]
+    if waiting and fetched is None:
+        await _apply_with_stripe_state(db, waiting, force)
+    return [row.id for row in claimed]
+
+
+def _claim_one(event_id: str, force: bool) -> Claim:
+    return lambda session: repository.claim_by_ids(session, [event_id], pending_only=not force)
+
+
+def _event_from_row(row: repository.ClaimedEvent) -> InboundEvent:
+    try:
+        payload = orjson.loads(row.payload)
+    except orjson.JSONDecodeError:
+        payload = {"id": row.stripe_event_id, "type": row.type}
+    return InboundEvent.from_payload(row.id, row.connection_id, payload)
+
+
+async def _record_failure(db: Database, event_id: str, exc: BaseException) -> None:
+    log.warning("applying a Stripe event failed", event_id=event_id, error=describe_error(exc))
+    async with db.transaction() as session:
+        await repository.record_failure(session, event_id, describe_error(exc), utcnow(), MAX_ATTEMPTS, retry_delay)
+
+
+async def _apply_with_stripe_state(db: Database, events: Sequence[InboundEvent], force: bool) -> None:
+    """Re-fetch the events' customers from Stripe, then apply the events against that current state."""
+    fetched: dict[str, Mapping[str, Any] | None] = {}
+    failed: dict[str, BaseException] = {}
+    semaphore = asyncio.Semaphore(STRIPE_FETCH_CONCURRENCY)
+    by_connection: dict[str, list[InboundEvent]] = defaultdict(list)
+    for event in events:
+        by_connection[event.connection_id].append(event)
+
+    async def fetch(client: stripe.StripeClient, event: InboundEvent, stripe_id: str) -> None:
+        async with semaphore:
+            try:
+                fetched[stripe_id] = await _current_customer(client, stripe_id)
+            except stripe.StripeError as exc:
+                failed[event.id] = exc
+
+    for connection_id, group in by_connection.items():
+        async with db.sessions() as session:
+            connection = await session.get(StripeConnection, connection_id)
+        if connection is None or not connection.secret_key_encrypted:
+            continue
+        client = stripe_client(secret_key(db.box, connection), db.settings)
+        stripe_ids = {e.stripe_object_id: e for e in group if e.stripe_object_id}
+        await asyncio.gather(*(fetch(client, event, stripe_id) for stripe_id, event in stripe_ids.items()))
+    for event_id, exc in failed.items():
+        await _record_failure(db, event_id, exc)
+    ready = [e.id for e in events if e.id not in failed]
+    if ready:
+        claim: Claim = lambda session: repository.claim_by_ids(session, ready, pending_only=not force)  # noqa: E731
+        await _apply_claimed(db, claim, force=force, fetched=fetched)
+
+
+async def _current_customer(client: stripe.StripeClient, stripe_id: str) -> Mapping[str, Any] | None:
+    try:
+        customer = await client.v1.customers.retrieve_async(stripe_id)
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404:
+            return None
+        raise
+    current: dict[str, Any] = customer.to_dict()
+    return None if current.get("deleted") else current

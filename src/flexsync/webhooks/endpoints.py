@@ -1,0 +1,58 @@
+"""HTTP endpoints for webhook deliveries: `/v1/webhook-events` (list, one with its payload, replay)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from flexsync.deps import DB, AuthScope
+from flexsync.kit.errors import NotFound
+from flexsync.kit.json import JSONResponse
+from flexsync.kit.pagination import MAX_LIMIT, Page, page_body
+from flexsync.stripe import inbound
+from flexsync.tenancy.service import Scope
+from flexsync.webhooks import repository
+from flexsync.webhooks.service import event_to_dict
+
+router = APIRouter(prefix="/v1/webhook-events", tags=["webhook events"])
+
+EventStatus = Literal["queued", "applied", "ignored", "failed", "dead"]
+
+
+@router.get("")
+async def list_webhook_events(
+    scope: AuthScope,
+    db: DB,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    status: EventStatus | None = None,
+    event_type: Annotated[str | None, Query(alias="type", max_length=128)] = None,
+) -> JSONResponse:
+    async with db.sessions() as session:
+        events, total = await repository.list_page(session, scope, status, event_type, limit, offset)
+        items = [event_to_dict(event) for event in events]
+    return JSONResponse(page_body(items, total, Page(limit=limit, offset=offset)))
+
+
+async def _get(db: DB, scope: Scope, event_id: str, *, with_payload: bool) -> JSONResponse:
+    async with db.sessions() as session:
+        event = await repository.get(session, scope, event_id)
+        if event is None:
+            raise NotFound(f"webhook event {event_id} not found")
+        return JSONResponse(event_to_dict(event, with_payload=with_payload))
+
+
+@router.get("/{event_id}")
+async def get_webhook_event(event_id: str, scope: AuthScope, db: DB) -> JSONResponse:
+    return await _get(db, scope, event_id, with_payload=True)
+
+
+@router.post("/{event_id}/replay")
+async def replay_webhook_event(event_id: str, scope: AuthScope, db: DB) -> JSONResponse:
+    """Apply the stored event again now; the answer shows its new status."""
+    async with db.sessions() as session:
+        if await repository.get(session, scope, event_id) is None:
+            raise NotFound(f"webhook event {event_id} not found")
+    await inbound.replay_event(db, event_id)
+    return await _get(db, scope, event_id, with_payload=False)

@@ -1,0 +1,208 @@
+"""Group commit: concurrent deliveries made durable, and applied, together in one transaction.
+
+Each verified delivery is queued and its request waits. One committer task takes everything queued (up to
+MAX_BATCH) and, in one transaction: locks the Stripe customers involved (PostgreSQL), applies the events
+(`stripe.inbound.apply_batch`), and inserts them with their outcome in one
+`INSERT ... ON CONFLICT DO NOTHING RETURNING`; if an event was stored already, the batch is redone without
+it. Only after the commit is any request answered: applied, ignored, queued (waiting for Stripe's current
+state) or duplicate. While a batch commits the next one fills up, so batches grow with the load and the cost
+per event falls.
+
+If applying fails, the batch is stored without being applied (status `queued`) and handed to the applier,
+so a bad event or a database hiccup costs a retry, never an event. Only when even storing fails does a
+request get a 500, and Stripe delivers again later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from flexsync.deps import Database
+from flexsync.metrics import WEBHOOK_EVENTS
+from flexsync.models import utcnow
+from flexsync.stripe import inbound
+from flexsync.stripe.inbound import ConnectionView, InboundEvent, Outcome
+from flexsync.webhooks import repository
+
+log = structlog.get_logger(__name__)
+
+MAX_BATCH = 256
+# Each retry leaves out the events found stored; more rounds only happen when other processes race us.
+RACE_RETRIES = 3
+STOP_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(slots=True)
+class Delivery:
+    event: InboundEvent
+    connection: ConnectionView
+    livemode: bool
+    payload: str
+    received_at: datetime = field(default_factory=utcnow)
+    answer: asyncio.Future[str] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    @property
+    def key(self) -> repository.EventKey:
+        return (self.event.connection_id, self.event.stripe_event_id)
+
+    def row(self, outcome: Outcome) -> dict[str, Any]:
+        final = outcome.status != "queued"
+        return {
+            "id": self.event.id,
+            "tenant_id": self.connection.tenant_id,
+            "environment_id": self.connection.environment_id,
+            "connection_id": self.event.connection_id,
+            "stripe_event_id": self.event.stripe_event_id,
+            "type": self.event.type,
+            "stripe_object_id": self.event.stripe_object_id,
+            "stripe_created": self.event.created,
+            "livemode": self.livemode,
+            "payload": self.payload,
+            "status": outcome.status,
+            "attempts": 1 if final else 0,
+            "last_error": None,
+            "note": outcome.note,
+            "customer_id": outcome.customer_id,
+            "next_attempt_at": None if final else self.received_at + inbound.RECOVERY_DELAY,
+            "received_at": self.received_at,
+            "processed_at": utcnow() if final else None,
+        }
+
+
+class _StoredAlready(Exception):
+    """Some of the batch's events turned out to be stored already: redo the batch without them."""
+
+
+class Ingestor:
+    def __init__(self, db: Database, on_queued: Callable[[Sequence[str]], None], max_batch: int = MAX_BATCH) -> None:
+        self._db = db
+        self._on_queued = on_queued
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="flexsync-webhook-ingest")
+
+    async def stop(self) -> None:
+        """Commit what is queued, then end the committer."""
+        if self._task is None:
+            return
+        self._queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(self._task, STOP_TIMEOUT_SECONDS)
+        except TimeoutError:
+            log.warning("webhook ingest did not finish in time; unanswered deliveries will be redelivered")
+        self._task = None
+
+    async def submit(self, delivery: Delivery) -> str:
+        """Wait until the delivery is durably stored; returns its status for the response."""
+        self._queue.put_nowait(delivery)
+        return await delivery.answer
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[Delivery]) -> None:
+        originals: dict[repository.EventKey, Delivery] = {}
+        repeats: list[Delivery] = []
+        for delivery in batch:
+            if delivery.key in originals:
+                repeats.append(delivery)
+            else:
+                originals[delivery.key] = delivery
+        fresh = list(originals.values())
+        try:
+            results = await self._store_and_apply(fresh)
+        except Exception as exc:
+            log.warning(
+                "applying webhook events failed; storing them to apply later", error=inbound.describe_error(exc)
+            )
+            results = await self._store_only(fresh)
+        for delivery in fresh:
+            _answer(delivery, results[delivery.event.id])
+        for delivery in repeats:
+            original = results[originals[delivery.key].event.id]
+            _answer(delivery, original if isinstance(original, BaseException) else "duplicate")
+
+    async def _store_and_apply(self, fresh: Sequence[Delivery]) -> dict[str, str | BaseException]:
+        """Apply and insert optimistically: a redelivery is rare, so it is not looked for up front. An event
+        the insert finds stored already (a duplicate, or another process was faster) rolls the batch back, and
+        the batch is redone without it."""
+        stored: set[repository.EventKey] = set()
+        for _attempt in range(RACE_RETRIES):
+            new = [d for d in fresh if d.key not in stored]
+            outcomes: list[Outcome] = []
+            if new:
+                try:
+                    async with self._db.transaction() as session:
+                        events = [d.event for d in new]
+                        await inbound.lock_customers(session, events)
+                        views = {d.connection.id: d.connection for d in new}
+                        outcomes = await inbound.apply_batch(session, events, connections=views)
+                        rows = [d.row(o) for d, o in zip(new, outcomes, strict=True)]
+                        inserted = await repository.insert_events(session, rows)
+                        if len(inserted) < len(new):
+                            stored |= {d.key for d in new if d.event.id not in inserted}
+                            raise _StoredAlready
+                except _StoredAlready:
+                    continue
+            results: dict[str, str | BaseException] = {d.event.id: "duplicate" for d in fresh if d.key in stored}
+            results.update({d.event.id: o.status for d, o in zip(new, outcomes, strict=True)})
+            self._hand_over([d.event.id for d, o in zip(new, outcomes, strict=True) if o.status == "queued"])
+            return results
+        raise _StoredAlready
+
+    async def _store_only(self, fresh: Sequence[Delivery]) -> dict[str, str | BaseException]:
+        """Store without applying, all together, else one by one so a bad row fails alone."""
+        queued = Outcome("queued", "stored; applying failed at first and is retried")
+        groups = [list(fresh)] if len(fresh) == 1 else [list(fresh), *([d] for d in fresh)]
+        results: dict[str, str | BaseException] = {}
+        for group in groups:
+            pending = [d for d in group if d.event.id not in results]
+            if not pending:
+                continue
+            try:
+                async with self._db.transaction() as session:
+                    inserted = await repository.insert_events(session, [d.row(queued) for d in pending])
+            except Exception as exc:
+                if len(pending) == 1:
+                    log.error("storing a webhook event failed", error=inbound.describe_error(exc))
+                    results[pending[0].event.id] = exc
+                continue
+            results.update({d.event.id: "queued" if d.event.id in inserted else "duplicate" for d in pending})
+            self._hand_over([d.event.id for d in pending if d.event.id in inserted])
+        return results
+
+    def _hand_over(self, queued_ids: list[str]) -> None:
+        if queued_ids:
+            self._on_queued(queued_ids)
+
+
+def _answer(delivery: Delivery, result: str | BaseException) -> None:
+    if delivery.answer.done():  # the client went away
+        return
+    if isinstance(result, BaseException):
+        WEBHOOK_EVENTS.labels("store_failed").inc()
+        delivery.answer.set_exception(result)
+    else:
+        WEBHOOK_EVENTS.labels(result).inc()
+        delivery.answer.set_result(result)

@@ -1,0 +1,111 @@
+"""`POST /v1/webhooks/stripe/{tenant_id}/{environment_id}`: Stripe's deliveries come in here.
+
+No API key: a delivery proves itself with its `Stripe-Signature`, checked with the official SDK's
+`verify_header` (300 s tolerance) against each of the connection's signing secrets. The route is a plain
+Starlette endpoint, not a FastAPI one: it is the hot path, so it skips request models and dependency
+injection, parses the body once with orjson, and hands the event to the group-committing ingestor.
+
+Answers: 200 `{"received": true, "event_id", "status"}` once the event is durably stored; 400 for a bad or
+missing signature, a stale timestamp, or a body that is not a Stripe event (nothing stored); 404 when the
+environment has no active Stripe connection with a signing secret; 413 over 1 MiB (the app's body limit).
+Error messages never repeat the payload or a secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import stripe
+from starlette.requests import Request
+from starlette.responses import Response
+
+from flexsync.ids import new_id
+from flexsync.kit.errors import NotFound, ValidationFailed
+from flexsync.kit.json import JSONResponse
+from flexsync.metrics import WEBHOOK_EVENTS
+from flexsync.stripe.inbound import InboundEvent
+from flexsync.webhooks.ingest import Delivery
+from flexsync.webhooks.pipeline import WebhookPipeline
+
+PATH = "/v1/webhooks/stripe/{tenant_id}/{environment_id}"
+TOLERANCE_SECONDS = 300
+# Column sizes of webhook_events: anything longer is not a Stripe event.
+MAX_ID_LENGTH = 255
+MAX_TYPE_LENGTH = 128
+
+
+def _verifies(payload: str, header: str, secrets: tuple[str, ...], tolerance: int | None) -> bool:
+    for secret in secrets:
+        try:
+            stripe.WebhookSignature.verify_header(payload, header, secret, tolerance)
+        except stripe.SignatureVerificationError:
+            continue
+        return True
+    return False
+
+
+def _rejected(reason: str, message: str) -> ValidationFailed:
+    WEBHOOK_EVENTS.labels(f"rejected_{reason}").inc()
+    return ValidationFailed(message, {"reason": reason})
+
+
+def _parse_event(body: bytes) -> Mapping[str, Any]:
+    try:
+        event = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise _rejected("malformed_json", "the request body is not valid JSON") from None
+    if not isinstance(event, dict):
+        raise _rejected("not_an_event", "the request body is not a Stripe event")
+    event_id, event_type = event.get("id"), event.get("type")
+    if not (isinstance(event_id, str) and 0 < len(event_id) <= MAX_ID_LENGTH):
+        raise _rejected("not_an_event", "the request body is not a Stripe event: no valid `id`")
+    if not (isinstance(event_type, str) and 0 < len(event_type) <= MAX_TYPE_LENGTH):
+        raise _rejected("not_an_event", "the request body is not a Stripe event: no valid `type`")
+    return event
+
+
+async def receive_stripe_webhook(request: Request) -> Response:
+    pipeline: WebhookPipeline = request.app.state.webhooks
+    tenant_id: str = request.path_params["tenant_id"]
+    environment_id: str = request.path_params["environment_id"]
+    connection = await pipeline.connections.get(tenant_id, environment_id)
+    if connection is None:
+        WEBHOOK_EVENTS.labels("rejected_unknown_endpoint").inc()
+        raise NotFound("no active Stripe connection with a webhook secret for this tenant and environment")
+    body = await request.body()
+    header = request.headers.get("stripe-signature")
+    if not header:
+        raise _rejected("missing_signature", "the Stripe-Signature header is missing")
+    try:
+        payload = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _rejected("malformed_json", "the request body is not UTF-8 JSON") from None
+
+    if not _verifies(payload, header, connection.webhook_secrets, TOLERANCE_SECONDS):
+        # The secret may have been rotated since the cache was filled: look again before refusing.
+        connection = await pipeline.connections.reload(tenant_id, environment_id)
+        if connection is None:
+            raise NotFound("no active Stripe connection with a webhook secret for this tenant and environment")
+        if not _verifies(payload, header, connection.webhook_secrets, TOLERANCE_SECONDS):
+            if _verifies(payload, header, connection.webhook_secrets, None):
+                raise _rejected(
+                    "stale_timestamp",
+                    f"the Stripe-Signature timestamp is more than {TOLERANCE_SECONDS} s old; deliveries are "
+                    "accepted only when fresh",
+                )
+            raise _rejected(
+                "bad_signature", "the Stripe-Signature does not match this endpoint's webhook signing secret"
+            )
+
+    event = _parse_event(body)
+    livemode = event.get("livemode")
+    delivery = Delivery(
+        event=InboundEvent.from_payload(new_id("whevt"), connection.view.id, event),
+        connection=connection.view,
+        livemode=livemode if isinstance(livemode, bool) else False,
+        payload=payload,
+    )
+    status = await pipeline.ingestor.submit(delivery)
+    return JSONResponse({"received": True, "event_id": delivery.event.stripe_event_id, "status": status})

@@ -1,0 +1,173 @@
+"""Every webhook_events query: storing deliveries once, claiming stored events to apply, the scoped list.
+
+The ingest path uses Core statements on the table (no ORM objects per request): one multi-row
+`INSERT ... ON CONFLICT DO NOTHING RETURNING id` per batch, on PostgreSQL and SQLite alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Row, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
+
+from flexsync.models import WebhookEvent
+from flexsync.tenancy.service import Scope
+
+if TYPE_CHECKING:
+    from flexsync.stripe.inbound import Outcome
+
+EVENTS: Table = WebhookEvent.__table__  # type: ignore[assignment]
+EVENT_STATUSES = ("queued", "applied", "ignored", "failed", "dead")
+PENDING = ("queued", "failed")
+# What applying a stored event reads; the payload is parsed once per claim.
+CLAIM_COLUMNS = (EVENTS.c.id, EVENTS.c.connection_id, EVENTS.c.stripe_event_id, EVENTS.c.type, EVENTS.c.payload)
+
+EventKey = tuple[str, str]  # (connection_id, stripe_event_id)
+ClaimedEvent = Row[Any, Any, Any, Any, Any]  # the CLAIM_COLUMNS of one event
+
+
+async def insert_events(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Insert the rows that are not stored yet, in one statement; returns the ids actually inserted."""
+    if not rows:
+        return set()
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = (
+        dialect.insert(EVENTS)
+        .on_conflict_do_nothing(index_elements=["connection_id", "stripe_event_id"])
+        .returning(EVENTS.c.id)
+    )
+    result = await session.execute(stmt, list(rows))
+    return {row[0] for row in result}
+
+
+async def claim_due(session: AsyncSession, now: datetime, limit: int) -> Sequence[ClaimedEvent]:
+    """Lock up to `limit` events due for (another) attempt; other processes skip the locked ones."""
+    stmt = (
+        select(*CLAIM_COLUMNS)
+        .where(EVENTS.c.status.in_(PENDING), EVENTS.c.next_attempt_at <= now)
+        .order_by(EVENTS.c.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return (await session.execute(stmt)).all()
+
+
+async def claim_by_ids(
+    session: AsyncSession, event_ids: Sequence[str], *, pending_only: bool
+) -> Sequence[ClaimedEvent]:
+    """Lock these events. Pending only: skip those another process holds or has finished (the normal path);
+    otherwise wait for them, whatever their status (a replay)."""
+    stmt = select(*CLAIM_COLUMNS).where(EVENTS.c.id.in_(event_ids)).order_by(EVENTS.c.id)
+    if pending_only:
+        stmt = stmt.where(EVENTS.c.status.in_(PENDING)).with_for_update(skip_locked=True)
+    else:
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).all()
+
+
+async def record_outcomes(
+    session: AsyncSession, rows: Sequence[ClaimedEvent], outcomes: Sequence[Outcome], now: datetime, recovery: timedelta
+) -> None:
+    """Write each claimed event's outcome: final ones count an attempt, a wait for Stripe's state does not."""
+    params = []
+    for row, outcome in zip(rows, outcomes, strict=True):
+        waiting = outcome.status == "queued"
+        params.append(
+            {
+                "event_id": row.id,
+                "new_status": outcome.status,
+                "new_note": outcome.note,
+                "new_customer_id": outcome.customer_id,
+                "attempt": 0 if waiting else 1,
+                "new_processed_at": None if waiting else now,
+                "new_next_attempt_at": now + recovery if waiting else None,
+            }
+        )
+    stmt = (
+        update(EVENTS)
+        .where(EVENTS.c.id == bindparam("event_id"))
+        .values(
+            status=bindparam("new_status"),
+            note=bindparam("new_note"),
+            customer_id=func.coalesce(bindparam("new_customer_id"), EVENTS.c.customer_id),
+            attempts=EVENTS.c.attempts + bindparam("attempt"),
+            last_error=None,
+            processed_at=func.coalesce(bindparam("new_processed_at"), EVENTS.c.processed_at),
+            next_attempt_at=bindparam("new_next_attempt_at"),
+        )
+    )
+    connection = await session.connection()
+    await connection.execute(stmt, params)
+
+
+async def record_failure(
+    session: AsyncSession,
+    event_id: str,
+    error: str,
+    now: datetime,
+    max_attempts: int,
+    delay: Callable[[int], timedelta],
+) -> None:
+    """Count a failed attempt: retried after `delay(attempts)`, or `dead` once `max_attempts` are spent."""
+    attempts = (
+        await session.execute(select(EVENTS.c.attempts).where(EVENTS.c.id == event_id).with_for_update())
+    ).scalar_one_or_none()
+    if attempts is None:
+        return
+    attempts += 1
+    dead = attempts >= max_attempts
+    await session.execute(
+        update(EVENTS)
+        .where(EVENTS.c.id == event_id)
+        .values(
+            status="dead" if dead else "failed",
+            attempts=attempts,
+            last_error=error,
+            next_attempt_at=None if dead else now + delay(attempts),
+        )
+    )
+
+
+def _scoped(scope: Scope) -> Any:
+    return and_(WebhookEvent.tenant_id == scope.tenant_id, WebhookEvent.environment_id == scope.environment_id)
+
+
+async def list_page(
+    session: AsyncSession, scope: Scope, status: str | None, event_type: str | None, limit: int, offset: int
+) -> tuple[list[WebhookEvent], int]:
+    """The scope's events, newest first. The payload column is not loaded: a list never shows it."""
+    condition = _scoped(scope)
+    if status is not None:
+        condition = and_(condition, WebhookEvent.status == status)
+    if event_type is not None:
+        condition = and_(condition, WebhookEvent.type == event_type)
+    total = (await session.execute(select(func.count()).select_from(WebhookEvent).where(condition))).scalar_one()
+    stmt = (
+        select(WebhookEvent)
+        .where(condition)
+        .order_by(WebhookEvent.received_at.desc(), WebhookEvent.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    rows = (await session.execute(stmt.options(defer(WebhookEvent.payload)))).scalars().all()
+    return list(rows), total
+
+
+async def get(session: AsyncSession, scope: Scope, event_id: str) -> WebhookEvent | None:
+    stmt = select(WebhookEvent).where(_scoped(scope), WebhookEvent.id == event_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def find_by_any_id(session: AsyncSession, event_id: str) -> list[WebhookEvent]:
+    """Events with this flexsync id or this Stripe event id (one per connection that received it)."""
+    stmt = (
+        select(WebhookEvent)
+        .where(or_(WebhookEvent.id == event_id, WebhookEvent.stripe_event_id == event_id))
+        .order_by(WebhookEvent.received_at)
+    )
+    return list((await session.execute(stmt)).scalars().all())

@@ -1,0 +1,47 @@
+"""Webhook events as the API and the CLI show them, and finding one to replay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flexsync.kit.errors import NotFound, ValidationFailed
+from flexsync.models import WebhookEvent
+from flexsync.webhooks import repository
+
+
+def event_to_dict(event: WebhookEvent, *, with_payload: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": event.id,
+        "stripe_event_id": event.stripe_event_id,
+        "type": event.type,
+        "status": event.status,
+        "attempts": event.attempts,
+        "last_error": event.last_error,
+        "note": event.note,
+        "customer_id": event.customer_id,
+        "stripe_object_id": event.stripe_object_id,
+        "connection_id": event.connection_id,
+        "livemode": event.livemode,
+        "stripe_created": event.stripe_created,
+        "received_at": event.received_at,
+        "processed_at": event.processed_at,
+        "next_attempt_at": event.next_attempt_at,
+    }
+    if with_payload:
+        # A Stripe event holds no secret: it is what Stripe sent, signature header aside.
+        body["payload"] = orjson.loads(event.payload)
+    return body
+
+
+async def find_for_replay(session: AsyncSession, event_id: str) -> WebhookEvent:
+    """The one stored event with this flexsync id or Stripe event id (any tenant: the CLI is the operator)."""
+    found = await repository.find_by_any_id(session, event_id)
+    if not found:
+        raise NotFound(f"webhook event {event_id} not found")
+    if len(found) > 1:
+        ids = ", ".join(event.id for event in found)
+        raise ValidationFailed(f"{event_id} was received by several connections; replay one of: {ids}")
+    return found[0]
