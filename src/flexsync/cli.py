@@ -7,8 +7,10 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
+import asyncpg  # type: ignore[import-untyped]
 import typer
 from rich.console import Console
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.config import Settings, get_settings
@@ -16,7 +18,7 @@ from flexsync.connections import service as connections
 from flexsync.crypto import secret_box
 from flexsync.db import create_engine, migrate, session_factory, transaction
 from flexsync.kit.errors import APIError
-from flexsync.logs import configure_logging
+from flexsync.logs import configure_logging, redact
 from flexsync.tenancy import service as tenancy
 
 T = TypeVar("T")
@@ -218,5 +220,19 @@ def worker_command(
     asyncio.run(run_worker(settings, concurrency or settings.worker_concurrency))
 
 
+def _database_problem(exc: DBAPIError) -> str:
+    text = str(exc.orig) if exc.orig is not None else str(exc)
+    if "no such table" in text or ("relation" in text and "does not exist" in text):
+        return "the database has no flexsync tables yet: run `flexsync migrate` first"
+    return f"database error: {redact(text.splitlines()[0] if text else type(exc).__name__)}"
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except DBAPIError as exc:
+        err_console.print(f"[red]error:[/red] {_database_problem(exc)}", highlight=False)
+        raise SystemExit(1) from None
+    except (OSError, asyncpg.PostgresError) as exc:
+        err_console.print(f"[red]error:[/red] cannot reach the database: {redact(str(exc))}", highlight=False)
+        raise SystemExit(1) from None
