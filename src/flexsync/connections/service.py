@@ -21,7 +21,7 @@ from flexsync.crypto import SecretBox
 from flexsync.ids import new_id
 from flexsync.kit.errors import AlreadyExists, NotFound, ValidationFailed
 from flexsync.models import StripeConnection, utcnow
-from flexsync.stripe.client import stripe_client
+from flexsync.stripe.client import stripe_client, stripe_http_client
 from flexsync.tenancy.service import Scope
 
 WEBHOOK_SECRET_CHANGES = ("webhook_secret", "add_webhook_secret", "remove_old_webhook_secrets")
@@ -62,7 +62,14 @@ async def verify_with_stripe(secret_key: str, settings: Settings) -> Verified:
 
     Stripe's own error messages are not passed on: some of them quote part of the key.
     """
-    client = stripe_client(secret_key, settings)
+    http_client = stripe_http_client(settings)
+    try:
+        return await _verify(stripe_client(secret_key, settings, http_client))
+    finally:
+        await http_client.close_async()  # type: ignore[no-untyped-call]
+
+
+async def _verify(client: stripe.StripeClient) -> Verified:
     try:
         await client.v1.customers.list_async({"limit": 1})
     except stripe.AuthenticationError:
