@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pytest
+import stripe
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.tenancy import service as tenancy
@@ -77,7 +79,6 @@ def dashboard(
     running = start_server(
         dashboard_db,
         tmp_path_factory.mktemp("dashboard-logs"),
-        "--no-worker",
         FLEXSYNC_STRIPE_API_BASE=localstripe_server.base_url,
     )
     yield running
@@ -113,6 +114,16 @@ def screenshot(page: Page, name: str) -> None:
         page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
+def reload_until(page: Page, check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """The pages do not refresh themselves: reload until the worker's or the webhook's result shows."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+        page.reload()
+
+
 def sign_in(page: Page, key: str, path: str = "/customers") -> None:
     page.goto(path)
     expect(page).to_have_url(re.compile(r"/signin\?next="))
@@ -121,11 +132,11 @@ def sign_in(page: Page, key: str, path: str = "/customers") -> None:
     expect(page).to_have_url(re.compile(re.escape(path) + "$"))
 
 
-def create_via_api(tenant: TenantContext, **fields: str) -> dict[str, str]:
+def create_via_api(tenant: TenantContext, **fields: Any) -> dict[str, Any]:
     with tenant.client() as api:
         response = api.post("/v1/customers", json=fields)
         assert response.status_code == 201, response.text
-        body: dict[str, str] = response.json()
+        body: dict[str, Any] = response.json()
         return body
 
 
@@ -380,3 +391,89 @@ def test_add_copy_test_edit_and_disable_the_stripe_connection(page: Page, tenant
     expect(page.get_by_role("heading", name="Add integration: Stripe")).to_be_visible()
     with tenant.client() as api:
         assert api.get("/v1/connections").json()["pagination"]["total"] == 0
+
+
+def test_a_customer_created_in_the_dashboard_becomes_linked_in_stripe(
+    page: Page, tenant: TenantContext, localstripe_server: LocalStripe
+) -> None:
+    sign_in(page, tenant.api_key)
+    add_connection(page)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Customers").click()
+    page.get_by_role("link", name="New customer").click()
+    page.get_by_label("External id").fill("crm-grace")
+    page.get_by_role("textbox", name="Name", exact=True).fill("Grace Hopper")
+    page.get_by_label("Email").fill("grace@example.com")
+    page.get_by_label("Country").fill("US")
+    page.get_by_role("button", name="Create customer").click()
+    expect(page.get_by_role("status")).to_have_text("Customer created.")
+
+    stripe_region = page.get_by_role("region", name="Stripe")
+    reload_until(
+        page,
+        lambda: "linked" in stripe_region.inner_text() and "not linked" not in stripe_region.inner_text(),
+        "the customer to be linked",
+    )
+    link = stripe_region.get_by_role("link", name=re.compile(r"^cus_"))
+    stripe_id = link.inner_text().split()[0]
+    expect(link).to_have_attribute("href", f"https://dashboard.stripe.com/test/customers/{stripe_id}")
+    expect(page.get_by_role("region", name="Details")).to_contain_text(f"stripe_customer_id = {stripe_id}")
+    jobs = page.get_by_role("region", name="Sync jobs")
+    expect(jobs).to_contain_text("create")
+    expect(jobs).to_contain_text("succeeded")
+    screenshot(page, "customer")
+
+    in_stripe = stripe.StripeClient(SECRET_KEY, base_addresses={"api": localstripe_server.base_url})
+    created = in_stripe.v1.customers.retrieve(stripe_id)
+    assert (created.name, created.email, created.address.country) == ("Grace Hopper", "grace@example.com", "US")
+
+    page.get_by_role("button", name="Sync to Stripe").click()
+    expect(page.get_by_role("status")).to_have_text("Sync to Stripe queued.")
+    reload_until(
+        page,
+        lambda: (
+            jobs.locator("tbody tr").count() == 2
+            and "pending" not in jobs.inner_text()
+            and "running" not in jobs.inner_text()
+        ),
+        "the manual sync to finish",
+    )
+    expect(jobs.locator("tbody tr").first).to_contain_text("update")
+    expect(jobs.locator("tbody tr").first).to_contain_text("succeeded")
+
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Customers").click()
+    row = page.locator("tbody tr", has_text="Grace Hopper")
+    expect(row.locator(".badge")).to_have_text("linked")
+    expect(row.locator("time")).to_have_count(1)
+
+
+def test_a_failed_sync_job_can_be_retried(page: Page, tenant: TenantContext) -> None:
+    sign_in(page, tenant.api_key)
+    add_connection(page)
+    # A link to a Stripe customer that does not exist: Stripe answers 404 and the job fails.
+    customer = create_via_api(
+        tenant,
+        external_id="crm-missing",
+        name="Missing Link",
+        integration_entity_mapping=[{"provider": "stripe", "id": "cus_doesnotexist"}],
+    )
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Sync jobs").click()
+    rows = page.locator("tbody tr")
+    reload_until(page, lambda: "failed" in rows.first.inner_text(), "the link job to fail")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("link")
+    expect(rows.first).to_contain_text("cus_doesnotexist")
+    screenshot(page, "sync-jobs")
+
+    page.get_by_label("Status").select_option("succeeded")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_text("No sync jobs with status succeeded.")).to_be_visible()
+    page.get_by_label("Status").select_option("failed")
+    page.get_by_role("button", name="Filter").click()
+    page.get_by_role("button", name=re.compile("^Retry job")).click()
+    expect(page.get_by_role("status")).to_have_text("Sync job queued to run now.")
+    page.goto("/sync-jobs")
+    reload_until(page, lambda: "failed" in rows.first.inner_text(), "the retried job to fail again")
+
+    page.goto(f"/customers/{customer['id']}")
+    expect(page.get_by_role("region", name="Stripe").locator(".badge")).to_have_text("failed")
+    expect(page.get_by_role("region", name="Stripe")).to_contain_text("cus_doesnotexist")

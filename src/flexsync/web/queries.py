@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from flexsync.models import ApiKey, Customer, CustomerLink, Environment, SyncJob, Tenant, WebhookEvent, utcnow
+from flexsync.models import ApiKey, Customer, Environment, SyncJob, Tenant, WebhookEvent, utcnow
+from flexsync.stripe import outbound
 from flexsync.tenancy.service import Scope
 
 
@@ -80,72 +82,26 @@ class SyncState:
     stripe_customer_id: str | None
     last_synced_at: datetime | None
     last_error: str | None
-    # Set when a link exists but no longer counts (its Stripe customer was deleted): shown beside the status.
+    # Set when the link only remembers a Stripe customer that was deleted in Stripe.
     link_note: str | None = None
 
 
-ACTIVE_JOB_STATUSES = frozenset({"pending", "running"})
-FAILED_JOB_STATUSES = frozenset({"failed"})
+def sync_state(sync: dict[str, Any]) -> SyncState:
+    """The outbound module's sync status (`GET /v1/customers/{id}/sync`) as one of the four states shown."""
+    note = "deleted in Stripe" if sync["link_status"] == "deleted_in_stripe" else None
+    if sync["pending_jobs"]:
+        status = "pending"
+    elif sync["last_error"]:
+        status = "failed"
+    elif sync["link_status"] == "linked":
+        status = "linked"
+    else:
+        status = "not linked"
+    return SyncState(status, sync["stripe_customer_id"], sync["last_synced_at"], sync["last_error"], note)
 
 
-def sync_state(link: CustomerLink | None, latest_job: SyncJob | None) -> SyncState:
-    stripe_id = link.stripe_customer_id if link is not None else None
-    synced_at = link.last_synced_at if link is not None else None
-    note = f"Stripe customer {link.status}" if link is not None and link.status != "linked" else None
-    if latest_job is not None and latest_job.status in ACTIVE_JOB_STATUSES:
-        return SyncState("pending", stripe_id, synced_at, latest_job.last_error, note)
-    if latest_job is not None and latest_job.status in FAILED_JOB_STATUSES:
-        return SyncState("failed", stripe_id, synced_at, latest_job.last_error, note)
-    if link is None or note is not None:
-        return SyncState("not linked", stripe_id, synced_at, None, note)
-    return SyncState("failed" if link.last_error else "linked", stripe_id, synced_at, link.last_error)
-
-
-async def sync_states(
-    session: AsyncSession, scope: Scope, connection_id: str | None, customer_ids: Sequence[str]
-) -> dict[str, SyncState]:
-    """Each customer's link (on the environment's live connection) and latest sync job, in two queries."""
-    if not customer_ids:
-        return {}
-    links: dict[str, CustomerLink] = {}
-    if connection_id is not None:
-        link_rows = await session.execute(
-            select(CustomerLink).where(
-                CustomerLink.connection_id == connection_id, CustomerLink.customer_id.in_(customer_ids)
-            )
-        )
-        links = {link.customer_id: link for link in link_rows.scalars()}
-    newest = (
-        select(SyncJob.customer_id, func.max(SyncJob.created_at).label("created_at"))
-        .where(
-            SyncJob.tenant_id == scope.tenant_id,
-            SyncJob.environment_id == scope.environment_id,
-            SyncJob.customer_id.in_(customer_ids),
-        )
-        .group_by(SyncJob.customer_id)
-        .subquery()
-    )
-    job_rows = await session.execute(
-        select(SyncJob)
-        .join(newest, (SyncJob.customer_id == newest.c.customer_id) & (SyncJob.created_at == newest.c.created_at))
-        .where(SyncJob.tenant_id == scope.tenant_id, SyncJob.environment_id == scope.environment_id)
-    )
-    jobs = {job.customer_id: job for job in job_rows.scalars() if job.customer_id is not None}
-    return {cid: sync_state(links.get(cid), jobs.get(cid)) for cid in customer_ids}
-
-
-async def customer_jobs(session: AsyncSession, scope: Scope, customer_id: str, limit: int = 20) -> list[SyncJob]:
-    stmt = (
-        select(SyncJob)
-        .where(
-            SyncJob.tenant_id == scope.tenant_id,
-            SyncJob.environment_id == scope.environment_id,
-            SyncJob.customer_id == customer_id,
-        )
-        .order_by(SyncJob.created_at.desc(), SyncJob.id.desc())
-        .limit(limit)
-    )
-    return list((await session.execute(stmt)).scalars().all())
+async def sync_states(session: AsyncSession, customers: Sequence[Customer]) -> dict[str, SyncState]:
+    return {customer.id: sync_state(await outbound.sync_status(session, customer)) for customer in customers}
 
 
 async def customer_events(session: AsyncSession, scope: Scope, customer_id: str, limit: int = 20) -> list[WebhookEvent]:
@@ -196,7 +152,7 @@ async def health(session: AsyncSession, scope: Scope) -> Health:
             select(func.count()).where(
                 SyncJob.tenant_id == scope.tenant_id,
                 SyncJob.environment_id == scope.environment_id,
-                SyncJob.status.in_(FAILED_JOB_STATUSES),
+                SyncJob.status == "failed",
                 SyncJob.updated_at >= since,
             )
         )

@@ -11,8 +11,10 @@ from flexsync.connections.repository import get_live_connection
 from flexsync.customers import repository, service
 from flexsync.customers.schemas import SYNC_OWNED_METADATA_KEYS, CustomerCreate, CustomerUpdate
 from flexsync.deps import DB
+from flexsync.jobs import repository as jobs_repository
 from flexsync.kit.errors import APIError, NotFound
 from flexsync.models import Customer
+from flexsync.stripe import outbound
 from flexsync.web import forms, queries
 from flexsync.web.auth import PostedForm, SignedIn, Viewer
 from flexsync.web.render import render
@@ -20,6 +22,8 @@ from flexsync.web.render import render
 router = APIRouter()
 
 PAGE_SIZE = 25
+# How many of a customer's latest sync jobs and webhook events its page lists.
+RECENT_ACTIVITY = 20
 
 
 @router.get("/customers")
@@ -35,9 +39,7 @@ async def customer_list(
     async with db.sessions() as session:
         customers, total = await queries.search_customers(session, scope, q, status, PAGE_SIZE, (page - 1) * PAGE_SIZE)
         connection = await get_live_connection(session, scope.tenant_id, scope.environment_id)
-        states = await queries.sync_states(
-            session, scope, connection.id if connection else None, [c.id for c in customers]
-        )
+        states = await queries.sync_states(session, customers)
     pages = max(1, -(-total // PAGE_SIZE))
     return render(
         request,
@@ -114,16 +116,18 @@ async def customer_page(request: Request, customer_id: str, viewer: SignedIn, db
         if customer is None:
             raise NotFound(f"customer {customer_id} not found")
         connection = await get_live_connection(session, scope.tenant_id, scope.environment_id)
-        states = await queries.sync_states(session, scope, connection.id if connection else None, [customer.id])
-        jobs = await queries.customer_jobs(session, scope, customer.id)
-        events = await queries.customer_events(session, scope, customer.id)
+        state = queries.sync_state(await outbound.sync_status(session, customer))
+        jobs, _total = await jobs_repository.list_page(
+            session, scope, status=None, customer_id=customer.id, limit=RECENT_ACTIVITY, offset=0
+        )
+        events = await queries.customer_events(session, scope, customer.id, RECENT_ACTIVITY)
     return render(
         request,
         "customers/detail.html",
         viewer,
         {
             "customer": customer,
-            "state": states[customer.id],
+            "state": state,
             "connection": connection,
             "jobs": jobs,
             "events": events,
@@ -164,3 +168,12 @@ async def archive_customer(customer_id: str, viewer: SignedIn, _form: PostedForm
         customer = await service.find_for_update(session, viewer.scope, customer_id=customer_id)
         await service.archive_customer(session, customer, actor=viewer.scope.api_key_id)
     return RedirectResponse(f"/customers/{customer_id}?notice=customer-archived", status_code=303)
+
+
+@router.post("/customers/{customer_id}/sync")
+async def sync_to_stripe(customer_id: str, viewer: SignedIn, _form: PostedForm, db: DB) -> Response:
+    """The API's sync-to-stripe: create the Stripe customer if unlinked, else update it (runs as a job)."""
+    async with db.transaction() as session:
+        customer = await service.find_for_update(session, viewer.scope, customer_id=customer_id)
+        await outbound.request_sync(session, customer)
+    return RedirectResponse(f"/customers/{customer_id}?notice=sync-queued", status_code=303)

@@ -1,0 +1,75 @@
+"""What the sync did: outbound sync jobs (with Retry now) and, once received, Stripe webhook deliveries."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import RedirectResponse, Response
+
+from flexsync.customers import repository as customers_repository
+from flexsync.customers.repository import CustomerQuery
+from flexsync.deps import DB
+from flexsync.jobs import repository as jobs_repository
+from flexsync.jobs import service as jobs_service
+from flexsync.web.auth import PostedForm, SignedIn, Viewer
+from flexsync.web.render import render
+
+router = APIRouter()
+
+PAGE_SIZE = 50
+JobStatus = Literal["pending", "running", "succeeded", "failed"]
+JOB_STATUSES = ("pending", "running", "succeeded", "failed")
+
+
+async def _customer_names(session: AsyncSession, viewer: Viewer, customer_ids: set[str]) -> dict[str, str]:
+    if not customer_ids:
+        return {}
+    query = CustomerQuery(status="all", customer_ids=sorted(customer_ids))
+    customers, _total = await customers_repository.list_page(session, viewer.scope, query, len(customer_ids), 0)
+    return {customer.id: customer.name for customer in customers}
+
+
+@router.get("/sync-jobs")
+async def sync_jobs(
+    request: Request,
+    viewer: SignedIn,
+    db: DB,
+    status: JobStatus | Literal[""] = "",
+    customer_id: Annotated[str, Query(max_length=64)] = "",
+    page: Annotated[int, Query(ge=1)] = 1,
+) -> Response:
+    async with db.sessions() as session:
+        jobs, total = await jobs_repository.list_page(
+            session,
+            viewer.scope,
+            status=status or None,
+            customer_id=customer_id or None,
+            limit=PAGE_SIZE,
+            offset=(page - 1) * PAGE_SIZE,
+        )
+        customer_names = await _customer_names(session, viewer, {j.customer_id for j in jobs if j.customer_id})
+    return render(
+        request,
+        "sync_jobs.html",
+        viewer,
+        {
+            "jobs": jobs,
+            "customer_names": customer_names,
+            "total": total,
+            "status": status,
+            "statuses": JOB_STATUSES,
+            "customer_id": customer_id,
+            "page": page,
+            "pages": max(1, -(-total // PAGE_SIZE)),
+        },
+        nav="sync-jobs",
+    )
+
+
+@router.post("/sync-jobs/{job_id}/retry")
+async def retry_sync_job(job_id: str, viewer: SignedIn, _form: PostedForm, db: DB) -> Response:
+    async with db.transaction() as session:
+        await jobs_service.retry_failed(session, viewer.scope, job_id)
+    return RedirectResponse("/sync-jobs?notice=job-retried", status_code=303)
