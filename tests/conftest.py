@@ -69,3 +69,32 @@ def localstripe_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loc
     running = start_localstripe(tmp_path_factory.mktemp("localstripe"))
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def inbound_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseUnderTest]:
+    """A database of the module's own: no other server's retry sweep meets its webhook events."""
+    if request.param == "sqlite":
+        with sqlite_database(tmp_path_factory.mktemp("inbound-sqlite")) as db:
+            yield db
+        return
+    admin_url = os.environ.get(PG_ENV)
+    if not admin_url:
+        pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test)")
+    with postgres_database(admin_url) as db:
+        yield db
+
+
+@pytest.fixture(scope="module")
+def inbound_server(
+    inbound_db: DatabaseUnderTest, localstripe_server: LocalStripe, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """`flexsync serve --no-worker` that re-fetches Stripe customers from localstripe."""
+    running = start_server(
+        inbound_db,
+        tmp_path_factory.mktemp("inbound-logs"),
+        "--no-worker",
+        FLEXSYNC_STRIPE_API_BASE=localstripe_server.base_url,
+    )
+    yield running
+    running.stop()

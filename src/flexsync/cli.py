@@ -32,6 +32,8 @@ api_key_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(environment_app, name="environment")
 app.add_typer(api_key_app, name="api-key")
+events_app = typer.Typer(help="Stripe webhook events.", no_args_is_help=True)
+app.add_typer(events_app, name="events")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -170,6 +172,41 @@ def rotate_keys_command(as_json: JsonFlag = False) -> None:
             f"({report.already_current} already current)"
         ],
     )
+
+
+@events_app.command("replay")
+def events_replay(
+    event_id: Annotated[str, typer.Argument(help="The event's flexsync id (whevt_...) or Stripe id (evt_...).")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Apply a stored Stripe webhook event again now and print the outcome (exit 1 if not found or failed)."""
+    from flexsync.deps import Database
+    from flexsync.kit.json import dumps
+    from flexsync.webhooks.service import replay
+
+    settings = get_settings()
+
+    async def run() -> dict[str, Any]:
+        engine = create_engine(settings.database_url, null_pool=True)
+        db = Database(settings=settings, engine=engine, sessions=session_factory(engine), box=secret_box(settings))
+        try:
+            return await replay(db, event_id)
+        finally:
+            await engine.dispose()
+
+    try:
+        event: dict[str, Any] = json.loads(dumps(asyncio.run(run())))
+    except APIError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(code=1) from None
+    lines = [f"{event['id']} ({event['stripe_event_id']}, {event['type']}): {event['status']}"]
+    lines += [f"{label}: {event[key]}" for key, label in _EVENT_DETAILS if event[key]]
+    _emit(as_json, event, lines)
+    if event["status"] in ("failed", "dead"):
+        raise typer.Exit(code=1)
+
+
+_EVENT_DETAILS = (("customer_id", "customer"), ("note", "note"), ("last_error", "error"))
 
 
 @app.command("serve")

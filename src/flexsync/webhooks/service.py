@@ -7,8 +7,10 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flexsync.deps import Database
 from flexsync.kit.errors import NotFound, ValidationFailed
 from flexsync.models import WebhookEvent
+from flexsync.stripe import inbound
 from flexsync.webhooks import repository
 
 
@@ -45,3 +47,15 @@ async def find_for_replay(session: AsyncSession, event_id: str) -> WebhookEvent:
         ids = ", ".join(event.id for event in found)
         raise ValidationFailed(f"{event_id} was received by several connections; replay one of: {ids}")
     return found[0]
+
+
+async def replay(db: Database, event_id: str) -> dict[str, Any]:
+    """`flexsync events replay`: apply the event again now; returns it as the API shows it."""
+    async with db.sessions() as session:
+        event = await find_for_replay(session, event_id)
+    await inbound.replay_event(db, event.id)
+    async with db.sessions() as session:
+        replayed = await session.get(WebhookEvent, event.id)
+        if replayed is None:  # its connection was deleted meanwhile, and the event with it
+            raise NotFound(f"webhook event {event_id} not found")
+        return event_to_dict(replayed)
