@@ -1,0 +1,98 @@
+"""End to end, Stripe -> flexsync: localstripe delivers real signed webhooks to a running `flexsync serve` while
+customers are created, updated and deleted with the official SDK; on SQLite and PostgreSQL.
+
+localstripe delivers about a second after each change, in no fixed order, and to every registered webhook:
+each test registers its own tenant's URL, looks only at its own Stripe customers, and unregisters after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import stripe
+
+from flexsync.ids import new_id
+from tests.support import DatabaseUnderTest, LocalStripe, Server
+from tests.webhook_support import STRIPE_KEY, WEBHOOK_SECRET, InboundTenant, inbound_tenant, wait_for
+
+
+@pytest.fixture
+def stripe_api(localstripe_server: LocalStripe) -> stripe.StripeClient:
+    return stripe.StripeClient(STRIPE_KEY, base_addresses={"api": localstripe_server.base_url})
+
+
+@pytest.fixture
+def webhook(localstripe_server: LocalStripe) -> Iterator[Any]:
+    """Registers a tenant's webhook URL with localstripe for the test; unregisters it (no events) after."""
+    webhook_id = new_id("we")
+
+    def register(inbound: InboundTenant) -> None:
+        localstripe_server.register_webhook(webhook_id, inbound.webhook_url, WEBHOOK_SECRET)
+
+    yield register
+    localstripe_server.register_webhook(webhook_id, "http://127.0.0.1:9/unused", WEBHOOK_SECRET, events=["none"])
+
+
+def wait_customer(inbound: InboundTenant, stripe_id: str, check: Any = bool, what: str = "") -> dict[str, Any]:
+    def found() -> dict[str, Any] | None:
+        matches = inbound.customers_for(stripe_id)
+        assert len(matches) <= 1, matches
+        return matches[0] if matches and check(matches[0]) else None
+
+    return wait_for(found, timeout=30, what=what or f"the customer for {stripe_id}")
+
+
+def test_stripe_customers_created_updated_and_deleted_flow_into_flexsync(
+    inbound_db: DatabaseUnderTest, inbound_server: Server, stripe_api: stripe.StripeClient, webhook: Any
+) -> None:
+    with inbound_tenant(inbound_db, inbound_server.base_url) as inbound:
+        webhook(inbound)
+        created = stripe_api.v1.customers.create(
+            {
+                "name": "Grace Hopper",
+                "email": "grace@example.com",
+                "address": {"line1": "1 Navy Yard", "city": "Arlington", "state": "VA", "country": "US"},
+                "metadata": {"team": "compilers"},
+            }
+        )
+        customer = wait_customer(inbound, created.id)
+        assert (customer["name"], customer["email"]) == ("Grace Hopper", "grace@example.com")
+        assert (customer["address_line1"], customer["address_city"]) == ("1 Navy Yard", "Arlington")
+        assert (customer["address_state"], customer["address_country"]) == ("VA", "US")
+        assert customer["external_id"] == created.id and customer["created_by"] == "stripe"
+        assert customer["metadata"] == {"stripe_customer_id": created.id}
+
+        stripe_api.v1.customers.update(
+            created.id, {"name": "Rear Admiral Hopper", "address": {"line1": "2 Pentagon", "city": "Arlington"}}
+        )
+        updated = wait_customer(inbound, created.id, lambda c: c["name"] == "Rear Admiral Hopper", "the update")
+        assert updated["id"] == customer["id"] and updated["address_line1"] == "2 Pentagon"
+
+        stripe_api.v1.customers.delete(created.id)
+        wait_for(
+            lambda: inbound.sync_status(customer["id"])["link_status"] == "deleted_in_stripe",
+            timeout=30,
+            what="the deletion",
+        )
+        assert inbound.api.get(f"/v1/customers/{customer['id']}").json()["status"] == "published"
+
+        events = [e for e in inbound.events() if e["stripe_object_id"] == created.id]
+        assert sorted(e["type"] for e in events) == ["customer.created", "customer.deleted", "customer.updated"]
+        assert all(e["status"] == "applied" for e in events)
+        assert len(inbound.customers_for(created.id)) == 1
+
+
+def test_a_stripe_deletion_archives_when_configured(
+    inbound_db: DatabaseUnderTest, inbound_server: Server, stripe_api: stripe.StripeClient, webhook: Any
+) -> None:
+    with inbound_tenant(inbound_db, inbound_server.base_url, {"on_stripe_delete": "archive"}) as inbound:
+        webhook(inbound)
+        created = stripe_api.v1.customers.create({"email": "nameless@example.com"})
+        customer = wait_customer(inbound, created.id)
+        assert customer["name"] == "nameless@example.com"
+
+        stripe_api.v1.customers.delete(created.id)
+        archived = wait_customer(inbound, created.id, lambda c: c["status"] == "archived", "the archive")
+        assert archived["id"] == customer["id"] and archived["updated_by"] == "stripe"
