@@ -1,0 +1,108 @@
+"""A database failure while applying a Stripe event: the event is kept, retried with backoff, applied once.
+
+The app runs in-process here (httpx's ASGITransport, with the app's lifespan, so its ingest and retry tasks
+run) because the test makes the database fail: an SQLAlchemy hook on the app's own engine raises on the
+INSERT of customers, the first times it is tried. Everything else is real: the signed delivery, the
+database (SQLite and PostgreSQL), the retry sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+from sqlalchemy import event, func, select
+from sqlalchemy.exc import OperationalError
+
+from flexsync.api import create_app
+from flexsync.config import Settings
+from flexsync.deps import Database
+from flexsync.models import Customer, CustomerLink, WebhookEvent
+from tests.support import TEST_ENCRYPTION_KEY, DatabaseUnderTest, LocalStripe, new_tenant
+from tests.webhook_support import add_stripe_connection, sign, stripe_customer, stripe_event
+
+
+class FailingCustomerInserts:
+    """Makes the next `times` INSERTs into customers fail as if the database connection had dropped."""
+
+    def __init__(self, times: int) -> None:
+        self.left = times
+
+    def __call__(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if self.left > 0 and statement.lstrip().upper().startswith("INSERT INTO CUSTOMERS"):
+            self.left -= 1
+            raise OperationalError(statement, None, ConnectionError("injected: the database went away"))
+
+
+async def event_row(db: Database, stripe_event_id: str) -> WebhookEvent:
+    async with db.sessions() as session:
+        row = (
+            await session.execute(select(WebhookEvent).where(WebhookEvent.stripe_event_id == stripe_event_id))
+        ).scalar_one()
+        return row
+
+
+async def wait_status(db: Database, stripe_event_id: str, status: str) -> WebhookEvent:
+    """Poll the stored event (the database is the only witness) until it has `status`; at most 20 s."""
+    async with asyncio.timeout(20):
+        while True:
+            row = await event_row(db, stripe_event_id)
+            if row.status == status:
+                return row
+            await asyncio.sleep(0.05)
+
+
+async def count(db: Database, model: Any) -> int:
+    async with db.sessions() as session:
+        total: int = (await session.execute(select(func.count()).select_from(model))).scalar_one()
+        return total
+
+
+def test_an_event_that_fails_to_apply_is_kept_retried_and_applied_once(
+    inbound_db: DatabaseUnderTest, localstripe_server: LocalStripe
+) -> None:
+    tenant = new_tenant(inbound_db, "http://flexsync.test")
+    add_stripe_connection(inbound_db, tenant)
+    obj = stripe_customer(name="Resilient Customer")
+    stripe_evt = stripe_event("customer.created", obj)
+    body = json.dumps(stripe_evt).encode()
+    settings = Settings(
+        database_url=inbound_db.url,
+        encryption_keys=TEST_ENCRYPTION_KEY,
+        stripe_api_base=localstripe_server.base_url,
+        run_worker=False,
+    )
+    app = create_app(settings)
+    # Fails the try with its batch, and the first retry of the stored event; the next retry succeeds.
+    failing = FailingCustomerInserts(times=2)
+
+    async def scenario() -> None:
+        async with app.router.lifespan_context(app):
+            db: Database = app.state.db
+            event.listen(db.engine.sync_engine, "before_cursor_execute", failing)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://flexsync.test") as client:
+                response = await client.post(
+                    f"/v1/webhooks/stripe/{tenant.tenant_id}/{tenant.environment_id}",
+                    content=body,
+                    headers={"Stripe-Signature": sign(body)},
+                )
+            # Stored before the answer, even though applying failed.
+            assert response.status_code == 200, response.text
+            assert response.json() == {"received": True, "event_id": stripe_evt["id"], "status": "queued"}
+
+            failed = await wait_status(db, stripe_evt["id"], "failed")
+            assert failed.attempts == 1 and "injected: the database went away" in (failed.last_error or "")
+            assert failed.next_attempt_at is not None
+            assert await count(db, Customer) == 0
+
+            applied = await wait_status(db, stripe_evt["id"], "applied")
+            assert applied.attempts == 2 and applied.last_error is None and applied.customer_id is not None
+            assert failing.left == 0
+            assert await count(db, Customer) == 1
+            assert await count(db, CustomerLink) == 1
+            assert await count(db, WebhookEvent) == 1
+
+    asyncio.run(scenario())
