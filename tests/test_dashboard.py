@@ -6,6 +6,7 @@ never rewrites tracked files).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -29,6 +30,7 @@ from tests.support import (
     sqlite_database,
     start_server,
 )
+from tests.webhook_support import sign, stripe_event
 
 T = TypeVar("T")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -248,24 +250,6 @@ def test_customer_list_pages_through_results(page: Page, tenant: TenantContext) 
     expect(page.get_by_text("Page 2 of 2")).to_be_visible()
 
 
-def test_another_tenants_key_sees_none_of_its_data(
-    page: Page, tenant: TenantContext, dashboard_db: DatabaseUnderTest, dashboard: Server
-) -> None:
-    theirs = create_via_api(tenant, external_id="private-1", name="Private Customer")
-    other = fresh_tenant(dashboard_db, dashboard)
-    sign_in(page, other.api_key)
-    expect(page.get_by_text("No customers yet.")).to_be_visible()
-    page.get_by_label("Status").select_option("all")
-    page.get_by_role("button", name="Search").click()
-    expect(page.get_by_text("No customers yet.")).to_be_visible()
-
-    response = page.goto(f"/customers/{theirs['id']}")
-    assert response is not None and response.status == 404
-    expect(page.get_by_role("heading", level=1)).to_have_text("Not found")
-    response = page.goto(f"/customers/{theirs['id']}/edit")
-    assert response is not None and response.status == 404
-
-
 def test_a_form_without_the_csrf_token_is_refused(page: Page, tenant: TenantContext) -> None:
     sign_in(page, tenant.api_key)
     page.goto("/customers/new")
@@ -317,60 +301,157 @@ def test_a_tampered_session_cookie_is_not_accepted(dashboard: Server, tenant: Te
 
 SECRET_KEY = "sk_test_dashboardSecret0001"
 WEBHOOK_SECRET = "whsec_dashboardSigning0001"
+# localstripe cannot forget a webhook, so every test re-registers this one id (see stop_webhooks).
+LOCALSTRIPE_WEBHOOK_ID = "flexsync-dashboard"
 
 
-def add_connection(page: Page, **switches: bool) -> None:
-    page.get_by_role("navigation", name="Main").get_by_role("link", name="Settings > Integrations").click()
+@pytest.fixture
+def in_stripe(localstripe_server: LocalStripe) -> Iterator[stripe.StripeClient]:
+    """The test's Stripe account, for what a user does in Stripe's own dashboard."""
+    yield stripe.StripeClient(SECRET_KEY, base_addresses={"api": localstripe_server.base_url})
+    stop_webhooks(localstripe_server)
+
+
+def stop_webhooks(localstripe_server: LocalStripe) -> None:
+    """Point the test's webhook at an event type that never happens, so later tests get no stray deliveries."""
+    localstripe_server.register_webhook(LOCALSTRIPE_WEBHOOK_ID, "http://127.0.0.1:9/", WEBHOOK_SECRET, ["none"])
+
+
+def nav(page: Page, name: str) -> None:
+    page.get_by_role("navigation", name="Main").get_by_role("link", name=name).click()
+
+
+def add_connection(page: Page) -> None:
+    nav(page, "Settings > Integrations")
     page.get_by_label("Connection name").fill("Production Stripe")
     page.get_by_label("Stripe secret key").fill(SECRET_KEY)
     page.get_by_label("Stripe publishable key").fill("pk_test_dashboardPublic0001")
     page.get_by_label("Webhook signing secret").fill(WEBHOOK_SECRET)
-    for label, on in switches.items():
-        page.get_by_role("switch", name=label.replace("_", " ")).set_checked(on)
     page.get_by_role("button", name="Add Stripe connection").click()
     expect(page.get_by_role("status").first).to_have_text("Stripe connection added.")
 
 
-def test_add_copy_test_edit_and_disable_the_stripe_connection(page: Page, tenant: TenantContext) -> None:
-    sign_in(page, tenant.api_key, "/settings/integrations")
-    expect(page.get_by_role("heading", name="Add integration: Stripe")).to_be_visible()
-    page.get_by_label("Stripe secret key").fill("sk_live_wrongMode")
-    page.get_by_label("Stripe publishable key").fill("pk_test_x")
-    page.get_by_role("button", name="Add Stripe connection").click()
-    expect(page.locator("#f-name-error")).to_have_text("String should have at least 1 character")
-    # Secrets are write-only: a refused form does not send them back to the browser.
-    assert "sk_live_wrongMode" not in page.content()
-    expect(page.get_by_label("Stripe publishable key")).to_have_value("pk_test_x")
-    page.get_by_label("Connection name").fill("Production Stripe")
-    page.get_by_label("Stripe secret key").fill("sk_live_wrongMode")
-    page.get_by_role("button", name="Add Stripe connection").click()
-    expect(page.locator("#f-publishable_key-error")).to_have_text("must be a live-mode key")
-    screenshot(page, "integrations-errors")
-
+def test_the_setup_guide_in_a_browser(
+    page: Page, tenant: TenantContext, localstripe_server: LocalStripe, in_stripe: stripe.StripeClient
+) -> None:
+    """The seed document's steps: add the Stripe connection, give Stripe the webhook URL, check both directions."""
+    sign_in(page, tenant.api_key)
     add_connection(page)
     stripe_card = page.get_by_role("region", name="Stripe: Production Stripe")
     expect(stripe_card).to_contain_text("active")
     expect(stripe_card).to_contain_text("••••••••0001")
     assert SECRET_KEY not in page.content() and WEBHOOK_SECRET not in page.content()
 
-    webhook_url = f"{tenant.base_url}/v1/webhooks/stripe/{tenant.tenant_id}/{tenant.environment_id}"
-    expect(page.get_by_label("Endpoint URL")).to_have_value(webhook_url)
     page.get_by_role("button", name="Copy").click()
     expect(page.locator("#copy-status")).to_have_text("Copied to the clipboard.")
-    assert page.evaluate("navigator.clipboard.readText()") == webhook_url
+    webhook_url = page.evaluate("navigator.clipboard.readText()")
+    assert webhook_url == f"{tenant.base_url}/v1/webhooks/stripe/{tenant.tenant_id}/{tenant.environment_id}"
     for event in ("customer.created", "customer.updated", "customer.deleted"):
         expect(page.get_by_role("region", name="Webhook endpoint")).to_contain_text(event)
+    localstripe_server.register_webhook(LOCALSTRIPE_WEBHOOK_ID, webhook_url, WEBHOOK_SECRET)
 
+    # Step 3.1-3.2: a customer created in Stripe appears in the customer list.
+    from_stripe = in_stripe.v1.customers.create({"name": "Katherine Johnson", "email": "katherine@example.com"})
+    nav(page, "Webhook deliveries")
+    delivery = page.locator("tbody tr", has_text=from_stripe.id)
+    reload_until(page, lambda: "applied" in delivery.first.inner_text() if delivery.count() else False, "the delivery")
+    expect(delivery.first).to_contain_text("customer.created")
+    expect(delivery.first).to_contain_text("Katherine Johnson")
+
+    delivery.first.get_by_role("link", name="customer.created").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("customer.created")
+    expect(page.get_by_role("region", name="Delivery")).to_contain_text(from_stripe.id)
+    expect(page.locator("pre.payload")).to_contain_text('"name": "Katherine Johnson"')
+    page.get_by_role("button", name="Replay").click()
+    expect(page.get_by_role("status")).to_have_text("Webhook event replayed.")
+    expect(page.get_by_role("region", name="Delivery")).to_contain_text("applied")
+    expect(page.get_by_role("region", name="Delivery").locator("dt:text-is('Attempts') + dd")).to_have_text("2")
+    screenshot(page, "webhook-event")
+
+    page.get_by_role("region", name="Delivery").get_by_role("link", name="Katherine Johnson").click()
+    stripe_region = page.get_by_role("region", name="Stripe")
+    expect(stripe_region.locator(".badge")).to_have_text("linked")
+    expect(stripe_region.get_by_role("link", name=re.compile(from_stripe.id))).to_have_attribute(
+        "href", f"https://dashboard.stripe.com/test/customers/{from_stripe.id}"
+    )
+    events = page.get_by_role("region", name="Webhook events")
+    expect(events).to_contain_text("customer.created")
+
+    # Step 3.3: a customer created here appears in Stripe.
+    nav(page, "Customers")
+    page.get_by_role("link", name="New customer").click()
+    page.get_by_label("External id").fill("crm-grace")
+    page.get_by_role("textbox", name="Name", exact=True).fill("Grace Hopper")
+    page.get_by_label("Email").fill("grace@example.com")
+    page.get_by_label("Country").fill("US")
+    page.get_by_role("button", name="Create customer").click()
+    expect(page.get_by_role("status")).to_have_text("Customer created.")
+    reload_until(page, lambda: stripe_region.locator(".badge").inner_text() == "linked", "Grace to be linked")
+    link = stripe_region.get_by_role("link", name=re.compile(r"^cus_"))
+    stripe_id = link.inner_text().split()[0]
+    expect(link).to_have_attribute("href", f"https://dashboard.stripe.com/test/customers/{stripe_id}")
+    expect(page.get_by_role("region", name="Details")).to_contain_text(f"stripe_customer_id = {stripe_id}")
+    created = in_stripe.v1.customers.retrieve(stripe_id)
+    assert (created.name, created.email, created.address.country) == ("Grace Hopper", "grace@example.com", "US")
+
+    page.get_by_role("button", name="Sync to Stripe").click()
+    expect(page.get_by_role("status")).to_have_text("Sync to Stripe queued.")
+    jobs = page.get_by_role("region", name="Sync jobs")
+    reload_until(
+        page,
+        lambda: jobs.locator("tbody tr").count() == 2 and "succeeded" in jobs.locator("tbody tr").first.inner_text(),
+        "the manual sync to finish",
+    )
+    expect(jobs.locator("tbody tr").first).to_contain_text("update")
+    assert len([c for c in in_stripe.v1.customers.list({"limit": 100}).data if c.email == "grace@example.com"]) == 1
+    screenshot(page, "customer")
+
+    nav(page, "Customers")
+    for name in ("Grace Hopper", "Katherine Johnson"):
+        row = page.locator("tbody tr", has_text=name)
+        expect(row.locator(".badge")).to_have_text("linked")
+        expect(row.locator("time")).to_have_count(1)
+    screenshot(page, "customers")
+
+    # flexsync's own create comes back from Stripe as a webhook too: applied, changing nothing.
+    nav(page, "Webhook deliveries")
+    echo = page.locator("tbody tr", has_text=stripe_id)
+    reload_until(page, lambda: echo.count() > 0 and "applied" in echo.first.inner_text(), "the echo of Grace's create")
+    screenshot(page, "webhook-events")
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("status")).to_have_text("You are signed out.")
+
+
+def test_test_edit_disable_and_delete_the_stripe_connection(page: Page, tenant: TenantContext) -> None:
+    sign_in(page, tenant.api_key, "/settings/integrations")
+    expect(page.get_by_role("heading", name="Add integration: Stripe")).to_be_visible()
+    page.get_by_label("Stripe publishable key").fill("pk_test_x")
+    page.get_by_role("button", name="Add Stripe connection").click()
+    expect(page.locator("#f-name-error")).to_have_text("String should have at least 1 character")
+    expect(page.locator("#f-secret_key-error")).to_contain_text("must be a Stripe secret or restricted key")
+    expect(page.get_by_label("Stripe publishable key")).to_have_value("pk_test_x")
+    page.get_by_label("Connection name").fill("Production Stripe")
+    page.get_by_label("Stripe secret key").fill("sk_live_wrongMode")
+    page.get_by_role("button", name="Add Stripe connection").click()
+    expect(page.locator("#f-publishable_key-error")).to_have_text("must be a live-mode key")
+    # Secrets are write-only: a refused form does not send them back to the browser.
+    assert "sk_live_wrongMode" not in page.content()
+    screenshot(page, "integrations-errors")
+
+    add_connection(page)
     page.get_by_role("button", name="Test connection").click()
     expect(page.get_by_role("status").first).to_contain_text("Stripe accepted the secret key")
     screenshot(page, "integrations")
 
     page.get_by_label("Connection name").fill("Stripe (test)")
     page.get_by_role("switch", name="Match by email").check()
+    page.get_by_role("switch", name="Create customers in Stripe").uncheck()
     page.get_by_label("When a customer is deleted in Stripe").select_option("archive")
     page.get_by_role("button", name="Save connection").click()
     expect(page.get_by_role("status").first).to_have_text("Stripe connection saved.")
     expect(page.get_by_role("switch", name="Match by email")).to_be_checked()
+    expect(page.get_by_role("switch", name="Create customers in Stripe")).not_to_be_checked()
 
     page.get_by_role("button", name="Disable").click()
     expect(page.get_by_role("status").first).to_contain_text("disabled")
@@ -381,8 +462,8 @@ def test_add_copy_test_edit_and_disable_the_stripe_connection(page: Page, tenant
     assert connection["secret_key_last4"] == "0001"
     assert connection["webhook_secret_set"] is True
     assert connection["settings"]["email_matching"] is True
+    assert connection["settings"]["outbound_enabled"] is False
     assert connection["settings"]["on_stripe_delete"] == "archive"
-    assert connection["settings"]["outbound_enabled"] is True
 
     page.get_by_role("button", name="Enable").click()
     expect(page.get_by_role("status").first).to_have_text("Stripe connection enabled.")
@@ -391,59 +472,6 @@ def test_add_copy_test_edit_and_disable_the_stripe_connection(page: Page, tenant
     expect(page.get_by_role("heading", name="Add integration: Stripe")).to_be_visible()
     with tenant.client() as api:
         assert api.get("/v1/connections").json()["pagination"]["total"] == 0
-
-
-def test_a_customer_created_in_the_dashboard_becomes_linked_in_stripe(
-    page: Page, tenant: TenantContext, localstripe_server: LocalStripe
-) -> None:
-    sign_in(page, tenant.api_key)
-    add_connection(page)
-    page.get_by_role("navigation", name="Main").get_by_role("link", name="Customers").click()
-    page.get_by_role("link", name="New customer").click()
-    page.get_by_label("External id").fill("crm-grace")
-    page.get_by_role("textbox", name="Name", exact=True).fill("Grace Hopper")
-    page.get_by_label("Email").fill("grace@example.com")
-    page.get_by_label("Country").fill("US")
-    page.get_by_role("button", name="Create customer").click()
-    expect(page.get_by_role("status")).to_have_text("Customer created.")
-
-    stripe_region = page.get_by_role("region", name="Stripe")
-    reload_until(
-        page,
-        lambda: "linked" in stripe_region.inner_text() and "not linked" not in stripe_region.inner_text(),
-        "the customer to be linked",
-    )
-    link = stripe_region.get_by_role("link", name=re.compile(r"^cus_"))
-    stripe_id = link.inner_text().split()[0]
-    expect(link).to_have_attribute("href", f"https://dashboard.stripe.com/test/customers/{stripe_id}")
-    expect(page.get_by_role("region", name="Details")).to_contain_text(f"stripe_customer_id = {stripe_id}")
-    jobs = page.get_by_role("region", name="Sync jobs")
-    expect(jobs).to_contain_text("create")
-    expect(jobs).to_contain_text("succeeded")
-    screenshot(page, "customer")
-
-    in_stripe = stripe.StripeClient(SECRET_KEY, base_addresses={"api": localstripe_server.base_url})
-    created = in_stripe.v1.customers.retrieve(stripe_id)
-    assert (created.name, created.email, created.address.country) == ("Grace Hopper", "grace@example.com", "US")
-
-    page.get_by_role("button", name="Sync to Stripe").click()
-    expect(page.get_by_role("status")).to_have_text("Sync to Stripe queued.")
-    reload_until(
-        page,
-        lambda: (
-            jobs.locator("tbody tr").count() == 2
-            and "pending" not in jobs.inner_text()
-            and "running" not in jobs.inner_text()
-        ),
-        "the manual sync to finish",
-    )
-    expect(jobs.locator("tbody tr").first).to_contain_text("update")
-    expect(jobs.locator("tbody tr").first).to_contain_text("succeeded")
-
-    page.get_by_role("navigation", name="Main").get_by_role("link", name="Customers").click()
-    row = page.locator("tbody tr", has_text="Grace Hopper")
-    expect(row.locator(".badge")).to_have_text("linked")
-    expect(row.locator("time")).to_have_count(1)
 
 
 def test_a_failed_sync_job_can_be_retried(page: Page, tenant: TenantContext) -> None:
@@ -456,7 +484,7 @@ def test_a_failed_sync_job_can_be_retried(page: Page, tenant: TenantContext) -> 
         name="Missing Link",
         integration_entity_mapping=[{"provider": "stripe", "id": "cus_doesnotexist"}],
     )
-    page.get_by_role("navigation", name="Main").get_by_role("link", name="Sync jobs").click()
+    nav(page, "Sync jobs")
     rows = page.locator("tbody tr")
     reload_until(page, lambda: "failed" in rows.first.inner_text(), "the link job to fail")
     expect(rows).to_have_count(1)
@@ -471,9 +499,71 @@ def test_a_failed_sync_job_can_be_retried(page: Page, tenant: TenantContext) -> 
     page.get_by_role("button", name="Filter").click()
     page.get_by_role("button", name=re.compile("^Retry job")).click()
     expect(page.get_by_role("status")).to_have_text("Sync job queued to run now.")
-    page.goto("/sync-jobs")
     reload_until(page, lambda: "failed" in rows.first.inner_text(), "the retried job to fail again")
 
     page.goto(f"/customers/{customer['id']}")
     expect(page.get_by_role("region", name="Stripe").locator(".badge")).to_have_text("failed")
     expect(page.get_by_role("region", name="Stripe")).to_contain_text("cus_doesnotexist")
+
+
+def test_another_tenants_key_sees_none_of_its_data(
+    page: Page, tenant: TenantContext, dashboard_db: DatabaseUnderTest, dashboard: Server
+) -> None:
+    with tenant.client() as api:
+        connection = api.post(
+            "/v1/connections",
+            json={
+                "name": "Theirs",
+                "secret_key": SECRET_KEY,
+                "publishable_key": "pk_test_theirs",
+                "webhook_secret": WEBHOOK_SECRET,
+            },
+        ).json()
+        event = stripe_event("invoice.paid", {"id": "in_theirs", "object": "invoice"})
+        payload = json.dumps(event).encode()
+        delivered = httpx.post(
+            connection["webhook_url"],
+            content=payload,
+            headers={"Stripe-Signature": sign(payload, WEBHOOK_SECRET), "Content-Type": "application/json"},
+        )
+        assert delivered.status_code == 200, delivered.text
+        (their_event,) = api.get("/v1/webhook-events").json()["items"]
+    theirs = create_via_api(tenant, external_id="private-1", name="Private Customer")
+    with tenant.client() as api:
+        (their_job,) = api.get("/v1/sync-jobs").json()["items"]
+
+    other = fresh_tenant(dashboard_db, dashboard)
+    sign_in(page, other.api_key)
+    expect(page.get_by_text("No customers yet.")).to_be_visible()
+    page.get_by_label("Status").select_option("all")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_text("No customers yet.")).to_be_visible()
+    nav(page, "Webhook deliveries")
+    expect(page.get_by_text("0 events")).to_be_visible()
+    nav(page, "Sync jobs")
+    expect(page.get_by_text("0 jobs")).to_be_visible()
+    nav(page, "Settings > Integrations")
+    expect(page.get_by_role("heading", name="Add integration: Stripe")).to_be_visible()
+    expect(page.get_by_label("Endpoint URL")).to_have_value(re.compile(re.escape(other.environment_id) + "$"))
+
+    for path in (
+        f"/customers/{theirs['id']}",
+        f"/customers/{theirs['id']}/edit",
+        f"/webhook-events/{their_event['id']}",
+    ):
+        response = page.goto(path)
+        assert response is not None and response.status == 404, path
+        expect(page.get_by_role("heading", level=1)).to_have_text("Not found")
+    page.goto("/customers")
+    token = page.locator("input[name=csrf_token]").first.get_attribute("value") or ""
+    for path in (
+        f"/customers/{theirs['id']}/archive",
+        f"/customers/{theirs['id']}/sync",
+        f"/webhook-events/{their_event['id']}/replay",
+        f"/sync-jobs/{their_job['id']}/retry",
+        f"/settings/integrations/{connection['id']}/delete",
+    ):
+        assert page.request.post(path, form={"csrf_token": token}).status == 404, path
+    with tenant.client() as api:
+        assert api.get(f"/v1/customers/{theirs['id']}").json()["status"] == "published"
+        assert api.get(f"/v1/connections/{connection['id']}").status_code == 200

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from flexsync.models import ApiKey, Customer, Environment, SyncJob, Tenant, WebhookEvent, utcnow
 from flexsync.stripe import outbound
@@ -114,6 +115,7 @@ async def customer_events(session: AsyncSession, scope: Scope, customer_id: str,
         )
         .order_by(WebhookEvent.received_at.desc(), WebhookEvent.id.desc())
         .limit(limit)
+        .options(defer(WebhookEvent.payload))
     )
     return list((await session.execute(stmt)).scalars().all())
 

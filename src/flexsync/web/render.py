@@ -42,6 +42,7 @@ templates.env.globals["stripe_customer_url"] = stripe_customer_url
 # The main navigation: (key, path, label); a page passes its key to mark itself current.
 NAV_ITEMS = [
     ("customers", "/customers", "Customers"),
+    ("webhook-events", "/webhook-events", "Webhook deliveries"),
     ("sync-jobs", "/sync-jobs", "Sync jobs"),
     ("integrations", "/settings/integrations", "Settings > Integrations"),
 ]

@@ -1,9 +1,10 @@
-"""What the sync did: outbound sync jobs (with Retry now) and, once received, Stripe webhook deliveries."""
+"""What the sync did: Stripe webhook deliveries (with Replay) and outbound sync jobs (with Retry now)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import orjson
 from fastapi import APIRouter, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import RedirectResponse, Response
@@ -13,14 +14,20 @@ from flexsync.customers.repository import CustomerQuery
 from flexsync.deps import DB
 from flexsync.jobs import repository as jobs_repository
 from flexsync.jobs import service as jobs_service
+from flexsync.kit.errors import NotFound
+from flexsync.stripe import inbound
 from flexsync.web.auth import PostedForm, SignedIn, Viewer
 from flexsync.web.render import render
+from flexsync.webhooks import repository as events_repository
 
 router = APIRouter()
 
 PAGE_SIZE = 50
 JobStatus = Literal["pending", "running", "succeeded", "failed"]
 JOB_STATUSES = ("pending", "running", "succeeded", "failed")
+EventStatus = Literal["queued", "applied", "ignored", "failed", "dead"]
+EVENT_STATUSES = ("queued", "applied", "ignored", "failed", "dead")
+EVENT_TYPES = ("customer.created", "customer.updated", "customer.deleted")
 
 
 async def _customer_names(session: AsyncSession, viewer: Viewer, customer_ids: set[str]) -> dict[str, str]:
@@ -73,3 +80,63 @@ async def retry_sync_job(job_id: str, viewer: SignedIn, _form: PostedForm, db: D
     async with db.transaction() as session:
         await jobs_service.retry_failed(session, viewer.scope, job_id)
     return RedirectResponse("/sync-jobs?notice=job-retried", status_code=303)
+
+
+@router.get("/webhook-events")
+async def webhook_events(
+    request: Request,
+    viewer: SignedIn,
+    db: DB,
+    status: EventStatus | Literal[""] = "",
+    type: Annotated[str, Query(max_length=128)] = "",
+    page: Annotated[int, Query(ge=1)] = 1,
+) -> Response:
+    async with db.sessions() as session:
+        events, total = await events_repository.list_page(
+            session, viewer.scope, status or None, type or None, PAGE_SIZE, (page - 1) * PAGE_SIZE
+        )
+        customer_names = await _customer_names(session, viewer, {e.customer_id for e in events if e.customer_id})
+    return render(
+        request,
+        "webhook_events.html",
+        viewer,
+        {
+            "events": events,
+            "customer_names": customer_names,
+            "total": total,
+            "status": status,
+            "statuses": EVENT_STATUSES,
+            "type": type,
+            "types": EVENT_TYPES,
+            "page": page,
+            "pages": max(1, -(-total // PAGE_SIZE)),
+        },
+        nav="webhook-events",
+    )
+
+
+@router.get("/webhook-events/{event_id}")
+async def webhook_event(request: Request, event_id: str, viewer: SignedIn, db: DB) -> Response:
+    async with db.sessions() as session:
+        event = await events_repository.get(session, viewer.scope, event_id)
+        if event is None:
+            raise NotFound(f"webhook event {event_id} not found")
+        customer_names = await _customer_names(session, viewer, {event.customer_id} if event.customer_id else set())
+    payload = orjson.dumps(orjson.loads(event.payload), option=orjson.OPT_INDENT_2).decode()
+    return render(
+        request,
+        "webhook_event.html",
+        viewer,
+        {"event": event, "payload": payload, "customer_names": customer_names},
+        nav="webhook-events",
+    )
+
+
+@router.post("/webhook-events/{event_id}/replay")
+async def replay_webhook_event(event_id: str, viewer: SignedIn, _form: PostedForm, db: DB) -> Response:
+    """The API's replay: apply the stored event again now."""
+    async with db.sessions() as session:
+        if await events_repository.get(session, viewer.scope, event_id) is None:
+            raise NotFound(f"webhook event {event_id} not found")
+    await inbound.replay_event(db, event_id)
+    return RedirectResponse(f"/webhook-events/{event_id}?notice=event-replayed", status_code=303)
