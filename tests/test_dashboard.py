@@ -241,13 +241,18 @@ def test_create_search_edit_and_archive_a_customer(page: Page, tenant: TenantCon
 def test_customer_list_pages_through_results(page: Page, tenant: TenantContext) -> None:
     for i in range(27):
         create_via_api(tenant, external_id=f"bulk-{i:02d}", name=f"Bulk {i:02d}")
+    create_via_api(tenant, external_id="other", name="Someone Else")
     sign_in(page, tenant.api_key)
-    expect(page.get_by_text("27 customers")).to_be_visible()
+    expect(page.get_by_text("28 customers")).to_be_visible()
+    page.get_by_label("Search").fill("bulk")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_text("27 customers matching “bulk”")).to_be_visible()
     expect(page.locator("tbody tr")).to_have_count(25)
-    screenshot(page, "customers")
     page.get_by_role("link", name="Next").click()
-    expect(page.locator("tbody tr")).to_have_count(2)
     expect(page.get_by_text("Page 2 of 2")).to_be_visible()
+    expect(page.get_by_label("Search")).to_have_value("bulk")
+    expect(page.locator("tbody tr")).to_have_count(2)
+    expect(page.locator("tbody")).to_contain_text("Bulk 00")
 
 
 def test_a_form_without_the_csrf_token_is_refused(page: Page, tenant: TenantContext) -> None:
@@ -297,6 +302,14 @@ def test_a_tampered_session_cookie_is_not_accepted(dashboard: Server, tenant: Te
         key_id, rest = cookie.split(".", 1)
         client.cookies.set("flexsync_session", f"{key_id}X.{rest}")
         assert client.get("/customers").headers["location"].startswith("/signin")
+
+
+def test_the_session_cookie_is_secure_behind_an_https_proxy(dashboard: Server) -> None:
+    plain = httpx.get(f"{dashboard.base_url}/signin").headers["set-cookie"]
+    behind_tls = httpx.get(f"{dashboard.base_url}/signin", headers={"x-forwarded-proto": "https"}).headers["set-cookie"]
+    assert "httponly" in plain.lower() and "samesite=lax" in plain.lower()
+    assert "secure" not in plain.lower()
+    assert "secure" in behind_tls.lower().split("; ")
 
 
 SECRET_KEY = "sk_test_dashboardSecret0001"
