@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -101,6 +102,37 @@ async def get_held(session: AsyncSession, job_id: str, worker_id: str) -> SyncJo
         .with_for_update()
     )
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def save_request(session: AsyncSession, job_id: str, payload: dict[str, Any], idempotency_key: str) -> None:
+    """Keep the request a job is about to send, so each retry sends the very same one."""
+    await session.execute(
+        update(SyncJob).where(SyncJob.id == job_id).values(payload=payload, idempotency_key=idempotency_key),
+        execution_options={"synchronize_session": False},
+    )
+
+
+async def coalesce_updates(
+    session: AsyncSession, customer_id: str, up_to_version: int, into_job_id: str, now: datetime
+) -> None:
+    """Finish the customer's pending update jobs for versions up to one whose state was just pushed."""
+    await session.execute(
+        update(SyncJob)
+        .where(
+            SyncJob.customer_id == customer_id,
+            SyncJob.kind == "update",
+            SyncJob.status == "pending",
+            SyncJob.payload["version"].as_integer() <= up_to_version,
+        )
+        .values(
+            status="succeeded",
+            result={"coalesced_into": into_job_id},
+            last_error=None,
+            finished_at=now,
+            updated_at=now,
+        ),
+        execution_options={"synchronize_session": False},
+    )
 
 
 async def unfinished_for_customer(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import stripe
@@ -306,10 +305,7 @@ async def _frozen_create(session: AsyncSession, job: SyncJob, fresh: Push) -> Pu
             "idempotency_key": fresh.idempotency_key,
             "snapshot": fresh.snapshot,
         }
-        row = await session.get(SyncJob, job.id)
-        if row is not None:
-            row.payload = {**(row.payload or {}), "request": frozen}
-            row.idempotency_key = fresh.idempotency_key
+        await jobs.save_request(session, job.id, {**(job.payload or {}), "request": frozen}, fresh.idempotency_key)
     return replace(
         fresh,
         version=int(frozen["version"]),
@@ -322,7 +318,13 @@ async def _frozen_create(session: AsyncSession, job: SyncJob, fresh: Push) -> Pu
 async def send(push: Push, caller: StripeCaller) -> Pushed:
     """Carry out a job's Stripe request(s). Raises StripeCallFailed (retry or not) or JobFailed."""
     handlers = {"create": _create, "update": _update, "delete": _delete, "link": _link}
-    return await handlers[push.action](push, caller)
+    return await handlers[push.action](replace(push, params=_canonical(push.params)), caller)
+
+
+def _canonical(params: dict[str, Any]) -> dict[str, Any]:
+    """Keys in sorted order at every level, so a retry encodes the very same body as the first attempt even
+    when its parameters were read back from PostgreSQL JSONB (which keeps its own key order)."""
+    return {key: _canonical(value) if isinstance(value, dict) else value for key, value in sorted(params.items())}
 
 
 def _options(push: Push) -> stripe.RequestOptions:
@@ -426,17 +428,11 @@ async def record(session: AsyncSession, push: Push, pushed: Pushed, job: SyncJob
         action = {"create": "created", "update": "updated", "link": "linked"}[push.action]
         result = {"action": action, "stripe_customer_id": pushed.stripe_customer_id}
         if push.action in ("create", "update"):
-            await _coalesce_updates(session, push, now)
+            # Pending updates that the state just pushed already covers need no Stripe call of their own.
+            await jobs.coalesce_updates(session, customer.id, push.version, push.job_id, now)
     succeed(job, result, now)
     await session.flush()
     return result
-
-
-async def _coalesce_updates(session: AsyncSession, push: Push, now: datetime) -> None:
-    """Pending updates that the state just pushed already covers need no Stripe call of their own."""
-    for pending in await jobs.unfinished_for_customer(session, push.customer_id, ["update"]):
-        if pending.status == "pending" and int((pending.payload or {}).get("version", 0)) <= push.version:
-            succeed(pending, {"coalesced_into": push.job_id}, now)
 
 
 async def note_failure(session: AsyncSession, job: SyncJob, message: str) -> None:

@@ -1,0 +1,184 @@
+"""Outbound sync benchmark (issue 4): customers created through the API until they are linked in Stripe.
+
+Starts its own localstripe, a fresh database (PostgreSQL or SQLite), `flexsync serve` with its embedded worker
+(or `serve --no-worker` plus `--workers K` separate `flexsync worker` processes), one tenant and a Stripe
+connection whose rate limit is raised for the run (`--rate`, default 1000 req/s; Stripe's own default for
+test mode is 25). Then, for each round:
+
+- idle: customers created one at a time, each waited for until the API shows it linked
+  (`metadata.stripe_customer_id`); create-to-linked latency as the client sees it (POST sent -> link visible,
+  polled every 2 ms), p50 and p99;
+- burst: `--burst` customers created by 16 concurrent clients; customers/s until the last one is linked, and
+  create-to-linked latency per customer from the database (customer created_at -> link last_synced_at);
+- Stripe create calls per customer: localstripe's customers carrying each flexsync id (target: exactly 1).
+
+Usage:
+    python bench/outbound_sync.py --pg postgresql+asyncpg://postgres@127.0.0.1:5432/postgres --rounds 3
+    python bench/outbound_sync.py --sqlite --rounds 3
+    python bench/outbound_sync.py --pg ... --workers 4 --concurrency 8
+Prints one line per round and the medians over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import stripe
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support import (  # noqa: E402
+    DatabaseUnderTest,
+    new_tenant,
+    postgres_database,
+    sqlite_database,
+    start_localstripe,
+    start_server,
+)
+from tests.sync_support import STRIPE_TEST_KEY, add_connection, start_worker  # noqa: E402
+
+from flexsync.models import Customer, CustomerLink  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@contextmanager
+def database(args: argparse.Namespace, tmp: Path) -> Iterator[DatabaseUnderTest]:
+    if args.pg:
+        with postgres_database(args.pg) as db:
+            yield db
+    else:
+        with sqlite_database(tmp) as db:
+            yield db
+
+
+def idle_latencies(api: httpx.Client, count: int, tag: str) -> list[float]:
+    latencies = []
+    for n in range(count):
+        started = time.perf_counter()
+        response = api.post("/v1/customers", json={"external_id": f"{tag}-idle-{n}", "name": f"Idle {n}"})
+        customer_id = response.json()["id"]
+        while "stripe_customer_id" not in api.get(f"/v1/customers/{customer_id}").json()["metadata"]:
+            time.sleep(0.002)
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+async def create_burst(base_url: str, key: str, count: int, tag: str) -> list[str]:
+    ids: list[str] = []
+    numbers = iter(range(count))
+
+    async def client() -> None:
+        async with httpx.AsyncClient(base_url=base_url, headers={"x-api-key": key}, timeout=60) as api:
+            for n in numbers:
+                response = await api.post("/v1/customers", json={"external_id": f"{tag}-burst-{n}", "name": f"B {n}"})
+                response.raise_for_status()
+                ids.append(response.json()["id"])
+
+    await asyncio.gather(*(client() for _ in range(16)))
+    return ids
+
+
+def link_latencies(db: DatabaseUnderTest, ids: list[str]) -> list[float]:
+    async def work(session: AsyncSession) -> list[float]:
+        rows = await session.execute(
+            select(Customer.created_at, CustomerLink.last_synced_at)
+            .join(CustomerLink, CustomerLink.customer_id == Customer.id)
+            .where(Customer.id.in_(ids))
+        )
+        return [(linked - created).total_seconds() for created, linked in rows.all()]
+
+    return db.run(work)
+
+
+def creates_per_customer(stripe_base: str, ids: list[str]) -> Counter[str]:
+    client = stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": stripe_base})
+    wanted, counts = set(ids), Counter[str]()
+    params: dict[str, Any] = {"limit": 100}
+    while True:
+        page = client.v1.customers.list(params)  # type: ignore[arg-type]
+        for customer in page.data:
+            flexprice_id = customer.metadata.to_dict().get("flexprice_customer_id")
+            if flexprice_id in wanted:
+                counts[flexprice_id] += 1
+        if not page.has_more:
+            return counts
+        params["starting_after"] = page.data[-1].id
+
+
+def run_round(args: argparse.Namespace, number: int) -> dict[str, float]:
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        db = stack.enter_context(database(args, tmp))
+        localstripe = start_localstripe(tmp)
+        stack.callback(localstripe.stop)
+        env = {"FLEXSYNC_STRIPE_API_BASE": localstripe.base_url, "FLEXSYNC_LOG_LEVEL": "warning"}
+        server_args = ["--no-worker"] if args.workers else []
+        server = start_server(db, tmp, *server_args, **env)
+        stack.callback(server.stop)
+        for _ in range(args.workers):
+            worker = start_worker(db, tmp, "--concurrency", str(args.concurrency), **env, FLEXSYNC_LOG_LEVEL="info")
+            stack.callback(worker.stop)
+        tenant = new_tenant(db, server.base_url)
+        add_connection(db, tenant, {"rate_limit": args.rate})
+        with tenant.client() as api:
+            idle_latencies(api, 3, "warmup")
+            idle = idle_latencies(api, args.idle, "r")
+            started = time.perf_counter()
+            ids = asyncio.run(create_burst(server.base_url, tenant.api_key, args.burst, "r"))
+            while True:
+                body = api.get("/v1/sync-jobs", params={"status": "succeeded", "limit": 1}).json()
+                if body["pagination"]["total"] >= args.burst + args.idle + 3:
+                    break
+                time.sleep(0.01)
+            elapsed = time.perf_counter() - started
+        burst = link_latencies(db, ids)
+        counts = creates_per_customer(localstripe.base_url, ids)
+        result = {
+            "idle_p50_ms": statistics.median(idle) * 1000,
+            "idle_p99_ms": percentile(idle, 0.99) * 1000,
+            "burst_customers_per_s": args.burst / elapsed,
+            "burst_p50_ms": statistics.median(burst) * 1000,
+            "burst_p99_ms": percentile(burst, 0.99) * 1000,
+            "creates_per_customer": sum(counts.values()) / len(ids),
+            "max_creates_for_one_customer": max(counts.values()),
+        }
+        print(f"round {number}: " + "  ".join(f"{k}={v:.1f}" for k, v in result.items()), flush=True)
+        return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="flexsync -> Stripe outbound sync benchmark")
+    backend = parser.add_mutually_exclusive_group(required=True)
+    backend.add_argument("--pg", help="PostgreSQL admin URL (postgresql+asyncpg://...); a database is made per round")
+    backend.add_argument("--sqlite", action="store_true", help="a temporary SQLite database per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--idle", type=int, default=50, help="customers created one at a time")
+    parser.add_argument("--burst", type=int, default=500, help="customers created at once")
+    parser.add_argument("--workers", type=int, default=0, help="separate worker processes (0: the embedded one)")
+    parser.add_argument("--concurrency", type=int, default=8, help="jobs per separate worker")
+    parser.add_argument("--rate", type=float, default=1000.0, help="the connection's Stripe rate limit, req/s")
+    args = parser.parse_args()
+    results = [run_round(args, n + 1) for n in range(args.rounds)]
+    print("median: " + "  ".join(f"{k}={statistics.median(r[k] for r in results):.1f}" for k in results[0]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""`flexsync serve --no-worker` plus separate `flexsync worker` processes: a worker killed mid-job, and on
+PostgreSQL several workers sharing the work.
+
+Stripe is localstripe behind the fault-injecting stand-in of tests/stripe_standin.py, which is needed here
+because localstripe ignores Idempotency-Key: the stand-in replays a repeated key as Stripe does, can hold a
+create after committing it (so a worker can be killed while waiting for the answer), and counts the creates
+that reached localstripe for each flexsync customer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import (
+    PG_ENV,
+    DatabaseUnderTest,
+    LocalStripe,
+    Server,
+    postgres_database,
+    sqlite_database,
+    start_localstripe,
+    start_server,
+)
+from tests.sync_support import Process, StandIn, SyncTenant, start_standin, start_worker, sync_tenant, wait_for
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def worker_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseUnderTest]:
+    if request.param == "sqlite":
+        with sqlite_database(tmp_path_factory.mktemp("workers-sqlite")) as db:
+            yield db
+        return
+    admin_url = os.environ.get(PG_ENV)
+    if not admin_url:
+        pytest.skip(f"PostgreSQL tests need {PG_ENV}")
+    with postgres_database(admin_url) as db:
+        yield db
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStripe]:
+    running = start_localstripe(tmp_path_factory.mktemp("localstripe-workers"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def standin(upstream: LocalStripe, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
+    running = start_standin(upstream.base_url, tmp_path_factory.mktemp("standin-workers"))
+    yield running
+    running.process.stop()
+
+
+@pytest.fixture(scope="module")
+def api_server(worker_db: DatabaseUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start_server(worker_db, tmp_path_factory.mktemp("workers-logs"), "--no-worker")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def workers(worker_db: DatabaseUnderTest, standin: StandIn, tmp_path: Path) -> Iterator[Any]:
+    """Starts `flexsync worker` processes on demand; stops whatever is left at the end of the test."""
+    started: list[Process] = []
+
+    def start(*args: str, **env: str) -> Process:
+        settings = {
+            "FLEXSYNC_STRIPE_API_BASE": standin.base_url,
+            "FLEXSYNC_JOB_POLL_INTERVAL": "0.2",
+            **env,
+        }
+        process = start_worker(worker_db, tmp_path, *args, **settings)
+        started.append(process)
+        return process
+
+    standin.reset()
+    yield start
+    for process in started:
+        process.stop()
+    standin.reset()
+
+
+@pytest.fixture
+def env(worker_db: DatabaseUnderTest, api_server: Server) -> Iterator[SyncTenant]:
+    with sync_tenant(worker_db, api_server.base_url, {"rate_limit": 1000}) as tenant:
+        yield tenant
+
+
+def test_a_separate_worker_runs_the_jobs_the_api_queued(env: SyncTenant, workers: Any, standin: StandIn) -> None:
+    waiting = env.create(email="early@example.com")
+    assert env.sync(waiting["id"])["link_status"] == "pending"
+    worker = workers("--concurrency", "2")
+    env.wait_linked(waiting["id"])
+
+    later = env.create()
+    assert env.api.put(f"/v1/customers/{later['id']}", json={"name": "Changed"}).status_code == 200
+    env.wait_linked(later["id"])
+    env.wait_settled(later["id"])
+    assert {standin.creates_for(waiting["id"]), standin.creates_for(later["id"])} == {1}
+    assert all(job["status"] == "succeeded" for job in env.jobs())
+    worker.stop()
+    assert worker.process.returncode == 0
+    assert "sync worker stopped" in worker.log()
+
+
+def test_a_worker_killed_mid_job_is_taken_over_and_the_job_completes_once(
+    env: SyncTenant, workers: Any, standin: StandIn
+) -> None:
+    standin.faults({"method": "POST", "path": "/v1/customers", "action": "hold"})
+    # A short lease, so the job is taken over within seconds of the kill.
+    first = workers(FLEXSYNC_JOB_LEASE_SECONDS="2")
+    customer = env.create()
+    wait_for(lambda: standin.stats()["held"] == 1, what="the create to reach Stripe")
+    assert standin.creates_for(customer["id"]) == 1
+    first.kill()
+    standin.release()
+
+    workers(FLEXSYNC_JOB_LEASE_SECONDS="2")
+    stripe_id = env.wait_linked(customer["id"])
+    (job,) = env.jobs(customer_id=customer["id"])
+    assert (job["status"], job["attempts"]) == ("succeeded", 2)
+    stats = standin.stats()
+    assert stats["creates"][customer["id"]] == 1 and stats["replays"] == 1
+    assert env.sync(customer["id"])["stripe_customer_id"] == stripe_id
+
+
+def test_four_workers_share_500_customers_without_doing_anything_twice(
+    worker_db: DatabaseUnderTest, env: SyncTenant, workers: Any, standin: StandIn
+) -> None:
+    if worker_db.backend != "postgresql":
+        pytest.skip("several workers share one database on PostgreSQL (SQLite has a single writer)")
+    processes = [workers("--concurrency", "8") for _ in range(4)]
+
+    def create(n: int) -> str:
+        with env.tenant.client() as api:
+            response = api.post("/v1/customers", json={"external_id": f"bulk-{n}", "name": f"Bulk {n}"})
+            assert response.status_code == 201, response.text
+            customer_id: str = response.json()["id"]
+            return customer_id
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ids = list(pool.map(create, range(500)))
+
+    def all_succeeded() -> bool:
+        body = env.api.get("/v1/sync-jobs", params={"status": "succeeded", "limit": 1}).json()
+        return bool(body["pagination"]["total"] == 500)
+
+    wait_for(all_succeeded, timeout=120, what="500 create jobs to succeed")
+    jobs = env.jobs()
+    assert len(jobs) == 500 and all(job["attempts"] == 1 for job in jobs)
+    stats = standin.stats()
+    assert stats["requests"]["POST /v1/customers"] == 500 and stats["replays"] == 0
+    assert sorted(stats["creates"]) == sorted(ids) and set(stats["creates"].values()) == {1}
+    customers = env.api.get("/v1/customers", params={"limit": 1000}).json()["items"]
+    stripe_ids = {c["metadata"]["stripe_customer_id"] for c in customers}
+    assert len(customers) == 500 and len(stripe_ids) == 500
+    busy = [p for p in processes if '"sync job succeeded"' in p.log()]
+    assert len(busy) >= 2, "the work should be shared between the workers"
