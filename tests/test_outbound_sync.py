@@ -324,3 +324,28 @@ def test_list_shape_and_status_filter(env: SyncTenant) -> None:
         "finished_at",
     }
     assert len(env.jobs(status="succeeded")) == 2 and env.jobs(status="failed") == []
+
+
+def test_an_update_with_integration_entity_mapping_links_an_unlinked_customer(
+    sync_db: DatabaseUnderTest, sync_server: Server, stripe_client: stripe.StripeClient
+) -> None:
+    with configured(sync_db, sync_server, outbound_enabled=False) as env:
+        existing = stripe_client.v1.customers.create({"name": "Adopted later"})
+        customer = env.create()
+        mapping = {"integration_entity_mapping": [{"provider": "stripe", "id": existing.id}]}
+        assert env.api.put(f"/v1/customers/{customer['id']}", json=mapping).status_code == 200
+        assert env.wait_linked(customer["id"]) == existing.id
+        # Mapping it again to the same Stripe customer changes nothing; to another one is refused.
+        assert env.api.put(f"/v1/customers/{customer['id']}", json=mapping).status_code == 200
+        other = {"integration_entity_mapping": [{"provider": "stripe", "id": "cus_other"}]}
+        assert_error(env.api.put(f"/v1/customers/{customer['id']}", json=other), 400, "validation_error")
+        assert [job["kind"] for job in env.jobs(customer_id=customer["id"])] == ["link"]
+
+
+def test_metrics_count_jobs_and_stripe_requests(env: SyncTenant, sync_server: Server) -> None:
+    customer = env.create()
+    env.wait_settled(customer["id"])
+    metrics = httpx.get(f"{sync_server.base_url}/metrics").text
+    assert 'flexsync_sync_jobs_total{kind="create",outcome="succeeded"}' in metrics
+    assert 'flexsync_stripe_requests_total{operation="customers.create",status="ok"}' in metrics
+    assert 'flexsync_stripe_request_seconds_count{operation="customers.create"}' in metrics
