@@ -25,13 +25,13 @@ from tests.webhook_support import add_stripe_connection, sign, stripe_customer, 
 
 
 class FailingCustomerInserts:
-    """Makes the next `times` INSERTs into customers fail as if the database connection had dropped."""
+    """Makes the next `times` statements inserting customers fail as if the database connection had dropped."""
 
     def __init__(self, times: int) -> None:
         self.left = times
 
     def __call__(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if self.left > 0 and statement.lstrip().upper().startswith("INSERT INTO CUSTOMERS"):
+        if self.left > 0 and "INSERT INTO CUSTOMERS " in statement.upper():
             self.left -= 1
             raise OperationalError(statement, None, ConnectionError("injected: the database went away"))
 

@@ -57,7 +57,6 @@ from sqlalchemy import (
     bindparam,
     exists,
     func,
-    insert,
     literal_column,
     or_,
     select,
@@ -70,6 +69,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flexsync.connections.secrets import secret_key
 from flexsync.connections.settings import ConnectionSettings, effective_settings
 from flexsync.ids import new_id
+from flexsync.kit.bulk import Inserts
 from flexsync.logs import redact
 from flexsync.models import Customer, CustomerLink, StripeConnection, WebhookEvent, utcnow
 from flexsync.stripe import links
@@ -192,12 +192,16 @@ async def apply_batch(
     *,
     connections: Mapping[str, ConnectionView] | None = None,
     fetched: Fetched | None = None,
+    inserts: Inserts | None = None,
 ) -> list[Outcome]:
     """Apply `events` in the caller's transaction (which must hold `lock_customers` for them on PostgreSQL).
 
-    `connections`: views the caller has at hand (the webhook route's cache); others are read. Returns one
-    outcome per event, in order. Raises on a database error: the caller rolls back.
+    `connections`: views the caller has at hand (the webhook route's cache); others are read. `inserts`: the
+    caller's own pending inserts, to which the new customers and links are added for the caller to write in
+    the same statement as its rows; without it they are written here. Returns one outcome per event, in
+    order. Raises on a database error: the caller rolls back.
     """
+    pending = inserts if inserts is not None else Inserts()
     by_connection: dict[str, list[InboundEvent]] = defaultdict(list)
     for event in events:
         by_connection[event.connection_id].append(event)
@@ -214,7 +218,9 @@ async def apply_batch(
         await batch.prepare(group)
         for event in group:
             outcomes[event.id] = await batch.apply(event)
-        await batch.finish()
+        await batch.finish(pending)
+    if inserts is None:
+        await pending.write(session)
     return [outcomes[event.id] for event in events]
 
 
@@ -524,16 +530,21 @@ class _Batch:
 
     # -- writing -----------------------------------------------------------------------------------------------
 
-    async def _insert_new(self) -> None:
-        if self.new_customers:
-            await self.session.execute(insert(CUSTOMERS), list(self.new_customers.values()))
-            await self.session.execute(insert(LINKS), list(self.new_links.values()))
-            self.new_customers.clear()
-            self.new_links.clear()
+    def _add_new(self, inserts: Inserts) -> None:
+        inserts.add(CUSTOMERS, list(self.new_customers.values()))
+        inserts.add(LINKS, list(self.new_links.values()))
+        self.new_customers.clear()
+        self.new_links.clear()
 
-    async def finish(self) -> None:
-        await self._insert_new()
+    async def _insert_new(self) -> None:
+        inserts = Inserts()
+        self._add_new(inserts)
+        await inserts.write(self.session)
+
+    async def finish(self, inserts: Inserts) -> None:
+        """Write what the ORM holds (changed customers and links); hand the new rows to `inserts`."""
         await self.session.flush()
+        self._add_new(inserts)
 
 
 # -- stored events: the in-process applier, the retry sweep, replay ----------------------------------------------

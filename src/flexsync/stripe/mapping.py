@@ -7,6 +7,7 @@ field and reported as a problem, so the rest of the customer is still applied.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +58,32 @@ def _clean(value: Any) -> str | None:
     return text or None
 
 
+# A plain address: an ASCII dot-atom before the @, after it dotted labels of letters, digits and single inner
+# hyphens ending in an alphabetic top-level domain. email_validator accepts every such address (bar the
+# special-use domains below); checking them with a regex first spares its much slower full check (~70 us) on
+# every webhook. Anything else gets the full check.
+_PLAIN_EMAIL = re.compile(
+    r"(?P<local>[A-Za-z0-9_!#$%&'*+/=?^`{|}~-]+(?:\.[A-Za-z0-9_!#$%&'*+/=?^`{|}~-]+)*)"
+    r"@(?P<domain>(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+(?P<tld>[A-Za-z]{2,63}))"
+)
+_SPECIAL_USE_TLDS = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
+
+
+def _plain_email(value: str) -> bool:
+    match = _PLAIN_EMAIL.fullmatch(value)
+    return (
+        match is not None
+        and len(value) <= 254
+        and len(match["local"]) <= 64
+        and len(match["domain"]) <= 253
+        and "--" not in match["domain"]
+        and match["tld"].lower() not in _SPECIAL_USE_TLDS
+    )
+
+
 def _valid_email(value: str) -> bool:
+    if _plain_email(value):
+        return True
     from email_validator import EmailNotValidError, validate_email
 
     try:

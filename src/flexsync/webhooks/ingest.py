@@ -24,7 +24,8 @@ from typing import Any
 import structlog
 
 from flexsync.deps import Database
-from flexsync.metrics import WEBHOOK_EVENTS
+from flexsync.kit.bulk import Inserts
+from flexsync.metrics import WEBHOOK_BATCH, WEBHOOK_EVENTS
 from flexsync.models import utcnow
 from flexsync.stripe import inbound
 from flexsync.stripe.inbound import ConnectionView, InboundEvent, Outcome
@@ -36,6 +37,10 @@ MAX_BATCH = 256
 # Each retry leaves out the events found stored; more rounds only happen when other processes race us.
 RACE_RETRIES = 3
 STOP_TIMEOUT_SECONDS = 10.0
+# How long a batch about to start may wait for more deliveries (see Ingestor._run).
+LINGER_SECONDS = 0.004
+# Transactions in flight at once on PostgreSQL: while one waits for the database, the next batch proceeds.
+POSTGRESQL_COMMITTERS = 2
 
 
 @dataclass(slots=True)
@@ -85,43 +90,75 @@ class Ingestor:
         self._on_queued = on_queued
         self._max_batch = max_batch
         self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._queued = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="flexsync-webhook-ingest")
+        # SQLite has one writer at a time: a second committer would only wait for the first.
+        committers = 1 if self._db.engine.dialect.name == "sqlite" else POSTGRESQL_COMMITTERS
+        self._tasks = [asyncio.create_task(self._run(), name="flexsync-webhook-ingest") for _ in range(committers)]
 
     async def stop(self) -> None:
-        """Commit what is queued, then end the committer."""
-        if self._task is None:
+        """Commit what is queued, then end the committers."""
+        if not self._tasks:
             return
-        self._queue.put_nowait(None)
-        try:
-            await asyncio.wait_for(self._task, STOP_TIMEOUT_SECONDS)
-        except TimeoutError:
+        for _ in self._tasks:
+            self._put(None)
+        _done, unfinished = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_SECONDS)
+        if unfinished:
             log.warning("webhook ingest did not finish in time; unanswered deliveries will be redelivered")
-        self._task = None
+            for task in unfinished:
+                task.cancel()
+        self._tasks = []
 
     async def submit(self, delivery: Delivery) -> str:
         """Wait until the delivery is durably stored; returns its status for the response."""
-        self._queue.put_nowait(delivery)
+        self._put(delivery)
         return await delivery.answer
 
+    def _put(self, item: Delivery | None) -> None:
+        self._queue.put_nowait(item)
+        self._queued.set()
+
     async def _run(self) -> None:
-        stopping = False
-        while not stopping:
+        """Commit batches until stopped. A batch waits (LINGER_SECONDS at most) to be as large as the last one:
+        right after a commit answers its batch, those clients send their next deliveries within a millisecond
+        or two, and without the wait the first of them would be committed alone."""
+        previous = 1
+        while True:
             first = await self._queue.get()
             if first is None:
                 return
             batch = [first]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    stopping = True
+            deadline = asyncio.get_running_loop().time() + LINGER_SECONDS
+            while True:
+                while len(batch) < self._max_batch and not self._queue.empty():
+                    item = self._queue.get_nowait()
+                    if item is None:
+                        await self._commit(batch)
+                        return
+                    batch.append(item)
+                if len(batch) >= min(previous, self._max_batch) or not await self._next_delivery(deadline):
                     break
-                batch.append(item)
+            previous = len(batch)
             await self._commit(batch)
 
+    async def _next_delivery(self, deadline: float) -> bool:
+        """Wait for another delivery to be queued; False if none comes before the deadline."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return False
+        self._queued.clear()
+        if not self._queue.empty():
+            return True
+        try:
+            await asyncio.wait_for(self._queued.wait(), remaining)
+        except TimeoutError:
+            return False
+        return True
+
     async def _commit(self, batch: list[Delivery]) -> None:
+        WEBHOOK_BATCH.observe(len(batch))
         originals: dict[repository.EventKey, Delivery] = {}
         repeats: list[Delivery] = []
         for delivery in batch:
@@ -157,9 +194,10 @@ class Ingestor:
                         events = [d.event for d in new]
                         await inbound.lock_customers(session, events)
                         views = {d.connection.id: d.connection for d in new}
-                        outcomes = await inbound.apply_batch(session, events, connections=views)
-                        rows = [d.row(o) for d, o in zip(new, outcomes, strict=True)]
-                        inserted = await repository.insert_events(session, rows)
+                        inserts = Inserts()
+                        outcomes = await inbound.apply_batch(session, events, connections=views, inserts=inserts)
+                        repository.add_events(inserts, [d.row(o) for d, o in zip(new, outcomes, strict=True)])
+                        inserted = set(await inserts.write(session))
                         if len(inserted) < len(new):
                             stored |= {d.key for d in new if d.event.id not in inserted}
                             raise _StoredAlready

@@ -11,10 +11,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row, Table, and_, bindparam, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
+from flexsync.kit.bulk import Inserts
 from flexsync.models import WebhookEvent
 from flexsync.tenancy.service import Scope
 
@@ -31,18 +31,16 @@ EventKey = tuple[str, str]  # (connection_id, stripe_event_id)
 ClaimedEvent = Row[Any, Any, Any, Any, Any]  # the CLAIM_COLUMNS of one event
 
 
+def add_events(inserts: Inserts, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Add events to `inserts`, last: its write returns the ids of those not stored before."""
+    inserts.add(EVENTS, rows, skip_conflicts_on=("connection_id", "stripe_event_id"), returning="id")
+
+
 async def insert_events(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> set[str]:
-    """Insert the rows that are not stored yet, in one statement; returns the ids actually inserted."""
-    if not rows:
-        return set()
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    stmt = (
-        dialect.insert(EVENTS)
-        .on_conflict_do_nothing(index_elements=["connection_id", "stripe_event_id"])
-        .returning(EVENTS.c.id)
-    )
-    result = await session.execute(stmt, list(rows))
-    return {row[0] for row in result}
+    """Insert the events not stored yet, in one statement; returns the ids actually inserted."""
+    inserts = Inserts()
+    add_events(inserts, rows)
+    return set(await inserts.write(session))
 
 
 async def claim_due(session: AsyncSession, now: datetime, limit: int) -> Sequence[ClaimedEvent]:
