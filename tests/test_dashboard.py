@@ -304,6 +304,14 @@ def test_a_tampered_session_cookie_is_not_accepted(dashboard: Server, tenant: Te
         assert client.get("/customers").headers["location"].startswith("/signin")
 
 
+def test_pages_cannot_be_framed_or_cached(dashboard: Server) -> None:
+    headers = httpx.get(f"{dashboard.base_url}/signin").headers
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert "default-src 'self'" in headers["content-security-policy"]
+    assert headers["cache-control"] == "no-store"
+    assert headers["x-content-type-options"] == "nosniff"
+
+
 def test_the_session_cookie_is_secure_behind_an_https_proxy(dashboard: Server) -> None:
     plain = httpx.get(f"{dashboard.base_url}/signin").headers["set-cookie"]
     behind_tls = httpx.get(f"{dashboard.base_url}/signin", headers={"x-forwarded-proto": "https"}).headers["set-cookie"]

@@ -47,6 +47,17 @@ NAV_ITEMS = [
     ("integrations", "/settings/integrations", "Settings > Integrations"),
 ]
 
+# Pages load only their own stylesheet and script, are never framed, and are not kept in caches
+# (so Back after sign-out shows nothing of the tenant's data).
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
 # Messages shown after a redirect, chosen by a fixed code so no page ever echoes text from the URL.
 NOTICES = {
     "signed-out": "You are signed out.",
@@ -83,4 +94,4 @@ def render(
         "notice": NOTICES.get(request.query_params.get("notice", "")),
         **context,
     }
-    return templates.TemplateResponse(request, name, full, status_code=status_code)
+    return templates.TemplateResponse(request, name, full, status_code=status_code, headers=PAGE_HEADERS)
