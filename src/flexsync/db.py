@@ -41,10 +41,6 @@ def create_engine(url: str, *, pool_size: int = 20, null_pool: bool = False) -> 
             "pool_pre_ping": False,
         }
     )
-    # Plan every execution with its actual values. A cached generic plan, chosen while a table is young and
-    # its statistics say "tiny", keeps using one column of a composite key (scanning a whole connection's
-    # webhook events or links per lookup) long after the table has grown.
-    kwargs["connect_args"] = {"server_settings": {"plan_cache_mode": "force_custom_plan"}}
     return create_async_engine(url, **kwargs)
 
 
