@@ -10,6 +10,8 @@ test mode is 25). Then, for each round:
   polled every 2 ms), p50 and p99;
 - burst: `--burst` customers created by 16 concurrent clients; customers/s until the last one is linked, and
   create-to-linked latency per customer from the database (customer created_at -> link last_synced_at);
+- backlog (with --workers): `--backlog` customers queued while the workers are stopped, then drained by
+  freshly started workers; customers/s from the first to the last link (the workers' own pace);
 - Stripe create calls per customer: localstripe's customers carrying each flexsync id (target: exactly 1).
 
 Usage:
@@ -35,7 +37,7 @@ from typing import Any
 
 import httpx
 import stripe
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,6 +110,27 @@ def link_latencies(db: DatabaseUnderTest, ids: list[str]) -> list[float]:
     return db.run(work)
 
 
+def link_span(db: DatabaseUnderTest, ids: list[str]) -> float:
+    """Seconds from the first to the last of these customers' links."""
+
+    async def work(session: AsyncSession) -> float:
+        first, last = (
+            await session.execute(
+                select(func.min(CustomerLink.last_synced_at), func.max(CustomerLink.last_synced_at)).where(
+                    CustomerLink.customer_id.in_(ids)
+                )
+            )
+        ).one()
+        return float((last - first).total_seconds())
+
+    return db.run(work)
+
+
+def wait_succeeded(api: httpx.Client, total: int) -> None:
+    while api.get("/v1/sync-jobs", params={"status": "succeeded", "limit": 1}).json()["pagination"]["total"] < total:
+        time.sleep(0.01)
+
+
 def creates_per_customer(stripe_base: str, ids: list[str]) -> Counter[str]:
     client = stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": stripe_base})
     wanted, counts = set(ids), Counter[str]()
@@ -133,8 +156,11 @@ def run_round(args: argparse.Namespace, number: int) -> dict[str, float]:
         server_args = ["--no-worker"] if args.workers else []
         server = start_server(db, tmp, *server_args, **env)
         stack.callback(server.stop)
-        for _ in range(args.workers):
-            worker = start_worker(db, tmp, "--concurrency", str(args.concurrency), **env, FLEXSYNC_LOG_LEVEL="info")
+        # Info level: start_worker waits for the worker's "started" line.
+        worker_env = {**env, "FLEXSYNC_LOG_LEVEL": "info"}
+        worker_args = ("--concurrency", str(args.concurrency))
+        workers = [start_worker(db, tmp, *worker_args, **worker_env) for _ in range(args.workers)]
+        for worker in workers:
             stack.callback(worker.stop)
         tenant = new_tenant(db, server.base_url)
         add_connection(db, tenant, {"rate_limit": args.rate})
@@ -143,15 +169,22 @@ def run_round(args: argparse.Namespace, number: int) -> dict[str, float]:
             idle = idle_latencies(api, args.idle, "r")
             started = time.perf_counter()
             ids = asyncio.run(create_burst(server.base_url, tenant.api_key, args.burst, "r"))
-            while True:
-                body = api.get("/v1/sync-jobs", params={"status": "succeeded", "limit": 1}).json()
-                if body["pagination"]["total"] >= args.burst + args.idle + 3:
-                    break
-                time.sleep(0.01)
+            wait_succeeded(api, args.burst + args.idle + 3)
             elapsed = time.perf_counter() - started
-        burst = link_latencies(db, ids)
+            burst = link_latencies(db, ids)
+            result: dict[str, float] = {}
+            if workers:
+                # The workers' own pace: a backlog queued while they were stopped, drained by fresh ones.
+                for worker in workers:
+                    worker.stop()
+                backlog = asyncio.run(create_burst(server.base_url, tenant.api_key, args.backlog, "backlog"))
+                for _ in range(args.workers):
+                    stack.callback(start_worker(db, tmp, *worker_args, **worker_env).stop)
+                wait_succeeded(api, args.burst + args.idle + 3 + args.backlog)
+                result["backlog_customers_per_s"] = args.backlog / link_span(db, backlog)
+                ids += backlog
         counts = creates_per_customer(localstripe.base_url, ids)
-        result = {
+        result |= {
             "idle_p50_ms": statistics.median(idle) * 1000,
             "idle_p99_ms": percentile(idle, 0.99) * 1000,
             "burst_customers_per_s": args.burst / elapsed,
@@ -172,6 +205,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--idle", type=int, default=50, help="customers created one at a time")
     parser.add_argument("--burst", type=int, default=500, help="customers created at once")
+    parser.add_argument("--backlog", type=int, default=500, help="customers queued for the workers (--workers only)")
     parser.add_argument("--workers", type=int, default=0, help="separate worker processes (0: the embedded one)")
     parser.add_argument("--concurrency", type=int, default=8, help="jobs per separate worker")
     parser.add_argument("--rate", type=float, default=1000.0, help="the connection's Stripe rate limit, req/s")
