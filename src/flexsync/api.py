@@ -23,6 +23,7 @@ from flexsync.jobs.worker import Worker
 from flexsync.kit.errors import error_response, install_error_handlers
 from flexsync.kit.json import JSONResponse
 from flexsync.kit.middleware import BodySizeLimit, DefaultJSONContentType
+from flexsync.reconcile.endpoints import router as reconcile_router
 from flexsync.web.app import install_dashboard
 from flexsync.webhooks import receiver
 from flexsync.webhooks.endpoints import router as webhook_events_router
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sync_jobs_router)
     app.include_router(connections_router)
     app.include_router(webhook_events_router)
+    app.include_router(reconcile_router)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> JSONResponse:

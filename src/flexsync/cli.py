@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 import typer
@@ -207,6 +207,54 @@ def events_replay(
 
 
 _EVENT_DETAILS = (("customer_id", "customer"), ("note", "note"), ("last_error", "error"))
+
+
+RECONCILE_HELP = (
+    "Reconcile a connection's Stripe customers with flexsync's customers, in the foreground.\n\n"
+    "Every Stripe customer is linked to the customer it matches (Stripe id, metadata.flexprice_customer_id, email "
+    "with email_matching) or imported; unlinked customers are queued for creation in Stripe; the newer side's data "
+    "wins. Conflicts are reported, never guessed at. Prints the report; exits 0 when the run finished, 1 if not.\n\n"
+    "Resuming: the run saves its place after every page of 100 customers. If it stops (the process is killed, "
+    "Stripe keeps failing), the same command again, with the same --direction and --dry-run, resumes it where it "
+    "stopped instead of starting over: at once after a failure, and once its lease (FLEXSYNC_JOB_LEASE_SECONDS) "
+    "has run out after a killed process. A dry run starts over. --restart starts a new run instead."
+)
+
+
+@app.command("reconcile", help=RECONCILE_HELP)
+def reconcile_command(
+    connection: Annotated[str, typer.Option("--connection", help="The Stripe connection's id (conn_...).")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Change nothing: report what a real run would do.")
+    ] = False,
+    direction: Annotated[
+        Literal["both", "from-stripe", "to-stripe"],
+        typer.Option(
+            "--direction",
+            help="from-stripe: link, import, take Stripe's newer data; to-stripe: link, push unlinked customers "
+            "and flexsync's newer data; both.",
+        ),
+    ] = "both",
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Start over instead of resuming the connection's unfinished run.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object for scripts.")] = False,
+) -> None:
+    from flexsync.reconcile.terminal import reconcile_in_terminal
+
+    settings = get_settings()
+    configure_logging("error", settings.log_format)
+    code = reconcile_in_terminal(
+        settings,
+        connection,
+        direction=direction,
+        dry_run=dry_run,
+        restart=restart,
+        as_json=as_json,
+        out=console,
+        err=err_console,
+    )
+    raise typer.Exit(code)
 
 
 @app.command("serve")

@@ -246,7 +246,11 @@ class SyncJob(Base):
 
 
 class Reconciliation(Base):
+    """A reconciliation run, carried out by its sync job (kind `reconcile`) page by page: `phase` and `cursor`
+    say where it stands, so an interrupted run continues from there."""
+
     __tablename__ = "reconciliations"
+    __table_args__ = (Index("ix_reconciliations_env_created", "environment_id", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(64))
@@ -255,6 +259,8 @@ class Reconciliation(Base):
     direction: Mapped[str] = mapped_column(String(16))
     dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
     status: Mapped[str] = mapped_column(String(16), default="pending")
+    job_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    phase: Mapped[str] = mapped_column(String(16), default="stripe")
     cursor: Mapped[str | None] = mapped_column(String(255), default=None)
     processed: Mapped[int] = mapped_column(Integer, default=0)
     counts: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -53,7 +53,7 @@ async def enqueue(
     tenant_id: str,
     environment_id: str,
     connection_id: str,
-    customer_id: str,
+    customer_id: str | None,
     payload: dict[str, Any],
     idempotency_key: str,
 ) -> SyncJob:

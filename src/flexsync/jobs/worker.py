@@ -30,6 +30,8 @@ from flexsync.jobs import outbox, repository
 from flexsync.jobs.service import fail, retry_later, succeed
 from flexsync.metrics import SYNC_JOBS
 from flexsync.models import SyncJob, utcnow
+from flexsync.reconcile import runner
+from flexsync.reconcile import service as reconcile
 from flexsync.stripe import inbound, outbound
 from flexsync.stripe.calls import StripeCaller, StripeCallFailed, retry_delay
 
@@ -166,7 +168,10 @@ class Worker:
 
     async def _run(self, job: SyncJob) -> None:
         try:
-            if job.attempts > job.max_attempts:
+            if job.kind == reconcile.JOB_KIND:
+                # A reconciliation records its own outcome (and gives up after max_attempts) on its run.
+                await runner.run_job(self.db, job, self._caller, self.id, retry=True)
+            elif job.attempts > job.max_attempts:
                 message = f"gave up after {job.max_attempts} attempts (last error: {job.last_error})"
                 await self._retry_or_fail(job, message, retryable=False)
             else:

@@ -15,8 +15,12 @@ from typing import TypeVar
 import stripe
 
 from flexsync.config import Settings
+from flexsync.connections.secrets import secret_key
+from flexsync.connections.settings import effective_settings
+from flexsync.crypto import SecretBox
 from flexsync.logs import redact
 from flexsync.metrics import STRIPE_LATENCY, STRIPE_REQUESTS
+from flexsync.models import StripeConnection
 from flexsync.stripe.client import stripe_client, stripe_http_client
 from flexsync.stripe.ratelimit import TokenBucket
 
@@ -40,6 +44,14 @@ class StripeAccount:
     connection_id: str
     secret_key: str = field(repr=False)
     requests_per_second: float
+
+    @classmethod
+    def of(cls, connection: StripeConnection, box: SecretBox, settings: Settings) -> StripeAccount:
+        """The connection's account, at its `rate_limit` setting or else Stripe's default for the key's mode."""
+        rate = effective_settings(connection.settings).rate_limit
+        if rate is None:
+            rate = settings.stripe_rate_limit_live if connection.mode == "live" else settings.stripe_rate_limit_test
+        return cls(connection.id, secret_key(box, connection), rate)
 
 
 class StripeCallFailed(Exception):

@@ -53,13 +53,14 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    any_,
     bindparam,
     exists,
     func,
     literal_column,
+    or_,
     select,
     text,
-    true,
     union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -130,14 +131,52 @@ class InboundEvent:
         return object_id if isinstance(object_id, str) and object_id else None
 
 
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A Stripe customer that could only be linked by guessing: `already_linked` (the customer it names is
+    linked to another Stripe customer) or `ambiguous_email` (several unlinked customers have its email)."""
+
+    kind: Literal["already_linked", "ambiguous_email"]
+    stripe_customer_ids: tuple[str, ...]
+    customer_ids: tuple[str, ...]
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyPolicy:
+    """How far applying a Stripe customer goes. Webhooks use the defaults; reconciliation narrows them."""
+
+    # Create a customer for a Stripe customer that no customer matches.
+    create: bool = True
+    # Copy a linked Stripe customer's changes onto its customer.
+    update: bool = True
+    # A Stripe customer whose claim cannot be honoured (see Conflict): False notes the problem and goes on to
+    # email matching and creating, as a webhook must; True stops with the conflict, for a person to resolve.
+    stop_at_conflict: bool = False
+
+
+WEBHOOKS = ApplyPolicy()
+
+Effect = Literal["unchanged", "linked", "created", "updated", "skipped", "conflict"]
+
+
 @dataclass(slots=True)
 class Outcome:
-    """What applying one event did. `needs_stripe_state`: queued until the customer is re-fetched."""
+    """What applying one event did. `needs_stripe_state`: queued until the customer is re-fetched.
+
+    `effect` says what became of the Stripe customer's flexsync side, for callers that count (reconciliation);
+    `skipped`: the ApplyPolicy ruled out the change it needed."""
 
     status: OutcomeStatus
     note: str | None = None
     customer_id: str | None = None
     needs_stripe_state: bool = False
+    effect: Effect = "unchanged"
+    conflict: Conflict | None = None
+
+
+def _conflict(conflict: Conflict) -> Outcome:
+    return Outcome("ignored", conflict.message, effect="conflict", conflict=conflict)
 
 
 def _note(*parts: str | None) -> str | None:
@@ -191,6 +230,7 @@ async def apply_batch(
     *,
     connections: Mapping[str, ConnectionView] | None = None,
     fetched: Fetched | None = None,
+    policy: ApplyPolicy = WEBHOOKS,
     inserts: Inserts | None = None,
 ) -> list[Outcome]:
     """Apply `events` in the caller's transaction (which must hold `lock_customers` for them on PostgreSQL).
@@ -213,7 +253,7 @@ async def apply_batch(
             for event in group:
                 outcomes[event.id] = Outcome("ignored", "the Stripe connection is no longer active")
             continue
-        batch = _Batch(session, view, fetched or {})
+        batch = _Batch(session, view, fetched or {}, policy)
         await batch.prepare(group)
         for event in group:
             outcomes[event.id] = await batch.apply(event)
@@ -226,11 +266,14 @@ async def apply_batch(
 class _Batch:
     """The state one connection's events in one batch share: what was read up front, what is to be written."""
 
-    def __init__(self, session: AsyncSession, connection: ConnectionView, fetched: Fetched) -> None:
+    def __init__(
+        self, session: AsyncSession, connection: ConnectionView, fetched: Fetched, policy: ApplyPolicy
+    ) -> None:
         self.session = session
         self.connection = connection
         self.settings = connection.settings
         self.fetched = fetched
+        self.policy = policy
         self.now = utcnow()
         self.on_postgresql = session.get_bind().dialect.name == "postgresql"
         self.links: dict[str, CustomerLink] = {}
@@ -258,72 +301,62 @@ class _Batch:
         named_ids = {c.flexprice_customer_id for c in incoming if c.flexprice_customer_id}
         emails = {c.fields["email"].lower() for c in incoming if c.fields["email"]}
         found: dict[str, set[str]] = defaultdict(set)
-        for kind, row_id in await self.session.execute(self._probe(stripe_ids, named_ids, emails)):
-            found[kind].add(row_id)
+        for kind, key in await self.session.execute(self._probe(stripe_ids, named_ids, emails)):
+            found[kind].add(key)
         self.deleted_in_stripe = found["deleted"]
         if found["link"]:
-            await self._load_links(CustomerLink.id.in_(found["link"]))
+            await self._load_links(found["link"])
         if found["customer"] or found["email"]:
             await self._load_candidates(found["customer"] | found["email"], found["email"])
 
-    def _per_key(self, kind: str, keys: set[str], key: Any, row_id: Any, *conditions: Any, limit: int = 1) -> Any:
-        """(kind, row_id) of the rows whose `key` column is one of `keys`, `limit` per key.
-
-        PostgreSQL: a LATERAL lookup per key, which only an index lookup serves. The plan stays right however
-        stale the table's statistics are: a young table (the first minutes of a deployment, or a benchmark)
-        has none, and a plain `IN`/`= ANY` then tends to scan everything of the connection per lookup.
-        """
-        label: Any = literal_column(f"'{kind}'").label("kind")
-        if not self.on_postgresql:
-            return select(label, row_id.label("row_id")).where(key.in_(sorted(keys)), *conditions)
-        wanted = func.unnest(bindparam(None, sorted(keys), type_=ARRAY(String))).table_valued("key")
-        wanted = wanted.render_derived(name="wanted")
-        hit = select(row_id.label("row_id")).where(key == wanted.c.key, *conditions).limit(limit).lateral("hit")
-        return select(label, hit.c.row_id).select_from(wanted.join(hit, true()))
+    def _any(self, column: Any, values: set[str]) -> Any:
+        """`column IN values`, as `= ANY(array)` on PostgreSQL so the statement text (and its plan) is reused."""
+        if self.on_postgresql:
+            return column == any_(bindparam(None, sorted(values), type_=ARRAY(String)))
+        return column.in_(sorted(values))
 
     def _probe(self, stripe_ids: set[str], named_ids: set[str], emails: set[str]) -> Any:
-        """(kind, row_id) rows: `link` (links of these Stripe ids), `deleted` (Stripe ids Stripe has deleted),
-        `customer` (customers named by id or external_id), `email` (unlinked customers with these emails).
-        Constants are written into the SQL so the partial indexes they select can be used."""
-        connection_id = self.connection.id
+        """(kind, key) rows: `link` (Stripe ids linked already), `deleted` (Stripe ids Stripe has deleted),
+        `customer` (customers named by id or external_id), `email` (unlinked customers with these emails)."""
+        linked = exists().where(LINKS.c.connection_id == self.connection.id, LINKS.c.customer_id == CUSTOMERS.c.id)
         in_environment = and_(
             CUSTOMERS.c.tenant_id == self.connection.tenant_id,
             CUSTOMERS.c.environment_id == self.connection.environment_id,
         )
-        published = CUSTOMERS.c.status == literal_column("'published'")
         parts = [
-            self._per_key(
-                "link", stripe_ids, LINKS.c.stripe_customer_id, LINKS.c.id, LINKS.c.connection_id == connection_id
+            select(literal_column("'link'"), LINKS.c.stripe_customer_id).where(
+                LINKS.c.connection_id == self.connection.id, self._any(LINKS.c.stripe_customer_id, stripe_ids)
             ),
-            self._per_key(
-                "deleted",
-                stripe_ids,
-                EVENTS.c.stripe_object_id,
-                EVENTS.c.stripe_object_id,
-                EVENTS.c.connection_id == connection_id,
-                EVENTS.c.type == literal_column("'customer.deleted'"),
+            select(literal_column("'deleted'"), EVENTS.c.stripe_object_id).where(
+                EVENTS.c.connection_id == self.connection.id,
+                EVENTS.c.type == "customer.deleted",
+                self._any(EVENTS.c.stripe_object_id, stripe_ids),
             ),
-            self._per_key(
-                "customer", named_ids | stripe_ids, CUSTOMERS.c.external_id, CUSTOMERS.c.id, in_environment, published
+            select(literal_column("'customer'"), CUSTOMERS.c.id).where(
+                in_environment,
+                or_(
+                    self._any(CUSTOMERS.c.id, named_ids),
+                    and_(CUSTOMERS.c.status == "published", self._any(CUSTOMERS.c.external_id, named_ids | stripe_ids)),
+                ),
             ),
         ]
-        if named_ids:
-            parts.append(self._per_key("customer", named_ids, CUSTOMERS.c.id, CUSTOMERS.c.id, in_environment))
         if self.settings.email_matching and emails:
-            linked = exists().where(LINKS.c.connection_id == connection_id, LINKS.c.customer_id == CUSTOMERS.c.id)
-            lower_email = func.lower(CUSTOMERS.c.email)
-            # Two per email are enough to tell one match from several.
             parts.append(
-                self._per_key("email", emails, lower_email, CUSTOMERS.c.id, in_environment, published, ~linked, limit=2)
+                select(literal_column("'email'"), CUSTOMERS.c.id).where(
+                    in_environment,
+                    CUSTOMERS.c.status == "published",
+                    self._any(func.lower(CUSTOMERS.c.email), emails),
+                    ~linked,
+                )
             )
         return union_all(*parts)
 
-    async def _load_links(self, condition: Any) -> None:
+    async def _load_links(self, stripe_ids: set[str]) -> None:
         """The links and their customers, locked: the outbound worker and the API change them too."""
         found = await self.session.execute(
             select(CustomerLink, Customer)
             .join(Customer, Customer.id == CustomerLink.customer_id)
-            .where(condition)
+            .where(CustomerLink.connection_id == self.connection.id, CustomerLink.stripe_customer_id.in_(stripe_ids))
             .with_for_update()
         )
         for link, customer in found.tuples():
@@ -344,9 +377,7 @@ class _Batch:
         if stripe_id in self.new_links:
             # Created earlier in this batch: write the new rows now and continue with the stored ones.
             await self._insert_new()
-            await self._load_links(
-                and_(CustomerLink.connection_id == self.connection.id, CustomerLink.stripe_customer_id == stripe_id)
-            )
+            await self._load_links({stripe_id})
         return self.links.get(stripe_id)
 
     def _incoming(self, event: InboundEvent) -> InboundCustomer:
@@ -420,6 +451,8 @@ class _Batch:
             maybe_echo = bool(link.pushed_snapshot) and bool(differs(link.pushed_snapshot, incoming.fields))
             if same_second or maybe_echo:
                 return Outcome("queued", "waiting for the customer's current state from Stripe", customer.id, True)
+        if not self.policy.update:
+            return Outcome("ignored", "Stripe's changes are not copied (policy)", customer.id, effect="skipped")
         self._advance(link, event)
         problems = "; ".join(incoming.problems) or None
         if link.pushed_snapshot and not differs(link.pushed_snapshot, incoming.fields):
@@ -434,7 +467,7 @@ class _Batch:
             setattr(customer, name, value)
         if changes:
             self._touch(customer)
-        return Outcome("applied", problems, customer.id)
+        return Outcome("applied", problems, customer.id, effect="updated" if changes else "unchanged")
 
     async def _link_or_create(self, event: InboundEvent, stripe_id: str, data_object: Mapping[str, Any]) -> Outcome:
         incoming = self._incoming(event)
@@ -444,21 +477,44 @@ class _Batch:
             named = self._named_customer(named_id)
             if named is not None:
                 linked = await self._link_existing(event, named, stripe_id, problems)
-                if linked is not None:
-                    return Outcome("applied", _note(linked, *problems), named.id)
+                if isinstance(linked, str):
+                    return Outcome("applied", _note(linked, *problems), named.id, effect="linked")
+                if self.policy.stop_at_conflict:
+                    message = (
+                        f"Stripe customer {stripe_id} names customer {named.id} in metadata.flexprice_customer_id, "
+                        f"but that customer is linked to Stripe customer {linked.existing.stripe_customer_id}"
+                    )
+                    stripe_ids = (stripe_id, linked.existing.stripe_customer_id)
+                    return _conflict(Conflict("already_linked", stripe_ids, (named.id,), message))
         email = incoming.fields["email"]
         if self.settings.email_matching and email:
             matches = self.unlinked_by_email.get(email.lower(), [])
             if len(matches) == 1:
                 match = matches[0]
                 linked = await self._link_existing(event, match, stripe_id, problems)
-                if linked is not None:
+                if isinstance(linked, str):
                     matches.clear()
-                    return Outcome("applied", _note(linked, *problems), match.id)
+                    return Outcome("applied", _note(linked, *problems), match.id, effect="linked")
+                if self.policy.stop_at_conflict:
+                    message = (
+                        f"Stripe customer {stripe_id} has the email of customer {match.id}, "
+                        f"but that customer is linked to Stripe customer {linked.existing.stripe_customer_id}"
+                    )
+                    stripe_ids = (stripe_id, linked.existing.stripe_customer_id)
+                    return _conflict(Conflict("already_linked", stripe_ids, (match.id,), message))
             elif len(matches) > 1:
                 problems.append(f"{len(matches)} unlinked customers have this email; none was linked by email")
+                if self.policy.stop_at_conflict:
+                    ids = tuple(sorted(customer.id for customer in matches))
+                    message = (
+                        f"Stripe customer {stripe_id} has the email {email}, which {len(ids)} unlinked customers "
+                        f"share ({', '.join(ids)}); none was linked"
+                    )
+                    return _conflict(Conflict("ambiguous_email", (stripe_id,), ids, message))
+        if not self.policy.create:
+            return Outcome("ignored", _note("matches no customer; not imported (policy)", *problems), effect="skipped")
         customer_id = self._create(event, stripe_id, incoming)
-        return Outcome("applied", _note(*problems), customer_id)
+        return Outcome("applied", _note(*problems), customer_id, effect="created")
 
     def _named_customer(self, named_id: str) -> Customer | None:
         by_id = self.customers.get(named_id)
@@ -468,15 +524,16 @@ class _Batch:
 
     async def _link_existing(
         self, event: InboundEvent, customer: Customer, stripe_id: str, problems: list[str]
-    ) -> str | None:
-        """Link an existing customer; None (with the problem noted) if it is linked to another Stripe customer."""
+    ) -> str | links.LinkConflict:
+        """Link an existing customer and say so; the conflict (with the problem noted) if it is linked to
+        another Stripe customer."""
         try:
             link = await links.link(self.session, self.connection.id, customer, stripe_id)
         except links.LinkConflict as conflict:
             problems.append(
                 f"customer {customer.id} is already linked to Stripe customer {conflict.existing.stripe_customer_id}"
             )
-            return None
+            return conflict
         self.links[stripe_id] = link
         self._advance(link, event)
         return f"linked to existing customer {customer.id}"

@@ -207,6 +207,8 @@ def upgrade() -> None:
         sa.Column("direction", sa.String(length=16), nullable=False),
         sa.Column("dry_run", sa.Boolean(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("job_id", sa.String(length=64), nullable=True),
+        sa.Column("phase", sa.String(length=16), nullable=False),
         sa.Column("cursor", sa.String(length=255), nullable=True),
         sa.Column("processed", sa.Integer(), nullable=False),
         sa.Column(
@@ -228,6 +230,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("reconciliations", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_reconciliations_connection_id"), ["connection_id"], unique=False)
+        batch_op.create_index("ix_reconciliations_env_created", ["environment_id", "created_at"], unique=False)
 
     op.create_table(
         "webhook_events",
@@ -277,6 +280,7 @@ def downgrade() -> None:
 
     op.drop_table("webhook_events")
     with op.batch_alter_table("reconciliations", schema=None) as batch_op:
+        batch_op.drop_index("ix_reconciliations_env_created")
         batch_op.drop_index(batch_op.f("ix_reconciliations_connection_id"))
 
     op.drop_table("reconciliations")
