@@ -53,14 +53,13 @@ from sqlalchemy import (
     String,
     Table,
     and_,
-    any_,
     bindparam,
     exists,
     func,
     literal_column,
-    or_,
     select,
     text,
+    true,
     union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -301,62 +300,72 @@ class _Batch:
         named_ids = {c.flexprice_customer_id for c in incoming if c.flexprice_customer_id}
         emails = {c.fields["email"].lower() for c in incoming if c.fields["email"]}
         found: dict[str, set[str]] = defaultdict(set)
-        for kind, key in await self.session.execute(self._probe(stripe_ids, named_ids, emails)):
-            found[kind].add(key)
+        for kind, row_id in await self.session.execute(self._probe(stripe_ids, named_ids, emails)):
+            found[kind].add(row_id)
         self.deleted_in_stripe = found["deleted"]
         if found["link"]:
-            await self._load_links(found["link"])
+            await self._load_links(CustomerLink.id.in_(found["link"]))
         if found["customer"] or found["email"]:
             await self._load_candidates(found["customer"] | found["email"], found["email"])
 
-    def _any(self, column: Any, values: set[str]) -> Any:
-        """`column IN values`, as `= ANY(array)` on PostgreSQL so the statement text (and its plan) is reused."""
-        if self.on_postgresql:
-            return column == any_(bindparam(None, sorted(values), type_=ARRAY(String)))
-        return column.in_(sorted(values))
+    def _per_key(self, kind: str, keys: set[str], key: Any, row_id: Any, *conditions: Any, limit: int = 1) -> Any:
+        """(kind, row_id) of the rows whose `key` column is one of `keys`, `limit` per key.
+
+        PostgreSQL: a LATERAL lookup per key, which only an index lookup serves. The plan stays right however
+        stale the table's statistics are: a young table (the first minutes of a deployment, or a benchmark)
+        has none, and a plain `IN`/`= ANY` then tends to scan everything of the connection per lookup.
+        """
+        label: Any = literal_column(f"'{kind}'").label("kind")
+        if not self.on_postgresql:
+            return select(label, row_id.label("row_id")).where(key.in_(sorted(keys)), *conditions)
+        wanted = func.unnest(bindparam(None, sorted(keys), type_=ARRAY(String))).table_valued("key")
+        wanted = wanted.render_derived(name="wanted")
+        hit = select(row_id.label("row_id")).where(key == wanted.c.key, *conditions).limit(limit).lateral("hit")
+        return select(label, hit.c.row_id).select_from(wanted.join(hit, true()))
 
     def _probe(self, stripe_ids: set[str], named_ids: set[str], emails: set[str]) -> Any:
-        """(kind, key) rows: `link` (Stripe ids linked already), `deleted` (Stripe ids Stripe has deleted),
-        `customer` (customers named by id or external_id), `email` (unlinked customers with these emails)."""
-        linked = exists().where(LINKS.c.connection_id == self.connection.id, LINKS.c.customer_id == CUSTOMERS.c.id)
+        """(kind, row_id) rows: `link` (links of these Stripe ids), `deleted` (Stripe ids Stripe has deleted),
+        `customer` (customers named by id or external_id), `email` (unlinked customers with these emails).
+        Constants are written into the SQL so the partial indexes they select can be used."""
+        connection_id = self.connection.id
         in_environment = and_(
             CUSTOMERS.c.tenant_id == self.connection.tenant_id,
             CUSTOMERS.c.environment_id == self.connection.environment_id,
         )
+        published = CUSTOMERS.c.status == literal_column("'published'")
         parts = [
-            select(literal_column("'link'"), LINKS.c.stripe_customer_id).where(
-                LINKS.c.connection_id == self.connection.id, self._any(LINKS.c.stripe_customer_id, stripe_ids)
+            self._per_key(
+                "link", stripe_ids, LINKS.c.stripe_customer_id, LINKS.c.id, LINKS.c.connection_id == connection_id
             ),
-            select(literal_column("'deleted'"), EVENTS.c.stripe_object_id).where(
-                EVENTS.c.connection_id == self.connection.id,
-                EVENTS.c.type == "customer.deleted",
-                self._any(EVENTS.c.stripe_object_id, stripe_ids),
+            self._per_key(
+                "deleted",
+                stripe_ids,
+                EVENTS.c.stripe_object_id,
+                EVENTS.c.stripe_object_id,
+                EVENTS.c.connection_id == connection_id,
+                EVENTS.c.type == literal_column("'customer.deleted'"),
             ),
-            select(literal_column("'customer'"), CUSTOMERS.c.id).where(
-                in_environment,
-                or_(
-                    self._any(CUSTOMERS.c.id, named_ids),
-                    and_(CUSTOMERS.c.status == "published", self._any(CUSTOMERS.c.external_id, named_ids | stripe_ids)),
-                ),
+            self._per_key(
+                "customer", named_ids | stripe_ids, CUSTOMERS.c.external_id, CUSTOMERS.c.id, in_environment, published
             ),
         ]
+        if named_ids:
+            parts.append(self._per_key("customer", named_ids, CUSTOMERS.c.id, CUSTOMERS.c.id, in_environment))
         if self.settings.email_matching and emails:
+            linked = exists().where(LINKS.c.connection_id == connection_id, LINKS.c.customer_id == CUSTOMERS.c.id)
+            lower_email = func.lower(CUSTOMERS.c.email)
+            # Two per email are enough to tell one match from several.
             parts.append(
-                select(literal_column("'email'"), CUSTOMERS.c.id).where(
-                    in_environment,
-                    CUSTOMERS.c.status == "published",
-                    self._any(func.lower(CUSTOMERS.c.email), emails),
-                    ~linked,
-                )
+                self._per_key("email", emails, lower_email, CUSTOMERS.c.id, in_environment, published, ~linked, limit=2)
             )
         return union_all(*parts)
 
-    async def _load_links(self, stripe_ids: set[str]) -> None:
+    async def _load_links(self, condition: Any) -> None:
         """The links and their customers, locked: the outbound worker and the API change them too."""
         found = await self.session.execute(
             select(CustomerLink, Customer)
             .join(Customer, Customer.id == CustomerLink.customer_id)
-            .where(CustomerLink.connection_id == self.connection.id, CustomerLink.stripe_customer_id.in_(stripe_ids))
+            .where(condition)
             .with_for_update()
         )
         for link, customer in found.tuples():
@@ -377,7 +386,9 @@ class _Batch:
         if stripe_id in self.new_links:
             # Created earlier in this batch: write the new rows now and continue with the stored ones.
             await self._insert_new()
-            await self._load_links({stripe_id})
+            await self._load_links(
+                and_(CustomerLink.connection_id == self.connection.id, CustomerLink.stripe_customer_id == stripe_id)
+            )
         return self.links.get(stripe_id)
 
     def _incoming(self, event: InboundEvent) -> InboundCustomer:
