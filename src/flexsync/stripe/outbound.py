@@ -27,7 +27,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.config import Settings
 from flexsync.connections.repository import get_live_connection
-from flexsync.connections.secrets import secret_key
 from flexsync.connections.settings import effective_settings
 from flexsync.crypto import SecretBox
 from flexsync.jobs import outbox
@@ -243,13 +242,6 @@ def _idempotency_key(action: Action, job_id: str, customer: Customer, target: st
     return f"flexsync:{action}:{customer.id}:v{customer.version}:{fingerprint}"
 
 
-def _account(connection: StripeConnection, box: SecretBox, settings: Settings) -> StripeAccount:
-    rate = effective_settings(connection.settings).rate_limit
-    if rate is None:
-        rate = settings.stripe_rate_limit_live if connection.mode == "live" else settings.stripe_rate_limit_test
-    return StripeAccount(connection_id=connection.id, secret_key=secret_key(box, connection), requests_per_second=rate)
-
-
 async def prepare(session: AsyncSession, job: SyncJob, box: SecretBox, settings: Settings) -> Push | NothingToDo:
     connection = await session.get(StripeConnection, job.connection_id) if job.connection_id else None
     if connection is None or connection.deleted_at is not None:
@@ -260,7 +252,7 @@ async def prepare(session: AsyncSession, job: SyncJob, box: SecretBox, settings:
     if customer is None:
         raise JobFailed(f"customer {job.customer_id} no longer exists")
     link = await _live_link(session, connection.id, customer.id)
-    account = _account(connection, box, settings)
+    account = StripeAccount.of(connection, box, settings)
 
     def push(action: Action, target: str | None, params: dict[str, Any], snapshot: dict[str, Any]) -> Push:
         key = _idempotency_key(action, job.id, customer, target, params)
