@@ -139,22 +139,39 @@ async def unfinished_for_customer(
     session: AsyncSession, customer_id: str, kinds: Sequence[str] | None = None
 ) -> list[SyncJob]:
     """The customer's pending and running jobs, oldest first."""
-    stmt = select(SyncJob).where(SyncJob.customer_id == customer_id, SyncJob.status.in_(UNFINISHED))
+    return (await unfinished_for_customers(session, [customer_id], kinds)).get(customer_id, [])
+
+
+async def unfinished_for_customers(
+    session: AsyncSession, customer_ids: Sequence[str], kinds: Sequence[str] | None = None
+) -> dict[str, list[SyncJob]]:
+    """Pending and running jobs of many customers, oldest first, by customer id."""
+    stmt = select(SyncJob).where(SyncJob.customer_id.in_(customer_ids), SyncJob.status.in_(UNFINISHED))
     if kinds is not None:
         stmt = stmt.where(SyncJob.kind.in_(kinds))
-    stmt = stmt.order_by(SyncJob.created_at, SyncJob.id)
-    return list((await session.execute(stmt)).scalars().all())
+    found: dict[str, list[SyncJob]] = {}
+    for job in (await session.execute(stmt.order_by(SyncJob.created_at, SyncJob.id))).scalars():
+        found.setdefault(str(job.customer_id), []).append(job)
+    return found
 
 
-async def recent_for_customer(session: AsyncSession, customer_id: str, limit: int) -> list[SyncJob]:
-    """The customer's most recently touched jobs, newest first."""
-    stmt = (
-        select(SyncJob)
-        .where(SyncJob.customer_id == customer_id)
-        .order_by(SyncJob.updated_at.desc(), SyncJob.id.desc())
-        .limit(limit)
+async def latest_outcomes(session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, SyncJob]:
+    """Each customer's most recent job that succeeded or has an error (running or retrying jobs included)."""
+    ranked = (
+        select(
+            SyncJob.id,
+            func.row_number()
+            .over(partition_by=SyncJob.customer_id, order_by=(SyncJob.updated_at.desc(), SyncJob.id.desc()))
+            .label("rank"),
+        )
+        .where(
+            SyncJob.customer_id.in_(customer_ids),
+            or_(SyncJob.status == "succeeded", SyncJob.last_error.is_not(None)),
+        )
+        .subquery()
     )
-    return list((await session.execute(stmt)).scalars().all())
+    stmt = select(SyncJob).join(ranked, ranked.c.id == SyncJob.id).where(ranked.c.rank == 1)
+    return {str(job.customer_id): job for job in (await session.execute(stmt)).scalars()}
 
 
 async def get(session: AsyncSession, scope: Scope, job_id: str, *, for_update: bool = False) -> SyncJob | None:

@@ -7,6 +7,8 @@ are settled by the unique constraints: the loser sees the winner's row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,6 +38,16 @@ async def by_customer(session: AsyncSession, connection_id: str, customer_id: st
         CustomerLink.connection_id == connection_id, CustomerLink.customer_id == customer_id
     )
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def by_customers(
+    session: AsyncSession, connection_id: str, customer_ids: Sequence[str]
+) -> dict[str, CustomerLink]:
+    """The links of many customers at once, by customer id."""
+    stmt = select(CustomerLink).where(
+        CustomerLink.connection_id == connection_id, CustomerLink.customer_id.in_(customer_ids)
+    )
+    return {link.customer_id: link for link in (await session.execute(stmt)).scalars()}
 
 
 def _mirror_into_metadata(customer: Customer, stripe_customer_id: str | None) -> None:
