@@ -44,25 +44,20 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 import stripe
 import structlog
 from sqlalchemy import (
-    String,
     Table,
+    TextClause,
     and_,
     bindparam,
-    exists,
-    func,
-    literal_column,
     select,
     text,
-    true,
-    union_all,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.connections.secrets import secret_key
@@ -262,6 +257,64 @@ async def apply_batch(
     return [outcomes[event.id] for event in events]
 
 
+# What a batch looks up before applying, per key: (kind, table, key column, returned column, condition, keys,
+# rows per key). `link`: links of these Stripe ids; `deleted`: Stripe ids that Stripe has deleted; `customer`:
+# customers named by external_id or id; `email`: unlinked customers with these emails (two per email tell one
+# match from several). Constants are written into the SQL so the partial indexes they select can be used.
+_ENVIRONMENT = "tenant_id = :tenant_id AND environment_id = :environment_id"
+_PROBES = {
+    "link": ("customer_links", "stripe_customer_id", "id", "connection_id = :connection_id", "stripe_ids", 1),
+    "deleted": (
+        "webhook_events",
+        "stripe_object_id",
+        "stripe_object_id",
+        "connection_id = :connection_id AND type = 'customer.deleted'",
+        "stripe_ids",
+        1,
+    ),
+    "customer": ("customers", "external_id", "id", f"{_ENVIRONMENT} AND status = 'published'", "external_ids", 1),
+    "named": ("customers", "id", "id", _ENVIRONMENT, "named_ids", 1),
+    "email": (
+        "customers",
+        "lower(email)",
+        "id",
+        f"{_ENVIRONMENT} AND status = 'published' AND NOT EXISTS (SELECT 1 FROM customer_links AS l "  # noqa: S608
+        "WHERE l.connection_id = :connection_id AND l.customer_id = customers.id)",
+        "emails",
+        2,
+    ),
+}
+
+
+@lru_cache(maxsize=8)
+def _probe_statement(on_postgresql: bool, named: bool, emails: bool) -> TextClause:
+    """One statement for all of a batch's lookups: rows of (kind, row id).
+
+    PostgreSQL: a LATERAL lookup per key, which only an index lookup serves, so the plan stays right however
+    stale the table statistics are (a young table, in the first minutes of a deployment or a benchmark, has
+    none; a plain `IN`/`= ANY` then tends to scan all of a connection's rows per lookup). The text is fixed,
+    so the statement is prepared once per connection. SQLite: `IN (...)`.
+    """
+    kinds = ["link", "deleted", "customer", *(["named"] if named else []), *(["email"] if emails else [])]
+    # Only the module's constants go into the text; every value is bound.
+    parts = []
+    for kind in kinds:
+        table, key, row_id, condition, keys, limit = _PROBES[kind]
+        shown = "customer" if kind == "named" else kind
+        if on_postgresql:
+            parts.append(
+                f"SELECT '{shown}', hit.row_id FROM unnest(CAST(:{keys} AS varchar[])) AS wanted(key) "  # noqa: S608
+                f"CROSS JOIN LATERAL (SELECT {row_id} AS row_id FROM {table} "
+                f"WHERE {key} = wanted.key AND {condition} LIMIT {limit}) AS hit"
+            )
+        else:
+            parts.append(f"SELECT '{shown}', {row_id} FROM {table} WHERE {key} IN :{keys} AND {condition}")  # noqa: S608
+    statement = text(" UNION ALL ".join(parts))
+    if on_postgresql:
+        return statement
+    return statement.bindparams(*(bindparam(_PROBES[kind][4], expanding=True) for kind in kinds))
+
+
 class _Batch:
     """The state one connection's events in one batch share: what was read up front, what is to be written."""
 
@@ -300,65 +353,23 @@ class _Batch:
         named_ids = {c.flexprice_customer_id for c in incoming if c.flexprice_customer_id}
         emails = {c.fields["email"].lower() for c in incoming if c.fields["email"]}
         found: dict[str, set[str]] = defaultdict(set)
-        for kind, row_id in await self.session.execute(self._probe(stripe_ids, named_ids, emails)):
+        probe = _probe_statement(self.on_postgresql, bool(named_ids), self.settings.email_matching and bool(emails))
+        params = {
+            "connection_id": self.connection.id,
+            "tenant_id": self.connection.tenant_id,
+            "environment_id": self.connection.environment_id,
+            "stripe_ids": sorted(stripe_ids),
+            "external_ids": sorted(stripe_ids | named_ids),
+            "named_ids": sorted(named_ids),
+            "emails": sorted(emails),
+        }
+        for kind, row_id in await self.session.execute(probe, params):
             found[kind].add(row_id)
         self.deleted_in_stripe = found["deleted"]
         if found["link"]:
             await self._load_links(CustomerLink.id.in_(found["link"]))
         if found["customer"] or found["email"]:
             await self._load_candidates(found["customer"] | found["email"], found["email"])
-
-    def _per_key(self, kind: str, keys: set[str], key: Any, row_id: Any, *conditions: Any, limit: int = 1) -> Any:
-        """(kind, row_id) of the rows whose `key` column is one of `keys`, `limit` per key.
-
-        PostgreSQL: a LATERAL lookup per key, which only an index lookup serves. The plan stays right however
-        stale the table's statistics are: a young table (the first minutes of a deployment, or a benchmark)
-        has none, and a plain `IN`/`= ANY` then tends to scan everything of the connection per lookup.
-        """
-        label: Any = literal_column(f"'{kind}'").label("kind")
-        if not self.on_postgresql:
-            return select(label, row_id.label("row_id")).where(key.in_(sorted(keys)), *conditions)
-        wanted = func.unnest(bindparam(None, sorted(keys), type_=ARRAY(String))).table_valued("key")
-        wanted = wanted.render_derived(name="wanted")
-        hit = select(row_id.label("row_id")).where(key == wanted.c.key, *conditions).limit(limit).lateral("hit")
-        return select(label, hit.c.row_id).select_from(wanted.join(hit, true()))
-
-    def _probe(self, stripe_ids: set[str], named_ids: set[str], emails: set[str]) -> Any:
-        """(kind, row_id) rows: `link` (links of these Stripe ids), `deleted` (Stripe ids Stripe has deleted),
-        `customer` (customers named by id or external_id), `email` (unlinked customers with these emails).
-        Constants are written into the SQL so the partial indexes they select can be used."""
-        connection_id = self.connection.id
-        in_environment = and_(
-            CUSTOMERS.c.tenant_id == self.connection.tenant_id,
-            CUSTOMERS.c.environment_id == self.connection.environment_id,
-        )
-        published = CUSTOMERS.c.status == literal_column("'published'")
-        parts = [
-            self._per_key(
-                "link", stripe_ids, LINKS.c.stripe_customer_id, LINKS.c.id, LINKS.c.connection_id == connection_id
-            ),
-            self._per_key(
-                "deleted",
-                stripe_ids,
-                EVENTS.c.stripe_object_id,
-                EVENTS.c.stripe_object_id,
-                EVENTS.c.connection_id == connection_id,
-                EVENTS.c.type == literal_column("'customer.deleted'"),
-            ),
-            self._per_key(
-                "customer", named_ids | stripe_ids, CUSTOMERS.c.external_id, CUSTOMERS.c.id, in_environment, published
-            ),
-        ]
-        if named_ids:
-            parts.append(self._per_key("customer", named_ids, CUSTOMERS.c.id, CUSTOMERS.c.id, in_environment))
-        if self.settings.email_matching and emails:
-            linked = exists().where(LINKS.c.connection_id == connection_id, LINKS.c.customer_id == CUSTOMERS.c.id)
-            lower_email = func.lower(CUSTOMERS.c.email)
-            # Two per email are enough to tell one match from several.
-            parts.append(
-                self._per_key("email", emails, lower_email, CUSTOMERS.c.id, in_environment, published, ~linked, limit=2)
-            )
-        return union_all(*parts)
 
     async def _load_links(self, condition: Any) -> None:
         """The links and their customers, locked: the outbound worker and the API change them too."""
