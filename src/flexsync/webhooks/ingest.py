@@ -16,6 +16,7 @@ request get a 500, and Stripe delivers again later.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,10 +38,10 @@ MAX_BATCH = 256
 # Each retry leaves out the events found stored; more rounds only happen when other processes race us.
 RACE_RETRIES = 3
 STOP_TIMEOUT_SECONDS = 10.0
-# How long a batch about to start may wait for more deliveries (see Ingestor._run).
+# How long a batch about to start may wait for more deliveries, and how many batches it remembers the sizes
+# of (see Ingestor._run).
 LINGER_SECONDS = 0.004
-# Transactions in flight at once on PostgreSQL: while one waits for the database, the next batch proceeds.
-POSTGRESQL_COMMITTERS = 2
+REMEMBERED_BATCHES = 8
 
 
 @dataclass(slots=True)
@@ -91,25 +92,22 @@ class Ingestor:
         self._max_batch = max_batch
         self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
         self._queued = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._recent_sizes: deque[int] = deque(maxlen=REMEMBERED_BATCHES)
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        # SQLite has one writer at a time: a second committer would only wait for the first.
-        committers = 1 if self._db.engine.dialect.name == "sqlite" else POSTGRESQL_COMMITTERS
-        self._tasks = [asyncio.create_task(self._run(), name="flexsync-webhook-ingest") for _ in range(committers)]
+        self._task = asyncio.create_task(self._run(), name="flexsync-webhook-ingest")
 
     async def stop(self) -> None:
-        """Commit what is queued, then end the committers."""
-        if not self._tasks:
+        """Commit what is queued, then end the committer."""
+        if self._task is None:
             return
-        for _ in self._tasks:
-            self._put(None)
-        _done, unfinished = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_SECONDS)
-        if unfinished:
+        self._put(None)
+        try:
+            await asyncio.wait_for(self._task, STOP_TIMEOUT_SECONDS)
+        except TimeoutError:
             log.warning("webhook ingest did not finish in time; unanswered deliveries will be redelivered")
-            for task in unfinished:
-                task.cancel()
-        self._tasks = []
+        self._task = None
 
     async def submit(self, delivery: Delivery) -> str:
         """Wait until the delivery is durably stored; returns its status for the response."""
@@ -121,15 +119,20 @@ class Ingestor:
         self._queued.set()
 
     async def _run(self) -> None:
-        """Commit batches until stopped. A batch waits (LINGER_SECONDS at most) to be as large as the last one:
-        right after a commit answers its batch, those clients send their next deliveries within a millisecond
-        or two, and without the wait the first of them would be committed alone."""
-        previous = 1
+        """Commit batches until stopped.
+
+        A batch about to start waits, LINGER_SECONDS at most, until it is as large as the largest of the last
+        few: right after a commit answers its batch, those clients send their next deliveries within a
+        millisecond or two, and without the wait the first of them would be committed alone (or, with
+        steady load, the clients would settle into two half-size waves). When the load drops, the wait
+        lasts a few batches, until the smaller batches are all that is remembered.
+        """
         while True:
             first = await self._queue.get()
             if first is None:
                 return
             batch = [first]
+            target = min(self._max_batch, max(self._recent_sizes, default=1))
             deadline = asyncio.get_running_loop().time() + LINGER_SECONDS
             while True:
                 while len(batch) < self._max_batch and not self._queue.empty():
@@ -138,13 +141,13 @@ class Ingestor:
                         await self._commit(batch)
                         return
                     batch.append(item)
-                if len(batch) >= min(previous, self._max_batch) or not await self._next_delivery(deadline):
+                if len(batch) >= target or not await self._next_delivery(deadline):
                     break
-            previous = len(batch)
+            self._recent_sizes.append(len(batch))
             await self._commit(batch)
 
     async def _next_delivery(self, deadline: float) -> bool:
-        """Wait for another delivery to be queued; False if none comes before the deadline."""
+        """Wait for another delivery; False if none comes before the deadline."""
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             return False
@@ -152,9 +155,11 @@ class Ingestor:
         if not self._queue.empty():
             return True
         try:
-            await asyncio.wait_for(self._queued.wait(), remaining)
+            async with asyncio.timeout(remaining):
+                await self._queued.wait()
         except TimeoutError:
-            return False
+            # A loop that was held up may see the deadline pass and the deliveries come at the same time.
+            return not self._queue.empty()
         return True
 
     async def _commit(self, batch: list[Delivery]) -> None:
