@@ -92,6 +92,8 @@ async def take_job(
 async def links_with_customers(
     session: AsyncSession, connection_id: str, stripe_ids: Collection[str]
 ) -> list[tuple[CustomerLink, Customer]]:
+    if not stripe_ids:
+        return []
     stmt = (
         select(CustomerLink, Customer)
         .join(Customer, Customer.id == CustomerLink.customer_id)

@@ -115,7 +115,9 @@ def _print_report(run: Reconciliation, out: Console) -> None:
     counts.add_row("processed", str(run.processed), style="bold")
     out.print(counts)
     if run.conflicts:
-        out.print(f"[bold]{len(run.conflicts)} conflicts[/bold] (nothing was guessed: resolve these by hand)")
+        total = (run.counts or {}).get("conflicts", len(run.conflicts))
+        shown = f", the first {len(run.conflicts)} shown" if total > len(run.conflicts) else ""
+        out.print(f"[bold]{total} conflicts[/bold]{shown} (nothing was guessed: resolve these by hand)")
         conflicts = Table()
         for column in ("kind", "Stripe customers", "customers", "why"):
             conflicts.add_column(column, overflow="fold")

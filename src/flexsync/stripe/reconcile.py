@@ -9,8 +9,10 @@ A run makes two passes; every page is decided and written in one transaction tog
    then external_id); else, with email_matching, to the one unlinked customer with its email; else imported.
    A linked customer takes Stripe's data when Stripe is newer: Stripe differs from flexsync and from what
    flexsync last pushed (the link's pushed_snapshot). When Stripe still equals that snapshot but flexsync
-   differs, flexsync is newer and an update job is queued instead. A Stripe customer that could only be
-   linked by guessing is a conflict: reported, and left alone.
+   differs, flexsync is newer and an update job is queued instead. A customer linked by this run whose data
+   differs from its Stripe customer's takes Stripe's data (what the webhook path does on that Stripe
+   customer's next change), or, in a run that only pushes, has its own pushed. A Stripe customer that could
+   only be linked by guessing is a conflict: reported, and left alone.
 2. `customers`: every published customer of the environment with no link, in id order (keyset), gets a create
    job in the outbox, so the worker pushes it with its idempotency keys and rate limit.
 
@@ -98,7 +100,7 @@ class StripePage:
     # The last id Stripe listed (deleted objects included): where the next page starts.
     last_id: str | None
     has_more: bool
-    # When Stripe produced the page (its own clock, whole seconds): the time of the state it shows.
+    # The time of the state the page shows, on Stripe's clock (whole seconds, as its events have it).
     observed_at: int
 
 
@@ -112,7 +114,7 @@ async def list_stripe_page(caller: StripeCaller, account: StripeAccount, startin
     attempt = 0
     while True:
         attempt += 1
-        requested_at = int(time.time())
+        requested_at = int(time.time()) - 1
         try:
             page = await caller.call(account, "customers.list", lambda c: c.v1.customers.list_async(params))
         except StripeCallFailed as failure:
@@ -130,12 +132,14 @@ async def list_stripe_page(caller: StripeCaller, account: StripeAccount, startin
 
 
 def _stripe_time(page: Any, fallback: int) -> int:
-    """Stripe's clock from the response's Date header: events are ordered by it, not by ours."""
+    """The second before the response's Date header, on Stripe's clock (which orders its events; ours may be
+    off): every event of an earlier second is older than the page, while one of the same second may be newer,
+    so the page never wins over an event it cannot be sure is older."""
     response = getattr(page, "last_response", None)
     headers = getattr(response, "headers", None) or {}
     date = next((value for key, value in headers.items() if key.lower() == "date"), None)
     try:
-        return int(parsedate_to_datetime(date).timestamp()) if date else fallback
+        return int(parsedate_to_datetime(date).timestamp()) - 1 if date else fallback
     except (TypeError, ValueError):
         return fallback
 
@@ -152,34 +156,35 @@ class PageResult:
     cursor: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _ClaimedCustomer:
-    stripe_id: str
-    external_id: str
-    email: str | None
-
-
 @dataclass(slots=True)
 class Claims:
     """A dry run's memory of what its earlier pages would have written (a real run finds it in the database)."""
 
-    # Existing customers linked, by customer id.
-    linked: dict[str, _ClaimedCustomer] = field(default_factory=dict)
-    # Customers imported, by their external_id -> the Stripe id they came from.
+    # Existing customers linked: customer id -> Stripe id, and the keys a later page may find them by.
+    linked: dict[str, str] = field(default_factory=dict)
+    linked_by_external_id: dict[str, str] = field(default_factory=dict)
+    linked_by_email: dict[str, set[str]] = field(default_factory=dict)
+    # Customers imported: their external_id -> the Stripe id they came from.
     imported: dict[str, str] = field(default_factory=dict)
+
+    def link(self, stripe_id: str, customer: Customer) -> None:
+        self.linked[customer.id] = stripe_id
+        self.linked_by_external_id[customer.external_id] = customer.id
+        if customer.email:
+            self.linked_by_email.setdefault(customer.email.lower(), set()).add(customer.id)
 
     def relevant_to(
         self, stripe_ids: set[str], named: set[str], emails: set[str]
-    ) -> tuple[dict[str, _ClaimedCustomer], dict[str, str]]:
-        """The claims a page's decisions can meet: customers it names (by id or external_id) or shares an email
-        with, and imported external_ids it names or might take."""
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The claims a page's decisions can meet: linked customers it names (by id or external_id) or shares an
+        email with (customer id -> Stripe id), and imported external_ids it names or might take."""
         names = named | stripe_ids
-        linked = {
-            customer_id: claim
-            for customer_id, claim in self.linked.items()
-            if customer_id in named or claim.external_id in names or (claim.email or "") in emails
-        }
-        imported = {external_id: sid for external_id, sid in self.imported.items() if external_id in names}
+        customer_ids = {cid for cid in named if cid in self.linked}
+        customer_ids |= {self.linked_by_external_id[name] for name in names if name in self.linked_by_external_id}
+        for email in emails:
+            customer_ids |= self.linked_by_email.get(email, set())
+        linked = {cid: self.linked[cid] for cid in customer_ids}
+        imported = {name: self.imported[name] for name in names if name in self.imported}
         return linked, imported
 
 
@@ -246,10 +251,8 @@ class Reconciler:
             for event, outcome in zip(events, outcomes, strict=True)
             if outcome.effect in ("unchanged", "skipped", "linked") or (self.dry_run and outcome.effect == "created")
         }
-        linked_now = {
-            link.stripe_customer_id: (link, customer)
-            for link, customer in await repository.links_with_customers(session, self.connection.id, to_inspect)
-        }
+        found_links = await repository.links_with_customers(session, self.connection.id, to_inspect)
+        linked_now = {link.stripe_customer_id: (link, customer) for link, customer in found_links}
         flexsync_newer: list[Customer] = []
         # Customers just linked whose data differs from Stripe's, in a run that pushes but does not pull.
         pushed_on_link: list[Customer] = []
@@ -277,7 +280,7 @@ class Reconciler:
                         pushed_on_link.append(found[1])
             elif outcome.effect == "created":
                 result.counts["imported"] += 1
-                if found is not None:
+                if found is not None and self.dry_run:
                     self.claims.imported[found[1].external_id] = event.id
             elif outcome.effect == "updated":
                 result.counts["updated"] += 1
@@ -306,7 +309,7 @@ class Reconciler:
         emails = {c.fields["email"].lower() for c in incoming if c.fields["email"] and self.settings.email_matching}
         linked, imported = self.claims.relevant_to({c.stripe_id for c in incoming}, named, emails)
         now = utcnow()
-        pairs = [(claim.stripe_id, customer_id) for customer_id, claim in linked.items()]
+        pairs = [(stripe_id, customer_id) for customer_id, stripe_id in linked.items()]
         new_customers = []
         for external_id, stripe_id in imported.items():
             customer_id = new_id("cust")
@@ -350,8 +353,7 @@ class Reconciler:
 
     def _claim_link(self, stripe_id: str, customer: Customer) -> None:
         if self.dry_run:
-            email = customer.email.lower() if customer.email else None
-            self.claims.linked[customer.id] = _ClaimedCustomer(stripe_id, customer.external_id, email)
+            self.claims.link(stripe_id, customer)
 
     def _conflict(
         self,
