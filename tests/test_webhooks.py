@@ -273,3 +273,9 @@ def test_an_event_for_one_environment_never_touches_another(
         assert first.customer_for(obj["id"])["id"] != second.customer_for(obj["id"])["id"]
         assert len(first.events()) == len(second.events()) == 1
         assert first.api.get(f"/v1/webhook-events/{second.events()[0]['id']}").status_code == 404
+
+
+def test_only_post_is_served_on_the_webhook_path(inbound: InboundTenant) -> None:
+    response = httpx.get(inbound.webhook_url, timeout=10)
+    assert_refused(response, 405, "validation_error")
+    assert inbound.events() == []

@@ -58,11 +58,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Two-way customer sync between a FlexPrice-compatible customer API and Stripe.",
         lifespan=lifespan,
         default_response_class=JSONResponse,
+        # flexsync reports through Prometheus (/metrics); FastAPI's own OpenTelemetry hooks would look up the
+        # global providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     app.add_middleware(DefaultJSONContentType)
     app.add_middleware(BodySizeLimit)
-    # First in the routing table: Stripe's deliveries are the busiest route.
+    # Stripe's deliveries, the busiest route, are answered by this outermost middleware (see WebhookRoute).
+    app.add_middleware(receiver.WebhookRoute)
     app.add_route(receiver.PATH, receiver.receive_stripe_webhook, methods=["POST"])
     app.include_router(customers_router)
     app.include_router(sync_jobs_router)
