@@ -28,6 +28,7 @@ from tests.support import (
     TenantContext,
     new_tenant,
     sqlite_database,
+    start_localstripe,
     start_server,
 )
 from tests.webhook_support import sign, stripe_event
@@ -75,13 +76,22 @@ def dashboard_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseU
 
 
 @pytest.fixture(scope="module")
+def stripe_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStripe]:
+    """A localstripe of this module's own: reconciliation reads every Stripe customer, so none may be another's."""
+    running = start_localstripe(tmp_path_factory.mktemp("dashboard-localstripe"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
 def dashboard(
-    dashboard_db: DatabaseUnderTest, localstripe_server: LocalStripe, tmp_path_factory: pytest.TempPathFactory
+    dashboard_db: DatabaseUnderTest, stripe_server: LocalStripe, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     running = start_server(
         dashboard_db,
         tmp_path_factory.mktemp("dashboard-logs"),
-        FLEXSYNC_STRIPE_API_BASE=localstripe_server.base_url,
+        FLEXSYNC_STRIPE_API_BASE=stripe_server.base_url,
+        FLEXSYNC_JOB_POLL_INTERVAL="0.2",
     )
     yield running
     running.stop()
@@ -327,15 +337,15 @@ LOCALSTRIPE_WEBHOOK_ID = "flexsync-dashboard"
 
 
 @pytest.fixture
-def in_stripe(localstripe_server: LocalStripe) -> Iterator[stripe.StripeClient]:
+def in_stripe(stripe_server: LocalStripe) -> Iterator[stripe.StripeClient]:
     """The test's Stripe account, for what a user does in Stripe's own dashboard."""
-    yield stripe.StripeClient(SECRET_KEY, base_addresses={"api": localstripe_server.base_url})
-    stop_webhooks(localstripe_server)
+    yield stripe.StripeClient(SECRET_KEY, base_addresses={"api": stripe_server.base_url})
+    stop_webhooks(stripe_server)
 
 
-def stop_webhooks(localstripe_server: LocalStripe) -> None:
+def stop_webhooks(stripe_server: LocalStripe) -> None:
     """Point the test's webhook at an event type that never happens, so later tests get no stray deliveries."""
-    localstripe_server.register_webhook(LOCALSTRIPE_WEBHOOK_ID, "http://127.0.0.1:9/", WEBHOOK_SECRET, ["none"])
+    stripe_server.register_webhook(LOCALSTRIPE_WEBHOOK_ID, "http://127.0.0.1:9/", WEBHOOK_SECRET, ["none"])
 
 
 def nav(page: Page, name: str) -> None:
@@ -353,7 +363,7 @@ def add_connection(page: Page) -> None:
 
 
 def test_the_setup_guide_in_a_browser(
-    page: Page, tenant: TenantContext, localstripe_server: LocalStripe, in_stripe: stripe.StripeClient
+    page: Page, tenant: TenantContext, stripe_server: LocalStripe, in_stripe: stripe.StripeClient
 ) -> None:
     """The seed document's steps: add the Stripe connection, give Stripe the webhook URL, check both directions."""
     sign_in(page, tenant.api_key)
@@ -369,7 +379,7 @@ def test_the_setup_guide_in_a_browser(
     assert webhook_url == f"{tenant.base_url}/v1/webhooks/stripe/{tenant.tenant_id}/{tenant.environment_id}"
     for event in ("customer.created", "customer.updated", "customer.deleted"):
         expect(page.get_by_role("region", name="Webhook endpoint")).to_contain_text(event)
-    localstripe_server.register_webhook(LOCALSTRIPE_WEBHOOK_ID, webhook_url, WEBHOOK_SECRET)
+    stripe_server.register_webhook(LOCALSTRIPE_WEBHOOK_ID, webhook_url, WEBHOOK_SECRET)
 
     # Step 3.1-3.2: a customer created in Stripe appears in the customer list.
     from_stripe = in_stripe.v1.customers.create({"name": "Katherine Johnson", "email": "katherine@example.com"})
@@ -552,6 +562,7 @@ def test_another_tenants_key_sees_none_of_its_data(
     theirs = create_via_api(tenant, external_id="private-1", name="Private Customer")
     with tenant.client() as api:
         (their_job,) = api.get("/v1/sync-jobs").json()["items"]
+        their_run = api.post(f"/v1/connections/{connection['id']}/reconcile", json={"dry_run": True}).json()
 
     other = fresh_tenant(dashboard_db, dashboard)
     sign_in(page, other.api_key)
@@ -563,6 +574,8 @@ def test_another_tenants_key_sees_none_of_its_data(
     expect(page.get_by_text("0 events")).to_be_visible()
     nav(page, "Sync jobs")
     expect(page.get_by_text("0 jobs")).to_be_visible()
+    nav(page, "Reconciliation")
+    expect(page.get_by_text("No reconciliation runs yet.")).to_be_visible()
     nav(page, "Settings > Integrations")
     expect(page.get_by_role("heading", name="Add integration: Stripe")).to_be_visible()
     expect(page.get_by_label("Endpoint URL")).to_have_value(re.compile(re.escape(other.environment_id) + "$"))
@@ -571,6 +584,7 @@ def test_another_tenants_key_sees_none_of_its_data(
         f"/customers/{theirs['id']}",
         f"/customers/{theirs['id']}/edit",
         f"/webhook-events/{their_event['id']}",
+        f"/reconciliation/{their_run['id']}",
     ):
         response = page.goto(path)
         assert response is not None and response.status == 404, path
@@ -588,3 +602,49 @@ def test_another_tenants_key_sees_none_of_its_data(
     with tenant.client() as api:
         assert api.get(f"/v1/customers/{theirs['id']}").json()["status"] == "published"
         assert api.get(f"/v1/connections/{connection['id']}").status_code == 200
+
+
+def test_reconcile_an_existing_stripe_account_dry_run_first(
+    page: Page, tenant: TenantContext, stripe_server: LocalStripe, in_stripe: stripe.StripeClient
+) -> None:
+    stripe_server.wipe()
+    for name in ("Alan Turing", "Barbara Liskov"):
+        in_stripe.v1.customers.create({"name": name, "email": f"{name.split()[0].lower()}@example.com"})
+    # Made before there is a connection, so nothing has pushed it to Stripe yet.
+    create_via_api(tenant, external_id="crm-edsger", name="Edsger Dijkstra")
+    sign_in(page, tenant.api_key)
+    nav(page, "Reconciliation")
+    expect(page.get_by_text("Reconciliation needs a Stripe connection")).to_be_visible()
+    add_connection(page)
+
+    nav(page, "Reconciliation")
+    expect(page.get_by_role("switch", name="Dry run")).to_be_checked()
+    page.get_by_role("button", name="Start reconciliation").click()
+    expect(page.get_by_role("status").first).to_contain_text("Reconciliation started")
+    progress = page.get_by_role("region", name="Progress")
+    # The page follows the run by itself (no reload here).
+    expect(progress.locator(".badge")).to_have_text("succeeded", timeout=30_000)
+    report = page.get_by_role("region", name=re.compile("^Report"))
+    expect(report.locator("dt:text-is('Imported') + dd")).to_have_text("2")
+    expect(report.locator("dt:text-is('Pushed') + dd")).to_have_text("1")
+    with tenant.client() as api:
+        assert api.get("/v1/customers").json()["pagination"]["total"] == 1
+
+    nav(page, "Reconciliation")
+    page.get_by_role("switch", name="Dry run").uncheck()
+    page.get_by_role("radio", name=re.compile("^From Stripe")).check()
+    page.get_by_role("button", name="Start reconciliation").click()
+    expect(progress.locator(".badge")).to_have_text("succeeded", timeout=30_000)
+    expect(report.locator("dt:text-is('Imported') + dd")).to_have_text("2")
+    expect(report.locator("dt:text-is('Pushed') + dd")).to_have_text("0")
+    screenshot(page, "reconciliation")
+
+    nav(page, "Reconciliation")
+    runs = page.locator("tbody tr")
+    expect(runs).to_have_count(2)
+    expect(runs.first).to_contain_text("from-stripe")
+    expect(runs.nth(1)).to_contain_text("Dry run")
+    nav(page, "Customers")
+    for name in ("Alan Turing", "Barbara Liskov"):
+        expect(page.locator("tbody tr", has_text=name).locator(".badge")).to_have_text("linked")
+    expect(page.locator("tbody tr", has_text="Edsger Dijkstra").locator(".badge")).to_have_text("not linked")

@@ -13,7 +13,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from flexsync.web.auth import CSRFRejected, SignInRequired, current_session
-from flexsync.web.pages import activity, customers, integrations, signin
+from flexsync.web.pages import activity, customers, integrations, reconciliation, signin
 from flexsync.web.render import STATIC_DIR, render
 
 # Everything else is the dashboard; these keep answering the API's JSON errors.
@@ -69,5 +69,5 @@ def install_dashboard(app: FastAPI) -> None:
     app.add_exception_handler(SignInRequired, _redirect_to_sign_in)  # type: ignore[arg-type]
     app.add_exception_handler(CSRFRejected, _csrf_rejected)  # type: ignore[arg-type]
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    for module in (signin, customers, integrations, activity):
+    for module in (signin, customers, integrations, activity, reconciliation):
         app.include_router(module.router, include_in_schema=False)

@@ -102,7 +102,10 @@ def sync_state(sync: dict[str, Any]) -> SyncState:
 
 
 async def sync_states(session: AsyncSession, customers: Sequence[Customer]) -> dict[str, SyncState]:
-    return {customer.id: sync_state(await outbound.sync_status(session, customer)) for customer in customers}
+    return {
+        customer_id: sync_state(sync)
+        for customer_id, sync in (await outbound.sync_statuses(session, customers)).items()
+    }
 
 
 async def customer_events(session: AsyncSession, scope: Scope, customer_id: str, limit: int = 20) -> list[WebhookEvent]:

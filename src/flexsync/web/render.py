@@ -44,6 +44,7 @@ NAV_ITEMS = [
     ("customers", "/customers", "Customers"),
     ("webhook-events", "/webhook-events", "Webhook deliveries"),
     ("sync-jobs", "/sync-jobs", "Sync jobs"),
+    ("reconciliation", "/reconciliation", "Reconciliation"),
     ("integrations", "/settings/integrations", "Settings > Integrations"),
 ]
 
@@ -73,6 +74,8 @@ NOTICES = {
     "connection-deleted": "Stripe connection deleted, with its secrets. You can add a new one.",
     "event-replayed": "Webhook event replayed.",
     "job-retried": "Sync job queued to run now.",
+    "reconciliation-started": "Reconciliation started: this page follows it until it finishes.",
+    "reconciliation-resumed": "The unfinished run with these options resumed where it stopped.",
 }
 
 

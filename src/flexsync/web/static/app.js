@@ -23,3 +23,17 @@ for (const button of document.querySelectorAll("[data-copy-target][hidden]")) bu
 
 // After a failed submit, move focus to the list of problems so screen readers announce it.
 document.querySelector(".error-summary")?.focus();
+
+// A run in progress refreshes its report every 2 s, in place, until it is finished.
+const pollId = document.querySelector("[data-poll]")?.id;
+if (pollId) {
+  const timer = setInterval(async () => {
+    const response = await fetch(location.pathname, { headers: { accept: "text/html" } });
+    if (!response.ok) return;
+    const page = new DOMParser().parseFromString(await response.text(), "text/html");
+    const fresh = page.getElementById(pollId);
+    if (!fresh) return;
+    document.getElementById(pollId).replaceWith(fresh);
+    if (!fresh.hasAttribute("data-poll")) clearInterval(timer);
+  }, 2000);
+}
