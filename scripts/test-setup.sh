@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 if [ ! -x /usr/bin/chromium ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "test-setup: installing Chromium for the dashboard tests (apt-get install chromium chromium-driver)"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+        # A failed install (no network, no mirror) only skips the dashboard tests; it does not stop the suite.
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }; then
+            echo "test-setup: installing Chromium failed; dashboard tests will be skipped"
+        fi
     else
         echo "test-setup: /usr/bin/chromium not found (needs root and apt-get to install); dashboard tests will be skipped"
     fi
