@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
+import aiosqlite
 import asyncpg  # type: ignore[import-untyped]
 import structlog
 from sqlalchemy.engine import make_url
@@ -44,6 +45,8 @@ INBOUND_RETRY_SECONDS = 2.0
 # before claiming again, so under a burst one claim takes several jobs instead of each worker running a mostly
 # empty claim per commit. An idle worker's last claim is older than this: a new job is claimed at once.
 EMPTY_CLAIM_SPACING_SECONDS = 0.02
+# How often a worker on SQLite looks whether another process has committed (SQLite has no NOTIFY).
+SQLITE_WATCH_SECONDS = 0.05
 
 
 class Worker:
@@ -70,6 +73,8 @@ class Worker:
         self._stop_local_wake = outbox.on_commit_wake(self.wake)
         await self._ensure_listener()
         self._tasks = [asyncio.create_task(self._loop()), asyncio.create_task(self._keep_leases())]
+        if self.db.engine.dialect.name == "sqlite":
+            self._tasks.append(asyncio.create_task(self._watch_sqlite_commits()))
         log.info("sync worker started", worker=self.id, concurrency=self.concurrency)
 
     async def stop(self) -> None:
@@ -148,6 +153,26 @@ class Worker:
                     await repository.extend_leases(session, self.id, list(self._running), until)
             except Exception:
                 log.exception("could not renew job leases", worker=self.id)
+
+    async def _watch_sqlite_commits(self) -> None:
+        """Wake when another connection commits a write to the SQLite file, so a `flexsync worker` next to
+        `serve --no-worker` hears of new jobs within SQLITE_WATCH_SECONDS. `PRAGMA data_version` is a cheap read
+        on a connection of its own: it takes no lock and changes only when someone else has committed."""
+        path = make_url(self.settings.database_url).database
+        if not path or path == ":memory:":
+            return
+        try:
+            async with aiosqlite.connect(path) as watcher:
+                seen = None
+                while True:
+                    async with watcher.execute("PRAGMA data_version") as cursor:
+                        row = await cursor.fetchone()
+                    if row is not None and seen is not None and row[0] != seen:
+                        self.wake()
+                    seen = row[0] if row is not None else seen
+                    await asyncio.sleep(SQLITE_WATCH_SECONDS)
+        except aiosqlite.Error as exc:
+            log.warning("cannot watch the SQLite database for commits; polling instead", error=type(exc).__name__)
 
     async def _ensure_listener(self) -> None:
         """On PostgreSQL, LISTEN on a dedicated connection; reconnect (at most once per poll) if it dropped."""
