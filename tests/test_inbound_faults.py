@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -20,7 +21,7 @@ from flexsync.api import create_app
 from flexsync.config import Settings
 from flexsync.deps import Database
 from flexsync.models import Customer, CustomerLink, WebhookEvent
-from tests.support import TEST_ENCRYPTION_KEY, DatabaseUnderTest, LocalStripe, new_tenant
+from tests.support import TEST_ENCRYPTION_KEY, DatabaseUnderTest, LocalStripe, free_port, new_tenant
 from tests.webhook_support import add_stripe_connection, sign, stripe_customer, stripe_event
 
 
@@ -104,5 +105,51 @@ def test_an_event_that_fails_to_apply_is_kept_retried_and_applied_once(
             assert await count(db, Customer) == 1
             assert await count(db, CustomerLink) == 1
             assert await count(db, WebhookEvent) == 1
+
+    asyncio.run(scenario())
+
+
+def test_an_event_waiting_for_an_unreachable_stripe_is_failed_and_kept_for_a_retry(
+    inbound_db: DatabaseUnderTest,
+) -> None:
+    """Two updates in one second need the customer's current state from Stripe; here Stripe cannot be
+    reached (nothing listens on the configured API address), so the second update waits as a failed attempt."""
+    tenant = new_tenant(inbound_db, "http://flexsync.test")
+    add_stripe_connection(inbound_db, tenant)
+    obj = stripe_customer(name="Before")
+    now = int(time.time())
+    created = stripe_event("customer.created", obj, created=now - 5)
+    first = stripe_event("customer.updated", {**obj, "name": "First"}, created=now)
+    second = stripe_event("customer.updated", {**obj, "name": "Second"}, created=now)
+    settings = Settings(
+        database_url=inbound_db.url,
+        encryption_keys=TEST_ENCRYPTION_KEY,
+        stripe_api_base=f"http://127.0.0.1:{free_port()}",
+        stripe_timeout_seconds=2,
+        run_worker=False,
+    )
+    app = create_app(settings)
+
+    async def scenario() -> None:
+        async with app.router.lifespan_context(app):
+            db: Database = app.state.db
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://flexsync.test") as client:
+                path = f"/v1/webhooks/stripe/{tenant.tenant_id}/{tenant.environment_id}"
+                for event, status in ((created, "applied"), (first, "applied"), (second, "queued")):
+                    body = json.dumps(event).encode()
+                    response = await client.post(path, content=body, headers={"Stripe-Signature": sign(body)})
+                    assert response.json()["status"] == status, response.text
+
+            failed = await wait_status(db, second["id"], "failed")
+            assert failed.attempts == 1 and failed.next_attempt_at is not None
+            assert "APIConnectionError" in (failed.last_error or "")
+            async with db.sessions() as session:
+                names = (
+                    (await session.execute(select(Customer.name).where(Customer.tenant_id == tenant.tenant_id)))
+                    .scalars()
+                    .all()
+                )
+            assert names == ["First"]
 
     asyncio.run(scenario())

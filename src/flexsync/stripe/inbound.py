@@ -67,7 +67,7 @@ from flexsync.kit.bulk import Inserts
 from flexsync.logs import redact
 from flexsync.models import Customer, CustomerLink, StripeConnection, WebhookEvent, utcnow
 from flexsync.stripe import links
-from flexsync.stripe.client import stripe_client
+from flexsync.stripe.client import stripe_client, stripe_http_client
 from flexsync.stripe.mapping import MAPPED_FIELDS, STRIPE_ID_KEY, InboundCustomer, differs, from_stripe
 from flexsync.webhooks import repository
 
@@ -379,7 +379,7 @@ class _Batch:
             .where(condition)
             .with_for_update()
         )
-        for link, customer in found.tuples():
+        for link, customer in found:
             self.links[link.stripe_customer_id] = link
             self.customers[customer.id] = customer
 
@@ -726,32 +726,43 @@ async def _record_failure(db: Database, event_id: str, exc: BaseException) -> No
 
 
 async def _apply_with_stripe_state(db: Database, events: Sequence[InboundEvent], force: bool) -> None:
-    """Re-fetch the events' customers from Stripe, then apply the events against that current state."""
-    fetched: dict[str, Mapping[str, Any] | None] = {}
-    failed: dict[str, BaseException] = {}
-    semaphore = asyncio.Semaphore(STRIPE_FETCH_CONCURRENCY)
-    by_connection: dict[str, list[InboundEvent]] = defaultdict(list)
-    for event in events:
-        by_connection[event.connection_id].append(event)
+    """Re-fetch the events' customers from Stripe, then apply the events against that current state.
 
-    async def fetch(client: stripe.StripeClient, event: InboundEvent, stripe_id: str) -> None:
+    An event whose customer cannot be fetched (network, Stripe down) is a failed attempt, retried later.
+    """
+    fetched: dict[str, Mapping[str, Any] | None] = {}
+    unreachable: dict[str, BaseException] = {}
+    semaphore = asyncio.Semaphore(STRIPE_FETCH_CONCURRENCY)
+    by_connection: dict[str, set[str]] = defaultdict(set)
+    for event in events:
+        if event.stripe_object_id:
+            by_connection[event.connection_id].add(event.stripe_object_id)
+
+    async def fetch(client: stripe.StripeClient, stripe_id: str) -> None:
         async with semaphore:
             try:
                 fetched[stripe_id] = await _current_customer(client, stripe_id)
             except stripe.StripeError as exc:
-                failed[event.id] = exc
+                unreachable[stripe_id] = exc
 
-    for connection_id, group in by_connection.items():
-        async with db.sessions() as session:
-            connection = await session.get(StripeConnection, connection_id)
-        if connection is None or not connection.secret_key_encrypted:
-            continue
-        client = stripe_client(secret_key(db.box, connection), db.settings)
-        stripe_ids = {e.stripe_object_id: e for e in group if e.stripe_object_id}
-        await asyncio.gather(*(fetch(client, event, stripe_id) for stripe_id, event in stripe_ids.items()))
-    for event_id, exc in failed.items():
-        await _record_failure(db, event_id, exc)
-    ready = [e.id for e in events if e.id not in failed]
+    http = stripe_http_client(db.settings)
+    try:
+        for connection_id, stripe_ids in by_connection.items():
+            async with db.sessions() as session:
+                connection = await session.get(StripeConnection, connection_id)
+            if connection is None or not connection.secret_key_encrypted:
+                continue  # deleted meanwhile: applying ignores its events
+            client = stripe_client(secret_key(db.box, connection), db.settings, http)
+            await asyncio.gather(*(fetch(client, stripe_id) for stripe_id in stripe_ids))
+    finally:
+        await http.close_async()  # type: ignore[no-untyped-call]
+    ready = []
+    for event in events:
+        failure = unreachable.get(event.stripe_object_id or "")
+        if failure is None:
+            ready.append(event.id)
+        else:
+            await _record_failure(db, event.id, failure)
     if ready:
         claim: Claim = lambda session: repository.claim_by_ids(session, ready, pending_only=not force)  # noqa: E731
         await _apply_claimed(db, claim, force=force, fetched=fetched)
