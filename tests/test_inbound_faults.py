@@ -1,9 +1,10 @@
-"""A database failure while applying a Stripe event: the event is kept, retried with backoff, applied once.
+"""Faults while applying Stripe events: the event is kept, retried with backoff, applied once.
 
-The app runs in-process here (httpx's ASGITransport, with the app's lifespan, so its ingest and retry tasks
-run) because the test makes the database fail: an SQLAlchemy hook on the app's own engine raises on the
-INSERT of customers, the first times it is tried. Everything else is real: the signed delivery, the
-database (SQLite and PostgreSQL), the retry sweep.
+The first tests run the app in-process (httpx's ASGITransport, with the app's lifespan, so its ingest and
+retry tasks run) because they make things fail: an SQLAlchemy hook on the app's own engine raises on the
+INSERT of customers, or the configured Stripe address has nothing listening. Everything else is real: the
+signed deliveries, the database (SQLite and PostgreSQL), the retry sweep. The last one runs a real
+`flexsync worker` process.
 """
 
 from __future__ import annotations
@@ -11,18 +12,23 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.api import create_app
 from flexsync.config import Settings
 from flexsync.deps import Database
-from flexsync.models import Customer, CustomerLink, WebhookEvent
+from flexsync.ids import new_id
+from flexsync.models import Customer, CustomerLink, WebhookEvent, utcnow
 from tests.support import TEST_ENCRYPTION_KEY, DatabaseUnderTest, LocalStripe, free_port, new_tenant
-from tests.webhook_support import add_stripe_connection, sign, stripe_customer, stripe_event
+from tests.sync_support import start_worker
+from tests.webhook_support import add_stripe_connection, sign, stripe_customer, stripe_event, wait_for
 
 
 class FailingCustomerInserts:
@@ -153,3 +159,54 @@ def test_an_event_waiting_for_an_unreachable_stripe_is_failed_and_kept_for_a_ret
             assert names == ["First"]
 
     asyncio.run(scenario())
+
+
+def test_flexsync_worker_applies_events_a_stopped_server_left_queued(
+    inbound_db: DatabaseUnderTest, tmp_path: Path
+) -> None:
+    """A server that stored an event and died before applying it leaves it queued; `flexsync worker` (its
+    retry sweep) applies it once its recovery time has passed."""
+    tenant = new_tenant(inbound_db, "http://flexsync.test")
+    connection_id = add_stripe_connection(inbound_db, tenant)
+    obj = stripe_customer(name="Left Behind")
+    event = stripe_event("customer.created", obj)
+
+    async def store(session: AsyncSession) -> None:
+        session.add(
+            WebhookEvent(
+                id=new_id("whevt"),
+                tenant_id=tenant.tenant_id,
+                environment_id=tenant.environment_id,
+                connection_id=connection_id,
+                stripe_event_id=event["id"],
+                type=event["type"],
+                stripe_object_id=obj["id"],
+                stripe_created=event["created"],
+                livemode=False,
+                payload=json.dumps(event),
+                status="queued",
+                attempts=0,
+                next_attempt_at=utcnow() - timedelta(seconds=1),
+            )
+        )
+
+    inbound_db.run(store)
+    worker = start_worker(inbound_db, tmp_path)
+    try:
+
+        async def applied(session: AsyncSession) -> WebhookEvent | None:
+            stored = (
+                await session.execute(select(WebhookEvent).where(WebhookEvent.stripe_event_id == event["id"]))
+            ).scalar_one()
+            return stored if stored.status == "applied" else None
+
+        stored = wait_for(lambda: inbound_db.run(applied), what="the worker to apply the event")
+    finally:
+        worker.stop()
+
+    async def customers(session: AsyncSession) -> list[str]:
+        found = await session.execute(select(Customer.name).where(Customer.tenant_id == tenant.tenant_id))
+        return list(found.scalars().all())
+
+    assert stored.attempts == 1 and stored.customer_id is not None
+    assert inbound_db.run(customers) == ["Left Behind"]
