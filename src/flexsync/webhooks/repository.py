@@ -88,15 +88,20 @@ async def record_outcomes(
         )
     stmt = (
         update(EVENTS)
-        .where(EVENTS.c.id == bindparam("event_id"))
+        .where(EVENTS.c.id == bindparam("event_id", type_=EVENTS.c.id.type))
         .values(
-            status=bindparam("new_status"),
-            note=bindparam("new_note"),
-            customer_id=func.coalesce(bindparam("new_customer_id"), EVENTS.c.customer_id),
-            attempts=EVENTS.c.attempts + bindparam("attempt"),
+            status=bindparam("new_status", type_=EVENTS.c.status.type),
+            note=bindparam("new_note", type_=EVENTS.c.note.type),
+            customer_id=func.coalesce(
+                bindparam("new_customer_id", type_=EVENTS.c.customer_id.type), EVENTS.c.customer_id
+            ),
+            attempts=EVENTS.c.attempts + bindparam("attempt", type_=EVENTS.c.attempts.type),
             last_error=None,
-            processed_at=func.coalesce(bindparam("new_processed_at"), EVENTS.c.processed_at),
-            next_attempt_at=bindparam("new_next_attempt_at"),
+            # Typed binds: the columns' UTC handling applies (SQLite stores naive UTC, like every other write).
+            processed_at=func.coalesce(
+                bindparam("new_processed_at", type_=EVENTS.c.processed_at.type), EVENTS.c.processed_at
+            ),
+            next_attempt_at=bindparam("new_next_attempt_at", type_=EVENTS.c.next_attempt_at.type),
         )
     )
     connection = await session.connection()
