@@ -8,6 +8,7 @@ each test registers its own tenant's URL, looks only at its own Stripe customers
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ import stripe
 
 from flexsync.ids import new_id
 from tests.support import DatabaseUnderTest, LocalStripe, Server
+from tests.sync_support import start_worker
 from tests.webhook_support import STRIPE_KEY, WEBHOOK_SECRET, InboundTenant, inbound_tenant, wait_for
 
 
@@ -96,3 +98,52 @@ def test_a_stripe_deletion_archives_when_configured(
         stripe_api.v1.customers.delete(created.id)
         archived = wait_customer(inbound, created.id, lambda c: c["status"] == "archived", "the archive")
         assert archived["id"] == customer["id"] and archived["updated_by"] == "stripe"
+
+
+def test_flexsyncs_own_pushes_come_back_as_links_not_duplicates_and_echo_nothing(
+    inbound_db: DatabaseUnderTest,
+    inbound_server: Server,
+    localstripe_server: LocalStripe,
+    stripe_api: stripe.StripeClient,
+    webhook: Any,
+    tmp_path: Path,
+) -> None:
+    """The full loop: a customer made in flexsync is pushed to Stripe by a real `flexsync worker`; Stripe's
+    customer.created for it links (or finds linked) that customer instead of importing a second one, and the
+    customer.updated that follows an update in flexsync changes nothing and pushes nothing back."""
+    worker = start_worker(inbound_db, tmp_path, FLEXSYNC_STRIPE_API_BASE=localstripe_server.base_url)
+    try:
+        with inbound_tenant(inbound_db, inbound_server.base_url) as inbound:
+            webhook(inbound)
+            created = inbound.api.post("/v1/customers", json={"external_id": "crm-77", "name": "Katherine"})
+            assert created.status_code == 201, created.text
+            customer_id = created.json()["id"]
+
+            def linked_by_webhook() -> str | None:
+                stripe_id: str | None = (
+                    inbound.api.get(f"/v1/customers/{customer_id}").json()["metadata"].get("stripe_customer_id")
+                )
+                events = [e for e in inbound.events() if stripe_id and e["stripe_object_id"] == stripe_id]
+                return stripe_id if any(e["status"] == "applied" for e in events) else None
+
+            stripe_id = wait_for(linked_by_webhook, timeout=30, what="the pushed customer's webhook")
+            assert [c["id"] for c in inbound.customers()] == [customer_id]
+            echoed = inbound.customers()[0]
+            assert echoed["name"] == "Katherine" and echoed["created_by"] != "stripe"
+
+            updated = inbound.api.put(f"/v1/customers/{customer_id}", json={"name": "Katherine Johnson"})
+            assert updated.status_code == 200, updated.text
+
+            def update_echoed() -> dict[str, Any] | None:
+                events = [e for e in inbound.events(type="customer.updated") if e["stripe_object_id"] == stripe_id]
+                return events[0] if events and events[0]["status"] == "applied" else None
+
+            echo = wait_for(update_echoed, timeout=30, what="the pushed update's webhook")
+            assert echo["note"] and "last pushed" in echo["note"]
+            assert stripe_api.v1.customers.retrieve(stripe_id).name == "Katherine Johnson"
+            after = inbound.api.get(f"/v1/customers/{customer_id}").json()
+            assert after["name"] == "Katherine Johnson" and after["updated_by"] != "stripe"
+            jobs = inbound.api.get("/v1/sync-jobs", params={"limit": 100}).json()["items"]
+            assert sorted(job["kind"] for job in jobs) == ["create", "update"]  # none caused by the webhooks
+    finally:
+        worker.stop()
