@@ -74,7 +74,7 @@ def fault_server(
         fault_db,
         tmp_path_factory.mktemp("faults-logs"),
         FLEXSYNC_STRIPE_API_BASE=standin.base_url,
-        FLEXSYNC_STRIPE_TIMEOUT_SECONDS="1",
+        FLEXSYNC_STRIPE_TIMEOUT_SECONDS="3",
     )
     yield running
     running.stop()
@@ -169,9 +169,9 @@ def test_an_error_naming_the_key_never_shows_it(env: SyncTenant, standin: StandI
 def test_a_create_whose_answer_was_lost_is_replayed_not_repeated(
     env: SyncTenant, standin: StandIn, upstream: LocalStripe
 ) -> None:
-    """Stripe created the customer, but the answer came too late (the client timed out after 1 s). The retry
+    """Stripe created the customer, but the answer came too late (the client timed out after 3 s). The retry
     sends the same Idempotency-Key and body, so Stripe (here the stand-in) replays the first answer."""
-    standin.faults({**CREATE, "action": "timeout_after_commit", "seconds": 3})
+    standin.faults({**CREATE, "action": "timeout_after_commit", "seconds": 8})
     customer = env.create()
     stripe_id = env.wait_linked(customer["id"])
     job = only_job(env, customer["id"])
@@ -184,7 +184,7 @@ def test_a_create_whose_answer_was_lost_is_replayed_not_repeated(
 def test_a_burst_of_updates_coalesces_into_the_latest_state(
     env: SyncTenant, standin: StandIn, upstream: LocalStripe
 ) -> None:
-    standin.faults({**CREATE, "action": "delay", "seconds": 1.5})
+    standin.faults({**CREATE, "action": "delay", "seconds": 3})
     customer = env.create()
     for n in range(1, 6):
         assert env.api.put(f"/v1/customers/{customer['id']}", json={"name": f"Name {n}"}).status_code == 200
