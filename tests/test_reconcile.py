@@ -430,6 +430,45 @@ def test_a_killed_run_is_resumed_by_the_next_command(
         assert sorted(imported) == sorted(stripe_only)
 
 
+def test_a_killed_run_is_taken_over_by_a_worker(
+    env: SyncTenant, sdk: stripe.StripeClient, recon_db: DatabaseUnderTest, standin: StandIn
+) -> None:
+    """The run's job outlives the command: once its lease runs out, the server's worker finishes the run."""
+    stripe_only = create_in_stripe(sdk, [{"name": f"Only {i}"} for i in range(130)])
+    standin.faults({"action": "delay", **LIST, "seconds": 0, "count": 1}, {"action": "delay", **LIST, "seconds": 10})
+    command = [sys.executable, "-m", "flexsync", "reconcile", "--connection", env.connection_id]
+    process = subprocess.Popen(
+        command,
+        env=server_env(recon_db, FLEXSYNC_STRIPE_API_BASE=standin.base_url, FLEXSYNC_JOB_LEASE_SECONDS="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        run = wait_for(lambda: one_run_with(env.api, processed=100), 60, "the first page to be written")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    done = wait_for(lambda: finished(env.api, run["id"]), 60, "the worker to finish the run")
+    assert done["status"] == "succeeded" and done["counts"] == counts(imported=130)
+    imported = [c["metadata"]["stripe_customer_id"] for c in all_customers(env.api)]
+    assert sorted(imported) == sorted(stripe_only)
+
+
+def test_rate_limited_pages_are_retried(
+    env: SyncTenant, sdk: stripe.StripeClient, recon_db: DatabaseUnderTest, standin: StandIn
+) -> None:
+    """Stripe's 429 (which localstripe never sends) on listing: the page is asked for again after a backoff."""
+    create_in_stripe(sdk, [{"name": f"Only {i}"} for i in range(120)])
+    standin.faults(
+        {"action": "delay", **LIST, "seconds": 0, "count": 1},
+        {"action": "status", **LIST, "status": 429, "error_type": "rate_limit_error", "count": 2},
+    )
+    report = reconcile_json(recon_db, standin.base_url, env.connection_id)
+    assert report["status"] == "succeeded" and report["counts"] == counts(imported=120)
+    stats = standin.stats()
+    assert stats["injected"] == 2 and stats["requests"]["GET /v1/customers"] == 2 + 2
+
+
 def lease_expired(db: DatabaseUnderTest, job_id: str) -> bool:
     async def work(session: AsyncSession) -> bool:
         job = await session.get(SyncJob, job_id)
