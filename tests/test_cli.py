@@ -177,3 +177,7 @@ def test_only_the_sha256_of_a_key_is_stored(cli: CLI) -> None:
     for key in keys:
         assert key not in stored
         assert key.removeprefix("fsk_") not in stored
+
+
+def test_an_unmigrated_database_is_named_not_dumped(cli: CLI) -> None:
+    assert "run `flexsync migrate` first" in cli.fails("tenant", "create", "Too early")
