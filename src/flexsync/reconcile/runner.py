@@ -236,7 +236,7 @@ async def _stop(
 # --- In the foreground: `flexsync reconcile` ---------------------------------------------------------------
 
 
-Started = Callable[[service.Started], None]
+OnStart = Callable[[service.Started], None]
 
 
 async def run_in_foreground(
@@ -246,7 +246,7 @@ async def run_in_foreground(
     direction: Direction,
     dry_run: bool,
     restart: bool,
-    on_start: Started,
+    on_start: OnStart,
     on_progress: Progress,
 ) -> Reconciliation:
     """Start or resume a run on the connection and carry it out in this process, to the end or until it stops.

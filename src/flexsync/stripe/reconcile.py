@@ -13,8 +13,9 @@ A run makes two passes; every page is decided and written in one transaction tog
    differs from its Stripe customer's takes Stripe's data (what the webhook path does on that Stripe
    customer's next change), or, in a run that only pushes, has its own pushed. A Stripe customer that could
    only be linked by guessing is a conflict: reported, and left alone.
-2. `customers`: every published customer of the environment with no link, in id order (keyset), gets a create
-   job in the outbox, so the worker pushes it with its idempotency keys and rate limit.
+2. `customers`: every published customer of the environment with no link, in creation order (keyset on
+   created_at and id), gets a create job in the outbox, so the worker pushes it with its idempotency keys and
+   rate limit.
 
 Directions: `from-stripe` links, imports and takes Stripe's newer data; `to-stripe` links (linking is what
 keeps a push from duplicating a Stripe customer) and pushes flexsync's newer data and unlinked customers;
@@ -377,21 +378,17 @@ class Reconciler:
     # -- pass 2: unlinked customers --------------------------------------------------------------------------
 
     async def push_customers_page(self, session: AsyncSession, after: str | None) -> PageResult:
-        """Queue a create job for the next page of unlinked customers after `after`."""
-        customers = await repository.unlinked_customers(
-            session,
-            self.connection.tenant_id,
-            self.connection.environment_id,
-            self.connection.id,
-            after,
-            PAGE_SIZE,
+        """Queue a create job for each unlinked customer of the next page of customers after `after`."""
+        connection = self.connection
+        customers = await repository.published_customers_after(
+            session, connection.tenant_id, connection.environment_id, after, PAGE_SIZE
         )
-        cursor = customers[-1].id if len(customers) == PAGE_SIZE else None
-        # A dry run's customers "linked" by the Stripe pass are still unlinked here; a real run would not see them.
-        unlinked = [customer for customer in customers if customer.id not in self.claims.linked]
+        linked = await repository.linked_customer_ids(session, connection.id, [customer.id for customer in customers])
+        # A dry run's customers "linked" by the Stripe pass are still unlinked here: they count as linked too.
+        unlinked = [c for c in customers if c.id not in linked and c.id not in self.claims.linked]
         candidates = [customer for customer in unlinked if customer.id not in self.conflicted_customers]
         queued = await self._queue_pushes(session, candidates, PUSHING_UNLINKED)
-        result = PageResult(processed=len(unlinked), cursor=cursor)
+        result = PageResult(processed=len(unlinked), cursor=customers[-1].id if len(customers) == PAGE_SIZE else None)
         result.counts["pushed"] += len(queued)
         result.counts["unchanged"] += len(unlinked) - len(queued)
         return result
