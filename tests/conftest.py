@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from tests.support import (
-    PG_ENV,
     DatabaseUnderTest,
     LocalStripe,
     Server,
     TenantContext,
     new_tenant,
-    postgres_database,
-    sqlite_database,
+    own_database,
     start_localstripe,
     start_server,
 )
@@ -24,14 +21,7 @@ from tests.support import (
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseUnderTest]:
-    if request.param == "sqlite":
-        with sqlite_database(tmp_path_factory.mktemp("sqlite")) as db:
-            yield db
-        return
-    admin_url = os.environ.get(PG_ENV)
-    if not admin_url:
-        pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test)")
-    with postgres_database(admin_url) as db:
+    with own_database(request.param, tmp_path_factory.mktemp("db")) as db:
         yield db
 
 
@@ -74,14 +64,7 @@ def localstripe_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loc
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def inbound_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseUnderTest]:
     """A database of the module's own: no other server's retry sweep meets its webhook events."""
-    if request.param == "sqlite":
-        with sqlite_database(tmp_path_factory.mktemp("inbound-sqlite")) as db:
-            yield db
-        return
-    admin_url = os.environ.get(PG_ENV)
-    if not admin_url:
-        pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test)")
-    with postgres_database(admin_url) as db:
+    with own_database(request.param, tmp_path_factory.mktemp("inbound-db")) as db:
         yield db
 
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import httpx
+import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -105,6 +106,20 @@ def postgres_database(admin_url: str, *, migrated: bool = True) -> Iterator[Data
         yield DatabaseUnderTest(url=url, backend="postgresql")
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def own_database(backend: str, tmp_dir: Path) -> Iterator[DatabaseUnderTest]:
+    """A migrated database of its own on `backend`; PostgreSQL is skipped, with the reason, when not configured."""
+    if backend == "sqlite":
+        with sqlite_database(tmp_dir) as db:
+            yield db
+        return
+    admin_url = os.environ.get(PG_ENV)
+    if not admin_url:
+        pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test)")
+    with postgres_database(admin_url) as db:
+        yield db
 
 
 @dataclass

@@ -8,19 +8,16 @@ that really reached localstripe. A real `flexsync serve` with its embedded worke
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.support import (
-    PG_ENV,
     DatabaseUnderTest,
     LocalStripe,
     Server,
-    postgres_database,
-    sqlite_database,
+    own_database,
     start_localstripe,
     start_server,
 )
@@ -41,14 +38,7 @@ UPDATE = {"method": "POST", "path": "/v1/customers/[^/]+"}
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def fault_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseUnderTest]:
-    if request.param == "sqlite":
-        with sqlite_database(tmp_path_factory.mktemp("faults-sqlite")) as db:
-            yield db
-        return
-    admin_url = os.environ.get(PG_ENV)
-    if not admin_url:
-        pytest.skip(f"PostgreSQL tests need {PG_ENV}")
-    with postgres_database(admin_url) as db:
+    with own_database(request.param, tmp_path_factory.mktemp("faults-db")) as db:
         yield db
 
 
@@ -192,7 +182,8 @@ def test_a_burst_of_updates_coalesces_into_the_latest_state(
     env.wait_settled(customer["id"])
     assert stripe_sdk(upstream.base_url).v1.customers.retrieve(stripe_id).name == "Name 5"
     updates = standin.stats()["requests"].get("POST /v1/customers/{id}", 0)
-    assert 1 <= updates < 5
+    # When the worker claims the create only after the burst, the create itself carries "Name 5": no update call.
+    assert updates < 5
     coalesced = [job for job in env.jobs(customer_id=customer["id"]) if "coalesced_into" in job["result"]]
     assert len(coalesced) == 5 - updates
     wait_for(lambda: all(job["status"] == "succeeded" for job in env.jobs(customer_id=customer["id"])))

@@ -3,7 +3,6 @@ over HTTP, checked through the API and with the official Stripe SDK, on SQLite a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,14 +11,12 @@ import pytest
 import stripe
 
 from tests.support import (
-    PG_ENV,
     DatabaseUnderTest,
     LocalStripe,
     Server,
     assert_error,
     new_tenant,
-    postgres_database,
-    sqlite_database,
+    own_database,
     start_localstripe,
     start_server,
 )
@@ -38,14 +35,7 @@ ADDRESS = {
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def sync_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseUnderTest]:
     """A database of this module's own: its worker must not meet other modules' jobs."""
-    if request.param == "sqlite":
-        with sqlite_database(tmp_path_factory.mktemp("outbound-sqlite")) as db:
-            yield db
-        return
-    admin_url = os.environ.get(PG_ENV)
-    if not admin_url:
-        pytest.skip(f"PostgreSQL tests need {PG_ENV}")
-    with postgres_database(admin_url) as db:
+    with own_database(request.param, tmp_path_factory.mktemp("outbound-db")) as db:
         yield db
 
 

@@ -9,7 +9,6 @@ that reached localstripe for each flexsync customer.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,12 +17,10 @@ from typing import Any
 import pytest
 
 from tests.support import (
-    PG_ENV,
     DatabaseUnderTest,
     LocalStripe,
     Server,
-    postgres_database,
-    sqlite_database,
+    own_database,
     start_localstripe,
     start_server,
 )
@@ -32,14 +29,7 @@ from tests.sync_support import Process, StandIn, SyncTenant, start_standin, star
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def worker_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseUnderTest]:
-    if request.param == "sqlite":
-        with sqlite_database(tmp_path_factory.mktemp("workers-sqlite")) as db:
-            yield db
-        return
-    admin_url = os.environ.get(PG_ENV)
-    if not admin_url:
-        pytest.skip(f"PostgreSQL tests need {PG_ENV}")
-    with postgres_database(admin_url) as db:
+    with own_database(request.param, tmp_path_factory.mktemp("workers-db")) as db:
         yield db
 
 

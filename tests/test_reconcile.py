@@ -11,7 +11,6 @@ every test starts by wiping it and ends with its sync jobs settled.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,16 +27,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.models import SyncJob, utcnow
 from tests.support import (
-    PG_ENV,
     DatabaseUnderTest,
     LocalStripe,
     Server,
     TenantContext,
     assert_error,
     new_tenant,
-    postgres_database,
+    own_database,
     server_env,
-    sqlite_database,
     start_localstripe,
     start_server,
 )
@@ -58,14 +55,7 @@ LIST = {"method": "GET", "path": "/v1/customers"}
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def recon_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseUnderTest]:
     """A database of this module's own: its worker must not meet other modules' jobs."""
-    if request.param == "sqlite":
-        with sqlite_database(tmp_path_factory.mktemp("reconcile-sqlite")) as db:
-            yield db
-        return
-    admin_url = os.environ.get(PG_ENV)
-    if not admin_url:
-        pytest.skip(f"PostgreSQL tests need {PG_ENV}")
-    with postgres_database(admin_url) as db:
+    with own_database(request.param, tmp_path_factory.mktemp("reconcile-db")) as db:
         yield db
 
 
