@@ -122,11 +122,22 @@ def own_database(backend: str, tmp_dir: Path) -> Iterator[DatabaseUnderTest]:
         yield db
 
 
-@dataclass
-class Server:
-    """A real `flexsync serve` process."""
+def wait_for(check: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
+    """Poll `check` every 50 ms until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
 
-    base_url: str
+
+@dataclass
+class Process:
+    """A child process the tests started, with its log file."""
+
     process: subprocess.Popen[bytes]
     log_path: Path
 
@@ -137,10 +148,20 @@ class Server:
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(10)
+                self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+
+    def kill(self) -> None:
+        self.process.kill()
+
+
+@dataclass(kw_only=True)
+class Server(Process):
+    """A real `flexsync serve` process."""
+
+    base_url: str
 
 
 def server_env(db: DatabaseUnderTest, **extra: str) -> dict[str, str]:

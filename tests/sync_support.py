@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,28 +20,18 @@ from flexsync.models import StripeConnection
 from tests.support import (
     TEST_ENCRYPTION_KEY,
     DatabaseUnderTest,
+    Process,
     TenantContext,
     free_port,
     new_tenant,
     server_env,
+    wait_for,
     wait_for_http,
 )
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 STRIPE_TEST_KEY = "sk_test_flexsyncoutbound"
-
-
-def wait_for(check: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
-    """Poll `check` every 50 ms until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass
@@ -142,28 +131,6 @@ def stripe_customers_for(client: stripe.StripeClient, flexprice_customer_id: str
         if not page.has_more:
             return found
         params["starting_after"] = page.data[-1].id
-
-
-@dataclass
-class Process:
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(10)
 
 
 def start_worker(db: DatabaseUnderTest, log_dir: Path, *args: str, **env: str) -> Process:

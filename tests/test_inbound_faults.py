@@ -26,9 +26,9 @@ from flexsync.config import Settings
 from flexsync.deps import Database
 from flexsync.ids import new_id
 from flexsync.models import Customer, CustomerLink, WebhookEvent, utcnow
-from tests.support import TEST_ENCRYPTION_KEY, DatabaseUnderTest, LocalStripe, free_port, new_tenant
+from tests.support import TEST_ENCRYPTION_KEY, DatabaseUnderTest, LocalStripe, free_port, new_tenant, wait_for
 from tests.sync_support import start_worker
-from tests.webhook_support import add_stripe_connection, sign, stripe_customer, stripe_event, wait_for
+from tests.webhook_support import add_stripe_connection, sign, stripe_customer, stripe_event
 
 
 class FailingCustomerInserts:

@@ -15,9 +15,9 @@ import pytest
 import stripe
 
 from flexsync.ids import new_id
-from tests.support import DatabaseUnderTest, LocalStripe, Server
+from tests.support import DatabaseUnderTest, LocalStripe, Server, wait_for
 from tests.sync_support import start_worker
-from tests.webhook_support import STRIPE_KEY, WEBHOOK_SECRET, InboundTenant, inbound_tenant, wait_for
+from tests.webhook_support import STRIPE_KEY, WEBHOOK_SECRET, InboundTenant, inbound_tenant
 
 
 @pytest.fixture

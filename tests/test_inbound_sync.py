@@ -20,8 +20,8 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.models import CustomerLink
-from tests.support import DatabaseUnderTest, LocalStripe, Server, server_env
-from tests.webhook_support import STRIPE_KEY, InboundTenant, inbound_tenant, stripe_customer, stripe_event, wait_for
+from tests.support import DatabaseUnderTest, LocalStripe, Server, server_env, wait_for
+from tests.webhook_support import STRIPE_KEY, InboundTenant, inbound_tenant, stripe_customer, stripe_event
 
 
 @pytest.fixture

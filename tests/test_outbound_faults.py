@@ -20,6 +20,7 @@ from tests.support import (
     own_database,
     start_localstripe,
     start_server,
+    wait_for,
 )
 from tests.sync_support import (
     STRIPE_TEST_KEY,
@@ -29,7 +30,6 @@ from tests.sync_support import (
     stripe_customers_for,
     stripe_sdk,
     sync_tenant,
-    wait_for,
 )
 
 CREATE = {"method": "POST", "path": "/v1/customers"}

@@ -19,8 +19,9 @@ from tests.support import (
     own_database,
     start_localstripe,
     start_server,
+    wait_for,
 )
-from tests.sync_support import SyncTenant, stripe_customers_for, stripe_sdk, sync_tenant, wait_for
+from tests.sync_support import SyncTenant, stripe_customers_for, stripe_sdk, sync_tenant
 
 ADDRESS = {
     "address_line1": "12 Analytical Row",

@@ -23,8 +23,9 @@ from tests.support import (
     own_database,
     start_localstripe,
     start_server,
+    wait_for,
 )
-from tests.sync_support import Process, StandIn, SyncTenant, start_standin, start_worker, sync_tenant, wait_for
+from tests.sync_support import Process, StandIn, SyncTenant, start_standin, start_worker, sync_tenant
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -37,6 +37,7 @@ from tests.support import (
     server_env,
     start_localstripe,
     start_server,
+    wait_for,
 )
 from tests.sync_support import (
     StandIn,
@@ -45,7 +46,6 @@ from tests.sync_support import (
     start_standin,
     stripe_sdk,
     sync_tenant,
-    wait_for,
 )
 
 SETTINGS = {"outbound_enabled": False, "push_updates": False, "email_matching": True}
