@@ -5,16 +5,14 @@ Stripe is asked (`verify: true`) before the database transaction opens, so no lo
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from starlette.responses import Response
 
 from flexsync.connections import repository, secrets, service
 from flexsync.connections.schemas import ConnectionCreate, ConnectionUpdate
 from flexsync.deps import DB, AuthScope
 from flexsync.kit.json import JSONResponse
-from flexsync.kit.pagination import Page, page_body, page_params
+from flexsync.kit.pagination import PageQuery, page_body
 
 router = APIRouter(prefix="/v1/connections", tags=["connections"])
 
@@ -50,7 +48,7 @@ async def create_connection(body: ConnectionCreate, scope: AuthScope, db: DB) ->
 
 
 @router.get("")
-async def list_connections(scope: AuthScope, db: DB, page: Annotated[Page, Depends(page_params)]) -> JSONResponse:
+async def list_connections(scope: AuthScope, db: DB, page: PageQuery) -> JSONResponse:
     async with db.sessions() as session:
         items, total = await repository.list_page(session, scope, page.limit, page.offset)
         return JSONResponse(page_body([service.connection_to_dict(c, db.settings) for c in items], total, page))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from starlette.responses import Response
 
 from flexsync.customers import repository, service
@@ -13,7 +11,7 @@ from flexsync.customers.schemas import CustomerCreate, CustomerSearch, CustomerS
 from flexsync.deps import DB, AuthScope
 from flexsync.kit.errors import NotFound, ValidationFailed
 from flexsync.kit.json import JSONResponse
-from flexsync.kit.pagination import MAX_LIMIT, Page, page_body
+from flexsync.kit.pagination import Page, PageQuery, page_body
 from flexsync.stripe import outbound
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
@@ -31,8 +29,7 @@ async def create_customer(body: CustomerCreate, scope: AuthScope, db: DB) -> JSO
 async def list_customers(
     scope: AuthScope,
     db: DB,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    page: PageQuery,
     external_id: str | None = None,
     email: str | None = None,
     status: CustomerStatusFilter = "published",
@@ -43,10 +40,8 @@ async def list_customers(
         email=email,
     )
     async with db.sessions() as session:
-        items, total = await repository.list_page(session, scope, query, limit, offset)
-        return JSONResponse(
-            page_body([service.customer_to_dict(c) for c in items], total, Page(limit=limit, offset=offset))
-        )
+        items, total = await repository.list_page(session, scope, query, page.limit, page.offset)
+        return JSONResponse(page_body([service.customer_to_dict(c) for c in items], total, page))
 
 
 @router.post("/search")

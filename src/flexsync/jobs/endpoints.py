@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from flexsync.deps import DB, AuthScope
 from flexsync.jobs import repository, service
 from flexsync.kit.errors import NotFound
 from flexsync.kit.json import JSONResponse
-from flexsync.kit.pagination import MAX_LIMIT, Page, page_body
+from flexsync.kit.pagination import PageQuery, page_body
 
 router = APIRouter(prefix="/v1/sync-jobs", tags=["sync jobs"])
 
@@ -21,19 +21,16 @@ JobStatus = Literal["pending", "running", "succeeded", "failed"]
 async def list_sync_jobs(
     scope: AuthScope,
     db: DB,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    page: PageQuery,
     status: JobStatus | None = None,
     customer_id: str | None = None,
 ) -> JSONResponse:
     """Newest first."""
     async with db.sessions() as session:
         items, total = await repository.list_page(
-            session, scope, status=status, customer_id=customer_id, limit=limit, offset=offset
+            session, scope, status=status, customer_id=customer_id, limit=page.limit, offset=page.offset
         )
-        return JSONResponse(
-            page_body([service.job_to_dict(job) for job in items], total, Page(limit=limit, offset=offset))
-        )
+        return JSONResponse(page_body([service.job_to_dict(job) for job in items], total, page))
 
 
 @router.get("/{job_id}")

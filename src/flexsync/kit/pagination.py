@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import Query
+from fastapi import Depends, Query
 from pydantic import BaseModel, Field
 
 DEFAULT_LIMIT = 50
@@ -22,6 +22,14 @@ def page_params(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Page:
     return Page(limit=limit, offset=offset)
+
+
+PageQuery = Annotated[Page, Depends(page_params)]
+
+
+def page_count(total: int, size: int) -> int:
+    """How many pages of `size` hold `total` items (at least one, for an empty list)."""
+    return max(1, -(-total // size))
 
 
 def page_body(items: Sequence[Any], total: int, page: Page) -> dict[str, Any]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body
 
 from flexsync.connections import service as connections
 from flexsync.deps import DB, AuthScope
 from flexsync.kit.json import JSONResponse
-from flexsync.kit.pagination import Page, page_body, page_params
+from flexsync.kit.pagination import PageQuery, page_body
 from flexsync.reconcile import repository, service
 from flexsync.reconcile.schemas import ReconcileRequest
 
@@ -58,7 +58,7 @@ async def start_reconciliation(
 async def list_reconciliations(
     scope: AuthScope,
     db: DB,
-    page: Annotated[Page, Depends(page_params)],
+    page: PageQuery,
     connection_id: str | None = None,
     status: RunStatus | None = None,
 ) -> JSONResponse:

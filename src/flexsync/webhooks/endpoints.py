@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from flexsync.deps import DB, AuthScope
 from flexsync.kit.errors import NotFound
 from flexsync.kit.json import JSONResponse
-from flexsync.kit.pagination import MAX_LIMIT, Page, page_body
+from flexsync.kit.pagination import PageQuery, page_body
 from flexsync.stripe import inbound
 from flexsync.tenancy.service import Scope
 from flexsync.webhooks import repository
@@ -24,15 +24,14 @@ EventStatus = Literal["queued", "applied", "ignored", "failed", "dead"]
 async def list_webhook_events(
     scope: AuthScope,
     db: DB,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    page: PageQuery,
     status: EventStatus | None = None,
     event_type: Annotated[str | None, Query(alias="type", max_length=128)] = None,
 ) -> JSONResponse:
     async with db.sessions() as session:
-        events, total = await repository.list_page(session, scope, status, event_type, limit, offset)
+        events, total = await repository.list_page(session, scope, status, event_type, page.limit, page.offset)
         items = [event_to_dict(event) for event in events]
-    return JSONResponse(page_body(items, total, Page(limit=limit, offset=offset)))
+    return JSONResponse(page_body(items, total, page))
 
 
 async def _get(db: DB, scope: Scope, event_id: str, *, with_payload: bool) -> JSONResponse:

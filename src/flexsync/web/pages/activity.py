@@ -15,6 +15,7 @@ from flexsync.deps import DB
 from flexsync.jobs import repository as jobs_repository
 from flexsync.jobs import service as jobs_service
 from flexsync.kit.errors import NotFound
+from flexsync.kit.pagination import page_count
 from flexsync.stripe import inbound
 from flexsync.web.auth import PostedForm, SignedIn, Viewer
 from flexsync.web.render import render
@@ -69,7 +70,7 @@ async def sync_jobs(
             "statuses": JOB_STATUSES,
             "customer_id": customer_id,
             "page": page,
-            "pages": max(1, -(-total // PAGE_SIZE)),
+            "pages": page_count(total, PAGE_SIZE),
         },
         nav="sync-jobs",
     )
@@ -109,7 +110,7 @@ async def webhook_events(
             "type": type,
             "types": EVENT_TYPES,
             "page": page,
-            "pages": max(1, -(-total // PAGE_SIZE)),
+            "pages": page_count(total, PAGE_SIZE),
         },
         nav="webhook-events",
     )

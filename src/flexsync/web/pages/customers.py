@@ -13,6 +13,7 @@ from flexsync.customers.schemas import SYNC_OWNED_METADATA_KEYS, CustomerCreate,
 from flexsync.deps import DB
 from flexsync.jobs import repository as jobs_repository
 from flexsync.kit.errors import APIError, NotFound
+from flexsync.kit.pagination import page_count
 from flexsync.models import Customer
 from flexsync.stripe import outbound
 from flexsync.web import forms, queries
@@ -40,7 +41,7 @@ async def customer_list(
         customers, total = await queries.search_customers(session, scope, q, status, PAGE_SIZE, (page - 1) * PAGE_SIZE)
         connection = await get_live_connection(session, scope.tenant_id, scope.environment_id)
         states = await queries.sync_states(session, customers)
-    pages = max(1, -(-total // PAGE_SIZE))
+    pages = page_count(total, PAGE_SIZE)
     return render(
         request,
         "customers/list.html",

@@ -11,6 +11,7 @@ from flexsync.connections import repository as connections_repository
 from flexsync.connections import service as connections_service
 from flexsync.deps import DB
 from flexsync.kit.errors import APIError, ValidationFailed
+from flexsync.kit.pagination import page_count
 from flexsync.reconcile import repository, service
 from flexsync.reconcile.schemas import ReconcileRequest
 from flexsync.web import forms
@@ -52,7 +53,7 @@ async def _runs_page(
             "runs": [service.run_to_dict(run) for run in runs],
             "total": total,
             "page": page,
-            "pages": max(1, -(-total // PAGE_SIZE)),
+            "pages": page_count(total, PAGE_SIZE),
             "directions": DIRECTIONS,
             "state": state or forms.FormState(values={"direction": "both", "dry_run": "on"}),
             "labels": {"direction": "Direction", "dry_run": "Dry run", "restart": "Start over"},
