@@ -12,6 +12,10 @@ database, with the same signed `customer.created` / `customer.updated` events fr
 - the reference: `reference_app.py`'s `/webhook-db-lean` (verify_header, one upsert and one commit per event),
   whose acknowledged rate is its end-to-end rate.
 
+For both, the CPU time per event of the server process(es) and of PostgreSQL during the load is reported too:
+on a small machine where the load generator, the server and PostgreSQL share the cores, it tells whether a
+receiver is bound by CPU or by waiting.
+
 Usage (PostgreSQL must be reachable; the script creates and drops its own databases):
 
     python bench/webhook_ingest.py --pg postgresql://postgres@127.0.0.1:5432/postgres --rounds 3
@@ -51,6 +55,50 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its children that were waited for, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_cpu_seconds() -> float:
+    """CPU time of every PostgreSQL process on this machine (backends come and go; the run's own dominate)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as comm:
+                    if comm.read().strip() != "postgres":
+                        continue
+            except OSError:
+                continue
+            total += _cpu_seconds(int(entry))
+    return total
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (uvicorn's workers, when there are several)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
 
 
 def wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -94,7 +142,9 @@ def fresh_database(admin_dsn: str) -> Iterator[str]:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def run_load(args: argparse.Namespace, url: str, label: str, extra: list[str]) -> dict[str, Any]:
+def run_load(args: argparse.Namespace, url: str, label: str, extra: list[str], server_pid: int) -> dict[str, Any]:
+    """Run the load generator; adds the server's and PostgreSQL's CPU time per event (warm-up included, from
+    /proc; PostgreSQL counts all its processes on this machine)."""
     command = [
         sys.executable,
         str(KIT / "webhook_load.py"),
@@ -115,8 +165,15 @@ def run_load(args: argparse.Namespace, url: str, label: str, extra: list[str]) -
         label,
         *extra,
     ]
+    server_tree = process_tree(server_pid)
+    server_before, postgres_before = sum(map(_cpu_seconds, server_tree)), _postgres_cpu_seconds()
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    server_cpu = sum(map(_cpu_seconds, server_tree)) - server_before
+    postgres_cpu = _postgres_cpu_seconds() - postgres_before
     result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    total = result["count"] + args.warmup
+    result["server_cpu_us_per_event"] = round(server_cpu / total * 1e6)
+    result["postgres_cpu_us_per_event"] = round(postgres_cpu / total * 1e6)
     return result
 
 
@@ -215,7 +272,7 @@ def run_flexsync(args: argparse.Namespace, admin_dsn: str, label: str) -> dict[s
         try:
             wait_for(f"http://127.0.0.1:{port}/healthz", server)
             url = f"http://127.0.0.1:{port}/v1/webhooks/stripe/{{tenant_id}}/{{environment_id}}"
-            load = run_load(args, url, label, ["--tenants", tenant_id, "--environments", environment_id])
+            load = run_load(args, url, label, ["--tenants", tenant_id, "--environments", environment_id], server.pid)
             load_ended = time.perf_counter()
             expected = args.count + args.warmup
             while True:
@@ -266,7 +323,7 @@ def run_reference(args: argparse.Namespace, admin_dsn: str, label: str) -> dict[
         )
         try:
             wait_for(f"http://127.0.0.1:{port}/", server)
-            load = run_load(args, f"http://127.0.0.1:{port}/webhook-db-lean", label, [])
+            load = run_load(args, f"http://127.0.0.1:{port}/webhook-db-lean", label, [], server.pid)
             rows = asyncio.run(_reference_rows(dsn))
         finally:
             stop(server)
@@ -298,6 +355,8 @@ def main() -> None:
                 f"{result['label']:<12} acked {result['ok_per_s']:>7.0f}/s"
                 f"  end-to-end {result['end_to_end_per_s']:>7.0f}/s"
                 f"  p50 {result['p50_ms']:>5.1f} ms  p99 {result['p99_ms']:>5.1f} ms  codes {result['codes']}"
+                f"  cpu/event server {result['server_cpu_us_per_event']} us"
+                f" postgres {result['postgres_cpu_us_per_event']} us"
             )
             if name == "flexsync":
                 line += (
@@ -313,7 +372,14 @@ def main() -> None:
         if runs:
             summary[name] = {
                 metric: statistics.median(run[metric] for run in runs)
-                for metric in ("ok_per_s", "end_to_end_per_s", "p50_ms", "p99_ms")
+                for metric in (
+                    "ok_per_s",
+                    "end_to_end_per_s",
+                    "p50_ms",
+                    "p99_ms",
+                    "server_cpu_us_per_event",
+                    "postgres_cpu_us_per_event",
+                )
             }
     if len(summary) == 2:
         summary["end_to_end_ratio"] = round(

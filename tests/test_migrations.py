@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from alembic.migration import MigrationContext
 from flexsync.db import alembic_config, create_engine, migrate
 from flexsync.models import Base
 from tests.support import PG_ENV, DatabaseUnderTest, postgres_database, sqlite_database
+
+# SQLite's reflection cannot read an index on an expression; `expression_indexes` checks those instead.
+EXPRESSION_INDEXES = {"ix_customers_env_email_lower": ("customers", "lower(", "email")}
 
 
 def schema_differences(url: str, metadata: sa.MetaData = Base.metadata) -> list[Any]:
@@ -34,7 +38,28 @@ def schema_differences(url: str, metadata: sa.MetaData = Base.metadata) -> list[
         finally:
             await engine.dispose()
 
-    return asyncio.run(compare())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression-based index")
+        warnings.filterwarnings("ignore", "autogenerate skipping metadata-specified expression-based index")
+        return asyncio.run(compare())
+
+
+def expression_indexes(url: str) -> dict[str, str]:
+    """The expression indexes the database has, by name: the SQL that defines each."""
+
+    async def read() -> dict[str, str]:
+        engine = create_engine(url, null_pool=True)
+        try:
+            async with engine.connect() as conn:
+                if url.startswith("sqlite"):
+                    rows = await conn.execute(sa.text("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))
+                else:
+                    rows = await conn.execute(sa.text("SELECT indexname, indexdef FROM pg_indexes"))
+                return {name: sql for name, sql in rows if name in EXPRESSION_INDEXES}
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
 
 
 def table_names(url: str) -> set[str]:
@@ -65,6 +90,10 @@ def fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[D
 
 def test_migrated_schema_matches_the_models(database: DatabaseUnderTest) -> None:
     assert schema_differences(database.url) == []
+    found = expression_indexes(database.url)
+    assert set(found) == set(EXPRESSION_INDEXES)
+    for name, words in EXPRESSION_INDEXES.items():
+        assert all(word in found[name].lower() for word in words), found[name]
 
 
 def test_the_comparison_sees_drift(database: DatabaseUnderTest) -> None:
@@ -92,3 +121,4 @@ def test_downgrade_to_base_and_upgrade_again(fresh_database: DatabaseUnderTest) 
     migrate(url)
     assert model_tables <= table_names(url)
     assert schema_differences(url) == []
+    assert set(expression_indexes(url)) == set(EXPRESSION_INDEXES)

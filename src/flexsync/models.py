@@ -95,7 +95,8 @@ class Customer(Base):
             sqlite_where=text("status = 'published'"),
         ),
         Index("ix_customers_env_created", "environment_id", "created_at"),
-        Index("ix_customers_env_email", "environment_id", "email"),
+        # Emails are looked up lower-cased (API filter, email matching, dashboard search).
+        Index("ix_customers_env_email_lower", "environment_id", text("lower(email)")),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -1,11 +1,13 @@
 """Inserting many rows, into one or several tables, in as few statements as each backend allows.
 
-PostgreSQL: one statement for everything, `WITH a AS (INSERT ... SELECT * FROM unnest($1::type[], ...)), ...
-INSERT ...`: one array per column, so the statement text is the same whatever the number of rows (prepared
-once, planned cheaply), asyncpg encodes each array in C, and the server runs one statement (one round trip)
-instead of one per row. Tables are written in the order given, so a later table may reference rows of an
-earlier one (foreign keys are checked at the end of the statement). SQLite, in-process and cheap per
-statement: one executemany per table.
+PostgreSQL: one statement for everything, `WITH a AS (INSERT ... SELECT ... FROM json_populate_recordset(...)),
+... INSERT ...`: each table's rows travel as one JSON array (serialised by orjson, a few microseconds per row,
+where binding one array per column cost asyncpg's encoder about five times as much), PostgreSQL turns it
+back into rows of the table's own type, the statement text is the same whatever the number of rows
+(prepared once, planned cheaply), and the server runs one statement (one round trip) instead of one per row.
+Tables are written in the order given, so a later table may reference rows of an earlier one (foreign keys
+are checked at the end of the statement). SQLite, in-process and cheap per statement: one executemany per
+table.
 """
 
 from __future__ import annotations
@@ -16,11 +18,9 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, Table, TextClause, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table, TextClause, text
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-
-_POSTGRESQL = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +39,14 @@ class _Part:
     rows: list[Mapping[str, Any]]
 
 
-def _insert_sql(shape: _Shape, prefix: str) -> str:
+def _insert_sql(shape: _Shape, param: str) -> str:
     table = shape.table
-    arrays = ", ".join(
-        f"CAST(:{prefix}{name} AS {table.c[name].type.compile(dialect=_POSTGRESQL)}[])" for name in shape.columns
+    # Identifiers come from the Table itself (table.c[name] refuses any other name); the rows are one bound value.
+    columns = ", ".join(table.c[name].name for name in shape.columns)
+    sql = (
+        f"INSERT INTO {table.name} ({columns}) SELECT {columns} "  # noqa: S608
+        f"FROM json_populate_recordset(CAST(NULL AS {table.name}), CAST(:{param} AS json))"
     )
-    # Identifiers come from the Table itself (table.c[name] refuses any other name); values are all bound.
-    sql = f"INSERT INTO {table.name} ({', '.join(shape.columns)}) SELECT * FROM unnest({arrays})"  # noqa: S608
     if shape.skip_conflicts_on:
         sql += f" ON CONFLICT ({', '.join(shape.skip_conflicts_on)}) DO NOTHING"
     if shape.returning:
@@ -55,15 +56,14 @@ def _insert_sql(shape: _Shape, prefix: str) -> str:
 
 @lru_cache(maxsize=64)
 def _statement(shapes: tuple[_Shape, ...]) -> TextClause:
-    *first, last = [_insert_sql(shape, f"p{i}_") for i, shape in enumerate(shapes)]
+    *first, last = [_insert_sql(shape, f"p{i}") for i, shape in enumerate(shapes)]
     ctes = ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(first))
     return text(f"WITH {ctes} {last}" if ctes else last)
 
 
-def _column_values(table: Table, name: str, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
-    if isinstance(table.c[name].type, JSON):
-        return [None if row[name] is None else orjson.dumps(row[name]).decode() for row in rows]
-    return [row[name] for row in rows]
+def _rows_json(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The rows as a JSON array; datetimes in RFC 3339 (naive ones taken as UTC), JSON columns nested."""
+    return orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()
 
 
 class Inserts:
@@ -94,11 +94,7 @@ class Inserts:
         if not parts:
             return []
         if session.get_bind().dialect.name == "postgresql":
-            params = {
-                f"p{i}_{name}": _column_values(part.shape.table, name, part.rows)
-                for i, part in enumerate(parts)
-                for name in part.shape.columns
-            }
+            params = {f"p{i}": _rows_json(part.rows) for i, part in enumerate(parts)}
             result = await session.execute(_statement(tuple(part.shape for part in parts)), params)
             return list(result.scalars()) if parts[-1].shape.returning else []
         returned: list[Any] = []
