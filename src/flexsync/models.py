@@ -183,7 +183,13 @@ class WebhookEvent(Base):
     __table_args__ = (
         UniqueConstraint("connection_id", "stripe_event_id", name="uq_webhook_events_connection_event"),
         Index("ix_webhook_events_env_received", "environment_id", "received_at"),
-        Index("ix_webhook_events_status_next", "status", "next_attempt_at"),
+        # The retry sweep's lookup; only pending events are in it (see webhooks.repository.PENDING).
+        Index(
+            "ix_webhook_events_due",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('queued', 'failed')"),
+            sqlite_where=text("status IN ('queued', 'failed')"),
+        ),
         # A Stripe customer once deleted stays deleted: late events for it are recognised by this lookup.
         Index(
             "ix_webhook_events_deleted_objects",

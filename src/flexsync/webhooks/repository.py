@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import Row, Table, and_, bindparam, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 EVENTS: Table = WebhookEvent.__table__  # type: ignore[assignment]
 EVENT_STATUSES = ("queued", "applied", "ignored", "failed", "dead")
 PENDING = ("queued", "failed")
+# The same condition as the partial index `ix_webhook_events_due`, written with constants so that both
+# backends see it matches (a bound `IN ($1, $2)` cannot be proved to imply the index's predicate).
+DUE = text("webhook_events.status IN ('queued', 'failed')")
 # What applying a stored event reads; the payload is parsed once per claim.
 CLAIM_COLUMNS = (EVENTS.c.id, EVENTS.c.connection_id, EVENTS.c.stripe_event_id, EVENTS.c.type, EVENTS.c.payload)
 
@@ -47,7 +50,7 @@ async def claim_due(session: AsyncSession, now: datetime, limit: int) -> Sequenc
     """Lock up to `limit` events due for (another) attempt; other processes skip the locked ones."""
     stmt = (
         select(*CLAIM_COLUMNS)
-        .where(EVENTS.c.status.in_(PENDING), EVENTS.c.next_attempt_at <= now)
+        .where(DUE, EVENTS.c.next_attempt_at <= now)
         .order_by(EVENTS.c.next_attempt_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
