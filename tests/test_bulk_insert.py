@@ -7,6 +7,7 @@ garble is checked here: quotes, backslashes, non-ASCII text, NULLs, nested JSON 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -16,35 +17,28 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.ids import new_id
 from flexsync.kit.bulk import Inserts
-from flexsync.models import Customer, CustomerLink, StripeConnection, WebhookEvent
+from flexsync.models import Customer, CustomerLink, WebhookEvent
 from flexsync.stripe.inbound import CUSTOMERS, EVENTS, LINKS
-from flexsync.tenancy import service as tenancy
-from tests.support import DatabaseUnderTest
+from tests.support import DatabaseUnderTest, new_tenant
+from tests.webhook_support import add_stripe_connection
+
+
+@dataclass(frozen=True)
+class Connection:
+    id: str
+    tenant_id: str
+    environment_id: str
+
 
 AWKWARD = 'Zoë "the \\ quoter" O\'Brien — 北京 🚀\ttab\nnewline'
 
 
-async def _connection(session: AsyncSession) -> StripeConnection:
-    tenant = await tenancy.create_tenant(session, f"Bulk {new_id('t')}")
-    env = await tenancy.create_environment(session, tenant.id, "bulk")
-    connection = StripeConnection(
-        id=new_id("conn"),
-        tenant_id=tenant.id,
-        environment_id=env.id,
-        name="Bulk",
-        mode="test",
-        secret_key_encrypted="x",
-        secret_key_last4="1234",
-        publishable_key="pk_test_bulk",
-        webhook_secrets_encrypted=[],
-        settings={},
-    )
-    session.add(connection)
-    await session.flush()
-    return connection
+def _connection(database: DatabaseUnderTest) -> Connection:
+    tenant = new_tenant(database, base_url="")
+    return Connection(add_stripe_connection(database, tenant), tenant.tenant_id, tenant.environment_id)
 
 
-def _customer(connection: StripeConnection, n: int, created: datetime) -> dict[str, Any]:
+def _customer(connection: Connection, n: int, created: datetime) -> dict[str, Any]:
     return {
         "id": new_id("cust"),
         "tenant_id": connection.tenant_id,
@@ -69,7 +63,7 @@ def _customer(connection: StripeConnection, n: int, created: datetime) -> dict[s
     }
 
 
-def _event(connection: StripeConnection, customer_id: str, stripe_event_id: str, received: datetime) -> dict[str, Any]:
+def _event(connection: Connection, customer_id: str, stripe_event_id: str, received: datetime) -> dict[str, Any]:
     payload = orjson.dumps({"id": stripe_event_id, "data": {"object": {"name": AWKWARD}}}).decode()
     return {
         "id": new_id("whevt"),
@@ -98,8 +92,9 @@ def test_rows_of_several_tables_come_back_exactly(database: DatabaseUnderTest) -
     # An aware time in another zone is stored as the same instant.
     received = datetime(2026, 11, 27, 8, 30, 15, 654321, tzinfo=timezone(timedelta(hours=2)))
 
+    connection = _connection(database)
+
     async def work(session: AsyncSession) -> None:
-        connection = await _connection(session)
         customers = [_customer(connection, n, created) for n in range(3)]
         link = {
             "id": new_id("link"),
@@ -163,8 +158,9 @@ def test_rows_of_several_tables_come_back_exactly(database: DatabaseUnderTest) -
 def test_rows_that_conflict_are_skipped_and_not_returned(database: DatabaseUnderTest) -> None:
     now = datetime.now(UTC)
 
+    connection = _connection(database)
+
     async def work(session: AsyncSession) -> None:
-        connection = await _connection(session)
         customer = _customer(connection, 0, now)
         first = Inserts()
         first.add(CUSTOMERS, [customer])
