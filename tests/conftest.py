@@ -17,6 +17,7 @@ from tests.support import (
     start_localstripe,
     start_server,
 )
+from tests.sync_support import StandIn, start_standin
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
@@ -62,19 +63,36 @@ def localstripe_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loc
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def inbound_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseUnderTest]:
-    """A database of the module's own: no other server's retry sweep meets its webhook events."""
-    with own_database(request.param, tmp_path_factory.mktemp("inbound-db")) as db:
+def module_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseUnderTest]:
+    """A database of the test module's own, on each backend: no other module's server, worker or retry sweep
+    meets its jobs and webhook events."""
+    with own_database(request.param, tmp_path_factory.mktemp("module-db")) as db:
         yield db
 
 
 @pytest.fixture(scope="module")
+def module_localstripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStripe]:
+    """A localstripe of the test module's own: its Stripe customers are the module's alone."""
+    running = start_localstripe(tmp_path_factory.mktemp("localstripe-module"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def standin(module_localstripe: LocalStripe, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
+    """The fault-injecting stand-in (tests/stripe_standin.py) in front of the module's localstripe."""
+    running = start_standin(module_localstripe.base_url, tmp_path_factory.mktemp("standin"))
+    yield running
+    running.process.stop()
+
+
+@pytest.fixture(scope="module")
 def inbound_server(
-    inbound_db: DatabaseUnderTest, localstripe_server: LocalStripe, tmp_path_factory: pytest.TempPathFactory
+    module_db: DatabaseUnderTest, localstripe_server: LocalStripe, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """`flexsync serve --no-worker` that re-fetches Stripe customers from localstripe."""
     running = start_server(
-        inbound_db,
+        module_db,
         tmp_path_factory.mktemp("inbound-logs"),
         "--no-worker",
         FLEXSYNC_STRIPE_API_BASE=localstripe_server.base_url,

@@ -68,15 +68,15 @@ async def count(db: Database, model: Any) -> int:
 
 
 def test_an_event_that_fails_to_apply_is_kept_retried_and_applied_once(
-    inbound_db: DatabaseUnderTest, localstripe_server: LocalStripe
+    module_db: DatabaseUnderTest, localstripe_server: LocalStripe
 ) -> None:
-    tenant = new_tenant(inbound_db, "http://flexsync.test")
-    add_stripe_connection(inbound_db, tenant)
+    tenant = new_tenant(module_db, "http://flexsync.test")
+    add_stripe_connection(module_db, tenant)
     obj = stripe_customer(name="Resilient Customer")
     stripe_evt = stripe_event("customer.created", obj)
     body = json.dumps(stripe_evt).encode()
     settings = Settings(
-        database_url=inbound_db.url,
+        database_url=module_db.url,
         encryption_keys=TEST_ENCRYPTION_KEY,
         stripe_api_base=localstripe_server.base_url,
         run_worker=False,
@@ -116,19 +116,19 @@ def test_an_event_that_fails_to_apply_is_kept_retried_and_applied_once(
 
 
 def test_an_event_waiting_for_an_unreachable_stripe_is_failed_and_kept_for_a_retry(
-    inbound_db: DatabaseUnderTest,
+    module_db: DatabaseUnderTest,
 ) -> None:
     """Two updates in one second need the customer's current state from Stripe; here Stripe cannot be
     reached (nothing listens on the configured API address), so the second update waits as a failed attempt."""
-    tenant = new_tenant(inbound_db, "http://flexsync.test")
-    add_stripe_connection(inbound_db, tenant)
+    tenant = new_tenant(module_db, "http://flexsync.test")
+    add_stripe_connection(module_db, tenant)
     obj = stripe_customer(name="Before")
     now = int(time.time())
     created = stripe_event("customer.created", obj, created=now - 5)
     first = stripe_event("customer.updated", {**obj, "name": "First"}, created=now)
     second = stripe_event("customer.updated", {**obj, "name": "Second"}, created=now)
     settings = Settings(
-        database_url=inbound_db.url,
+        database_url=module_db.url,
         encryption_keys=TEST_ENCRYPTION_KEY,
         stripe_api_base=f"http://127.0.0.1:{free_port()}",
         stripe_timeout_seconds=2,
@@ -162,12 +162,12 @@ def test_an_event_waiting_for_an_unreachable_stripe_is_failed_and_kept_for_a_ret
 
 
 def test_flexsync_worker_applies_events_a_stopped_server_left_queued(
-    inbound_db: DatabaseUnderTest, tmp_path: Path
+    module_db: DatabaseUnderTest, tmp_path: Path
 ) -> None:
     """A server that stored an event and died before applying it leaves it queued; `flexsync worker` (its
     retry sweep) applies it once its recovery time has passed."""
-    tenant = new_tenant(inbound_db, "http://flexsync.test")
-    connection_id = add_stripe_connection(inbound_db, tenant)
+    tenant = new_tenant(module_db, "http://flexsync.test")
+    connection_id = add_stripe_connection(module_db, tenant)
     obj = stripe_customer(name="Left Behind")
     event = stripe_event("customer.created", obj)
 
@@ -190,8 +190,8 @@ def test_flexsync_worker_applies_events_a_stopped_server_left_queued(
             )
         )
 
-    inbound_db.run(store)
-    worker = start_worker(inbound_db, tmp_path)
+    module_db.run(store)
+    worker = start_worker(module_db, tmp_path)
     try:
 
         async def applied(session: AsyncSession) -> WebhookEvent | None:
@@ -200,7 +200,7 @@ def test_flexsync_worker_applies_events_a_stopped_server_left_queued(
             ).scalar_one()
             return stored if stored.status == "applied" else None
 
-        stored = wait_for(lambda: inbound_db.run(applied), what="the worker to apply the event")
+        stored = wait_for(lambda: module_db.run(applied), what="the worker to apply the event")
     finally:
         worker.stop()
 
@@ -209,4 +209,4 @@ def test_flexsync_worker_applies_events_a_stopped_server_left_queued(
         return list(found.scalars().all())
 
     assert stored.attempts == 1 and stored.customer_id is not None
-    assert inbound_db.run(customers) == ["Left Behind"]
+    assert module_db.run(customers) == ["Left Behind"]

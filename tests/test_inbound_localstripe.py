@@ -47,9 +47,9 @@ def wait_customer(inbound: InboundTenant, stripe_id: str, check: Any = bool, wha
 
 
 def test_stripe_customers_created_updated_and_deleted_flow_into_flexsync(
-    inbound_db: DatabaseUnderTest, inbound_server: Server, stripe_api: stripe.StripeClient, webhook: Any
+    module_db: DatabaseUnderTest, inbound_server: Server, stripe_api: stripe.StripeClient, webhook: Any
 ) -> None:
-    with inbound_tenant(inbound_db, inbound_server.base_url) as inbound:
+    with inbound_tenant(module_db, inbound_server.base_url) as inbound:
         webhook(inbound)
         created = stripe_api.v1.customers.create(
             {
@@ -87,9 +87,9 @@ def test_stripe_customers_created_updated_and_deleted_flow_into_flexsync(
 
 
 def test_a_stripe_deletion_archives_when_configured(
-    inbound_db: DatabaseUnderTest, inbound_server: Server, stripe_api: stripe.StripeClient, webhook: Any
+    module_db: DatabaseUnderTest, inbound_server: Server, stripe_api: stripe.StripeClient, webhook: Any
 ) -> None:
-    with inbound_tenant(inbound_db, inbound_server.base_url, {"on_stripe_delete": "archive"}) as inbound:
+    with inbound_tenant(module_db, inbound_server.base_url, {"on_stripe_delete": "archive"}) as inbound:
         webhook(inbound)
         created = stripe_api.v1.customers.create({"email": "nameless@example.com"})
         customer = wait_customer(inbound, created.id)
@@ -101,7 +101,7 @@ def test_a_stripe_deletion_archives_when_configured(
 
 
 def test_flexsyncs_own_pushes_come_back_as_links_not_duplicates_and_echo_nothing(
-    inbound_db: DatabaseUnderTest,
+    module_db: DatabaseUnderTest,
     inbound_server: Server,
     localstripe_server: LocalStripe,
     stripe_api: stripe.StripeClient,
@@ -111,9 +111,9 @@ def test_flexsyncs_own_pushes_come_back_as_links_not_duplicates_and_echo_nothing
     """The full loop: a customer made in flexsync is pushed to Stripe by a real `flexsync worker`; Stripe's
     customer.created for it links (or finds linked) that customer instead of importing a second one, and the
     customer.updated that follows an update in flexsync changes nothing and pushes nothing back."""
-    worker = start_worker(inbound_db, tmp_path, FLEXSYNC_STRIPE_API_BASE=localstripe_server.base_url)
+    worker = start_worker(module_db, tmp_path, FLEXSYNC_STRIPE_API_BASE=localstripe_server.base_url)
     try:
-        with inbound_tenant(inbound_db, inbound_server.base_url) as inbound:
+        with inbound_tenant(module_db, inbound_server.base_url) as inbound:
             webhook(inbound)
             created = inbound.api.post("/v1/customers", json={"external_id": "crm-77", "name": "Katherine"})
             assert created.status_code == 201, created.text

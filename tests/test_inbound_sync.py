@@ -25,8 +25,8 @@ from tests.webhook_support import STRIPE_KEY, InboundTenant, inbound_tenant, str
 
 
 @pytest.fixture
-def inbound(inbound_db: DatabaseUnderTest, inbound_server: Server) -> Iterator[InboundTenant]:
-    with inbound_tenant(inbound_db, inbound_server.base_url) as tenant:
+def inbound(module_db: DatabaseUnderTest, inbound_server: Server) -> Iterator[InboundTenant]:
+    with inbound_tenant(module_db, inbound_server.base_url) as tenant:
         yield tenant
 
 
@@ -175,9 +175,9 @@ def test_a_customer_linked_elsewhere_is_not_taken_over(inbound: InboundTenant) -
 
 
 def test_email_matching_links_the_one_unlinked_customer_with_that_email(
-    inbound_db: DatabaseUnderTest, inbound_server: Server
+    module_db: DatabaseUnderTest, inbound_server: Server
 ) -> None:
-    with inbound_tenant(inbound_db, inbound_server.base_url, {"email_matching": True}) as inbound:
+    with inbound_tenant(module_db, inbound_server.base_url, {"email_matching": True}) as inbound:
         existing = create_customer(inbound, external_id="crm-7", email="Grace@Example.com")
         twin_a = create_customer(inbound, external_id="crm-8", email="twin@example.com")
         create_customer(inbound, external_id="crm-9", email="twin@example.com")
@@ -286,9 +286,9 @@ def test_deletion_in_stripe_is_recorded_and_by_default_keeps_the_customer(inboun
 
 
 def test_on_stripe_delete_unlink_removes_the_link_and_nothing_comes_back(
-    inbound_db: DatabaseUnderTest, inbound_server: Server
+    module_db: DatabaseUnderTest, inbound_server: Server
 ) -> None:
-    with inbound_tenant(inbound_db, inbound_server.base_url, {"on_stripe_delete": "unlink"}) as inbound:
+    with inbound_tenant(module_db, inbound_server.base_url, {"on_stripe_delete": "unlink"}) as inbound:
         now = int(time.time())
         obj, customer = deleted_in_stripe(inbound, now)
 
@@ -300,8 +300,8 @@ def test_on_stripe_delete_unlink_removes_the_link_and_nothing_comes_back(
         assert inbound.customers_for(obj["id"]) == [] and len(inbound.customers()) == 1
 
 
-def test_on_stripe_delete_archive_archives_the_customer(inbound_db: DatabaseUnderTest, inbound_server: Server) -> None:
-    with inbound_tenant(inbound_db, inbound_server.base_url, {"on_stripe_delete": "archive"}) as inbound:
+def test_on_stripe_delete_archive_archives_the_customer(module_db: DatabaseUnderTest, inbound_server: Server) -> None:
+    with inbound_tenant(module_db, inbound_server.base_url, {"on_stripe_delete": "archive"}) as inbound:
         _, customer = deleted_in_stripe(inbound, int(time.time()))
         archived = inbound.api.get(f"/v1/customers/{customer['id']}").json()
         assert archived["status"] == "archived" and archived["updated_by"] == "stripe"

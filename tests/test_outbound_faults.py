@@ -17,8 +17,6 @@ from tests.support import (
     DatabaseUnderTest,
     LocalStripe,
     Server,
-    own_database,
-    start_localstripe,
     start_server,
     wait_for,
 )
@@ -26,7 +24,6 @@ from tests.sync_support import (
     STRIPE_TEST_KEY,
     StandIn,
     SyncTenant,
-    start_standin,
     stripe_customers_for,
     stripe_sdk,
     sync_tenant,
@@ -36,32 +33,12 @@ CREATE = {"method": "POST", "path": "/v1/customers"}
 UPDATE = {"method": "POST", "path": "/v1/customers/[^/]+"}
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def fault_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseUnderTest]:
-    with own_database(request.param, tmp_path_factory.mktemp("faults-db")) as db:
-        yield db
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStripe]:
-    running = start_localstripe(tmp_path_factory.mktemp("localstripe-faults"))
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def standin(upstream: LocalStripe, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
-    running = start_standin(upstream.base_url, tmp_path_factory.mktemp("standin"))
-    yield running
-    running.process.stop()
-
-
 @pytest.fixture(scope="module")
 def fault_server(
-    fault_db: DatabaseUnderTest, standin: StandIn, tmp_path_factory: pytest.TempPathFactory
+    module_db: DatabaseUnderTest, standin: StandIn, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     running = start_server(
-        fault_db,
+        module_db,
         tmp_path_factory.mktemp("faults-logs"),
         FLEXSYNC_STRIPE_API_BASE=standin.base_url,
         FLEXSYNC_STRIPE_TIMEOUT_SECONDS="3",
@@ -71,9 +48,9 @@ def fault_server(
 
 
 @pytest.fixture
-def env(fault_db: DatabaseUnderTest, fault_server: Server, standin: StandIn) -> Iterator[SyncTenant]:
+def env(module_db: DatabaseUnderTest, fault_server: Server, standin: StandIn) -> Iterator[SyncTenant]:
     standin.reset()
-    with sync_tenant(fault_db, fault_server.base_url) as tenant:
+    with sync_tenant(module_db, fault_server.base_url) as tenant:
         yield tenant
     standin.reset()
 
@@ -157,7 +134,7 @@ def test_an_error_naming_the_key_never_shows_it(env: SyncTenant, standin: StandI
 
 
 def test_a_create_whose_answer_was_lost_is_replayed_not_repeated(
-    env: SyncTenant, standin: StandIn, upstream: LocalStripe
+    env: SyncTenant, standin: StandIn, module_localstripe: LocalStripe
 ) -> None:
     """Stripe created the customer, but the answer came too late (the client timed out after 3 s). The retry
     sends the same Idempotency-Key and body, so Stripe (here the stand-in) replays the first answer."""
@@ -168,11 +145,11 @@ def test_a_create_whose_answer_was_lost_is_replayed_not_repeated(
     assert (job["status"], job["attempts"]) == ("succeeded", 2)
     stats = standin.stats()
     assert stats["creates"][customer["id"]] == 1 and stats["replays"] == 1
-    assert [c.id for c in stripe_customers_for(stripe_sdk(upstream.base_url), customer["id"])] == [stripe_id]
+    assert [c.id for c in stripe_customers_for(stripe_sdk(module_localstripe.base_url), customer["id"])] == [stripe_id]
 
 
 def test_a_burst_of_updates_coalesces_into_the_latest_state(
-    env: SyncTenant, standin: StandIn, upstream: LocalStripe
+    env: SyncTenant, standin: StandIn, module_localstripe: LocalStripe
 ) -> None:
     standin.faults({**CREATE, "action": "delay", "seconds": 3})
     customer = env.create()
@@ -180,7 +157,7 @@ def test_a_burst_of_updates_coalesces_into_the_latest_state(
         assert env.api.put(f"/v1/customers/{customer['id']}", json={"name": f"Name {n}"}).status_code == 200
     stripe_id = env.wait_linked(customer["id"])
     env.wait_settled(customer["id"])
-    assert stripe_sdk(upstream.base_url).v1.customers.retrieve(stripe_id).name == "Name 5"
+    assert stripe_sdk(module_localstripe.base_url).v1.customers.retrieve(stripe_id).name == "Name 5"
     updates = standin.stats()["requests"].get("POST /v1/customers/{id}", 0)
     # When the worker claims the create only after the burst, the create itself carries "Name 5": no update call.
     assert updates < 5

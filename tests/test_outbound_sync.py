@@ -16,8 +16,6 @@ from tests.support import (
     Server,
     assert_error,
     new_tenant,
-    own_database,
-    start_localstripe,
     start_server,
     wait_for,
 )
@@ -33,44 +31,30 @@ ADDRESS = {
 }
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def sync_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseUnderTest]:
-    """A database of this module's own: its worker must not meet other modules' jobs."""
-    with own_database(request.param, tmp_path_factory.mktemp("outbound-db")) as db:
-        yield db
-
-
-@pytest.fixture(scope="module")
-def stripe_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStripe]:
-    running = start_localstripe(tmp_path_factory.mktemp("localstripe-outbound"))
-    yield running
-    running.stop()
-
-
 @pytest.fixture(scope="module")
 def sync_server(
-    sync_db: DatabaseUnderTest, stripe_api: LocalStripe, tmp_path_factory: pytest.TempPathFactory
+    module_db: DatabaseUnderTest, module_localstripe: LocalStripe, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     running = start_server(
-        sync_db, tmp_path_factory.mktemp("outbound-logs"), FLEXSYNC_STRIPE_API_BASE=stripe_api.base_url
+        module_db, tmp_path_factory.mktemp("outbound-logs"), FLEXSYNC_STRIPE_API_BASE=module_localstripe.base_url
     )
     yield running
     running.stop()
 
 
 @pytest.fixture
-def stripe_client(stripe_api: LocalStripe) -> stripe.StripeClient:
-    return stripe_sdk(stripe_api.base_url)
+def stripe_client(module_localstripe: LocalStripe) -> stripe.StripeClient:
+    return stripe_sdk(module_localstripe.base_url)
 
 
 @pytest.fixture
-def env(sync_db: DatabaseUnderTest, sync_server: Server) -> Iterator[SyncTenant]:
-    with sync_tenant(sync_db, sync_server.base_url) as tenant:
+def env(module_db: DatabaseUnderTest, sync_server: Server) -> Iterator[SyncTenant]:
+    with sync_tenant(module_db, sync_server.base_url) as tenant:
         yield tenant
 
 
-def configured(sync_db: DatabaseUnderTest, sync_server: Server, **settings: Any) -> Any:
-    return sync_tenant(sync_db, sync_server.base_url, settings)
+def configured(module_db: DatabaseUnderTest, sync_server: Server, **settings: Any) -> Any:
+    return sync_tenant(module_db, sync_server.base_url, settings)
 
 
 def test_new_customer_is_created_in_stripe_with_mapped_fields_and_linked(
@@ -130,8 +114,8 @@ def test_changes_to_synced_fields_are_pushed(env: SyncTenant, stripe_client: str
     assert len(stripe_customers_for(stripe_client, customer["id"])) == 1
 
 
-def test_no_connection_means_no_jobs(sync_db: DatabaseUnderTest, sync_server: Server) -> None:
-    tenant = new_tenant(sync_db, sync_server.base_url)
+def test_no_connection_means_no_jobs(module_db: DatabaseUnderTest, sync_server: Server) -> None:
+    tenant = new_tenant(module_db, sync_server.base_url)
     with tenant.client() as api:
         customer = api.post("/v1/customers", json={"external_id": "x", "name": "Solo"}).json()
         assert api.put(f"/v1/customers/{customer['id']}", json={"name": "Solo 2"}).status_code == 200
@@ -142,9 +126,9 @@ def test_no_connection_means_no_jobs(sync_db: DatabaseUnderTest, sync_server: Se
 
 
 def test_outbound_disabled_waits_for_sync_to_stripe_which_never_duplicates(
-    sync_db: DatabaseUnderTest, sync_server: Server, stripe_client: stripe.StripeClient
+    module_db: DatabaseUnderTest, sync_server: Server, stripe_client: stripe.StripeClient
 ) -> None:
-    with configured(sync_db, sync_server, outbound_enabled=False) as env:
+    with configured(module_db, sync_server, outbound_enabled=False) as env:
         customer = env.create(email="manual@example.com")
         assert env.jobs() == []
         assert env.sync(customer["id"])["link_status"] == "not_linked"
@@ -169,9 +153,9 @@ def test_outbound_disabled_waits_for_sync_to_stripe_which_never_duplicates(
 
 
 def test_sync_to_stripe_pushes_changes_when_automatic_updates_are_off(
-    sync_db: DatabaseUnderTest, sync_server: Server, stripe_client: stripe.StripeClient
+    module_db: DatabaseUnderTest, sync_server: Server, stripe_client: stripe.StripeClient
 ) -> None:
-    with configured(sync_db, sync_server, push_updates=False) as env:
+    with configured(module_db, sync_server, push_updates=False) as env:
         customer = env.create()
         stripe_id = env.wait_linked(customer["id"])
         env.wait_settled(customer["id"])
@@ -188,9 +172,9 @@ def test_sync_to_stripe_pushes_changes_when_automatic_updates_are_off(
 
 @pytest.mark.parametrize("policy", ["ignore", "delete_in_stripe"])
 def test_archive_follows_on_customer_archive(
-    sync_db: DatabaseUnderTest, sync_server: Server, stripe_client: stripe.StripeClient, policy: str
+    module_db: DatabaseUnderTest, sync_server: Server, stripe_client: stripe.StripeClient, policy: str
 ) -> None:
-    with configured(sync_db, sync_server, on_customer_archive=policy) as env:
+    with configured(module_db, sync_server, on_customer_archive=policy) as env:
         customer = env.create()
         stripe_id = env.wait_linked(customer["id"])
         env.wait_settled(customer["id"])
@@ -252,8 +236,8 @@ def test_integration_entity_mapping_to_a_missing_stripe_customer_fails_the_job(e
     assert job["attempts"] == 1 and job["finished_at"] is not None
 
 
-def test_integration_entity_mapping_needs_a_connection(sync_db: DatabaseUnderTest, sync_server: Server) -> None:
-    tenant = new_tenant(sync_db, sync_server.base_url)
+def test_integration_entity_mapping_needs_a_connection(module_db: DatabaseUnderTest, sync_server: Server) -> None:
+    tenant = new_tenant(module_db, sync_server.base_url)
     with tenant.client() as api:
         body = {"external_id": "m", "name": "M", "integration_entity_mapping": [{"provider": "stripe", "id": "cus_1"}]}
         error = assert_error(api.post("/v1/customers", json=body), 400, "validation_error")
@@ -285,11 +269,11 @@ def test_sync_endpoints_answer_errors_in_the_contract_shape(env: SyncTenant, syn
         assert_error(anonymous.get("/v1/sync-jobs"), 401, "unauthorized")
 
 
-def test_another_tenants_jobs_are_invisible(env: SyncTenant, sync_db: DatabaseUnderTest, sync_server: Server) -> None:
+def test_another_tenants_jobs_are_invisible(env: SyncTenant, module_db: DatabaseUnderTest, sync_server: Server) -> None:
     customer = env.create()
     env.wait_settled(customer["id"])
     (job,) = env.jobs()
-    with configured(sync_db, sync_server) as other:
+    with configured(module_db, sync_server) as other:
         assert other.jobs() == []
         assert_error(other.api.get(f"/v1/sync-jobs/{job['id']}"), 404, "not_found")
         assert_error(other.api.post(f"/v1/customers/{customer['id']}/sync-to-stripe"), 404, "not_found")
@@ -318,9 +302,9 @@ def test_list_shape_and_status_filter(env: SyncTenant) -> None:
 
 
 def test_an_update_with_integration_entity_mapping_links_an_unlinked_customer(
-    sync_db: DatabaseUnderTest, sync_server: Server, stripe_client: stripe.StripeClient
+    module_db: DatabaseUnderTest, sync_server: Server, stripe_client: stripe.StripeClient
 ) -> None:
-    with configured(sync_db, sync_server, outbound_enabled=False) as env:
+    with configured(module_db, sync_server, outbound_enabled=False) as env:
         existing = stripe_client.v1.customers.create({"name": "Adopted later"})
         customer = env.create()
         mapping = {"integration_entity_mapping": [{"provider": "stripe", "id": existing.id}]}

@@ -18,45 +18,22 @@ import pytest
 
 from tests.support import (
     DatabaseUnderTest,
-    LocalStripe,
     Server,
-    own_database,
-    start_localstripe,
     start_server,
     wait_for,
 )
-from tests.sync_support import Process, StandIn, SyncTenant, start_standin, start_worker, sync_tenant
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def worker_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseUnderTest]:
-    with own_database(request.param, tmp_path_factory.mktemp("workers-db")) as db:
-        yield db
+from tests.sync_support import Process, StandIn, SyncTenant, start_worker, sync_tenant
 
 
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStripe]:
-    running = start_localstripe(tmp_path_factory.mktemp("localstripe-workers"))
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def standin(upstream: LocalStripe, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
-    running = start_standin(upstream.base_url, tmp_path_factory.mktemp("standin-workers"))
-    yield running
-    running.process.stop()
-
-
-@pytest.fixture(scope="module")
-def api_server(worker_db: DatabaseUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(worker_db, tmp_path_factory.mktemp("workers-logs"), "--no-worker")
+def api_server(module_db: DatabaseUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start_server(module_db, tmp_path_factory.mktemp("workers-logs"), "--no-worker")
     yield running
     running.stop()
 
 
 @pytest.fixture
-def workers(worker_db: DatabaseUnderTest, standin: StandIn, tmp_path: Path) -> Iterator[Any]:
+def workers(module_db: DatabaseUnderTest, standin: StandIn, tmp_path: Path) -> Iterator[Any]:
     """Starts `flexsync worker` processes on demand; stops whatever is left at the end of the test."""
     started: list[Process] = []
 
@@ -66,7 +43,7 @@ def workers(worker_db: DatabaseUnderTest, standin: StandIn, tmp_path: Path) -> I
             "FLEXSYNC_JOB_POLL_INTERVAL": "0.2",
             **env,
         }
-        process = start_worker(worker_db, tmp_path, *args, **settings)
+        process = start_worker(module_db, tmp_path, *args, **settings)
         started.append(process)
         return process
 
@@ -78,8 +55,8 @@ def workers(worker_db: DatabaseUnderTest, standin: StandIn, tmp_path: Path) -> I
 
 
 @pytest.fixture
-def env(worker_db: DatabaseUnderTest, api_server: Server) -> Iterator[SyncTenant]:
-    with sync_tenant(worker_db, api_server.base_url, {"rate_limit": 1000}) as tenant:
+def env(module_db: DatabaseUnderTest, api_server: Server) -> Iterator[SyncTenant]:
+    with sync_tenant(module_db, api_server.base_url, {"rate_limit": 1000}) as tenant:
         yield tenant
 
 
@@ -122,9 +99,9 @@ def test_a_worker_killed_mid_job_is_taken_over_and_the_job_completes_once(
 
 
 def test_four_workers_share_500_customers_without_doing_anything_twice(
-    worker_db: DatabaseUnderTest, env: SyncTenant, workers: Any, standin: StandIn
+    module_db: DatabaseUnderTest, env: SyncTenant, workers: Any, standin: StandIn
 ) -> None:
-    if worker_db.backend != "postgresql":
+    if module_db.backend != "postgresql":
         pytest.skip("several workers share one database on PostgreSQL (SQLite has a single writer)")
     processes = [workers("--concurrency", "8") for _ in range(4)]
 

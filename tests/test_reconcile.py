@@ -33,9 +33,7 @@ from tests.support import (
     TenantContext,
     assert_error,
     new_tenant,
-    own_database,
     server_env,
-    start_localstripe,
     start_server,
     wait_for,
 )
@@ -43,7 +41,6 @@ from tests.sync_support import (
     StandIn,
     SyncTenant,
     add_connection,
-    start_standin,
     stripe_sdk,
     sync_tenant,
 )
@@ -52,36 +49,15 @@ SETTINGS = {"outbound_enabled": False, "push_updates": False, "email_matching": 
 LIST = {"method": "GET", "path": "/v1/customers"}
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def recon_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseUnderTest]:
-    """A database of this module's own: its worker must not meet other modules' jobs."""
-    with own_database(request.param, tmp_path_factory.mktemp("reconcile-db")) as db:
-        yield db
-
-
-@pytest.fixture(scope="module")
-def stripe_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStripe]:
-    running = start_localstripe(tmp_path_factory.mktemp("localstripe-reconcile"))
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def standin(stripe_api: LocalStripe, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
-    running = start_standin(stripe_api.base_url, tmp_path_factory.mktemp("standin-reconcile"))
-    yield running
-    running.process.stop()
-
-
 @pytest.fixture(scope="module")
 def recon_server(
-    recon_db: DatabaseUnderTest, stripe_api: LocalStripe, tmp_path_factory: pytest.TempPathFactory
+    module_db: DatabaseUnderTest, module_localstripe: LocalStripe, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """`flexsync serve` with its embedded worker, pushing to localstripe."""
     running = start_server(
-        recon_db,
+        module_db,
         tmp_path_factory.mktemp("reconcile-logs"),
-        FLEXSYNC_STRIPE_API_BASE=stripe_api.base_url,
+        FLEXSYNC_STRIPE_API_BASE=module_localstripe.base_url,
         FLEXSYNC_JOB_POLL_INTERVAL="0.2",
     )
     yield running
@@ -89,15 +65,15 @@ def recon_server(
 
 
 @pytest.fixture
-def sdk(stripe_api: LocalStripe, standin: StandIn) -> stripe.StripeClient:
-    stripe_api.wipe()
+def sdk(module_localstripe: LocalStripe, standin: StandIn) -> stripe.StripeClient:
+    module_localstripe.wipe()
     standin.reset()
-    return stripe_sdk(stripe_api.base_url)
+    return stripe_sdk(module_localstripe.base_url)
 
 
 @pytest.fixture
-def env(recon_db: DatabaseUnderTest, recon_server: Server, sdk: stripe.StripeClient) -> Iterator[SyncTenant]:
-    with sync_tenant(recon_db, recon_server.base_url, SETTINGS) as tenant:
+def env(module_db: DatabaseUnderTest, recon_server: Server, sdk: stripe.StripeClient) -> Iterator[SyncTenant]:
+    with sync_tenant(module_db, recon_server.base_url, SETTINGS) as tenant:
         yield tenant
         wait_settled(tenant)
 
@@ -287,13 +263,13 @@ PROCESSED = 184 + 32
 
 
 def test_dry_run_then_real_run_then_nothing_left_to_do(
-    env: SyncTenant, sdk: stripe.StripeClient, recon_db: DatabaseUnderTest, stripe_api: LocalStripe
+    env: SyncTenant, sdk: stripe.StripeClient, module_db: DatabaseUnderTest, module_localstripe: LocalStripe
 ) -> None:
     mixed = build_mixed(env, sdk)
     before = all_customers(env.api)
     jobs_before = push_jobs(env)
 
-    dry = reconcile_json(recon_db, stripe_api.base_url, env.connection_id, "--dry-run")
+    dry = reconcile_json(module_db, module_localstripe.base_url, env.connection_id, "--dry-run")
     assert (dry["status"], dry["dry_run"], dry["direction"]) == ("succeeded", True, "both")
     assert dry["counts"] == EXPECTED
     assert conflicts_of(dry) == mixed.expected_conflicts
@@ -302,7 +278,7 @@ def test_dry_run_then_real_run_then_nothing_left_to_do(
     assert push_jobs(env) == jobs_before
     assert len(stripe_customers(sdk)) == 184
 
-    real = reconcile_json(recon_db, stripe_api.base_url, env.connection_id)
+    real = reconcile_json(module_db, module_localstripe.base_url, env.connection_id)
     assert (real["status"], real["dry_run"]) == ("succeeded", False)
     assert real["counts"] == EXPECTED
     assert conflicts_of(real) == mixed.expected_conflicts
@@ -346,7 +322,7 @@ def test_dry_run_then_real_run_then_nothing_left_to_do(
         assert linked_to[cid] is not None
 
     settled = all_customers(env.api)
-    again = reconcile_json(recon_db, stripe_api.base_url, env.connection_id)
+    again = reconcile_json(module_db, module_localstripe.base_url, env.connection_id)
     assert again["id"] != real["id"]
     assert again["counts"] == counts(unchanged=PROCESSED - 5, conflicts=5)
     assert conflicts_of(again) == mixed.expected_conflicts
@@ -355,7 +331,7 @@ def test_dry_run_then_real_run_then_nothing_left_to_do(
 
 
 def test_a_run_stopped_by_stripe_failures_resumes_from_its_cursor(
-    env: SyncTenant, sdk: stripe.StripeClient, recon_db: DatabaseUnderTest, standin: StandIn
+    env: SyncTenant, sdk: stripe.StripeClient, module_db: DatabaseUnderTest, standin: StandIn
 ) -> None:
     claimed = env.create(external_id="claimed", name="Claimed")["id"]
     (first,) = create_in_stripe(sdk, [{"name": "First", "metadata": {"flexprice_customer_id": claimed}}])
@@ -368,7 +344,7 @@ def test_a_run_stopped_by_stripe_failures_resumes_from_its_cursor(
         {"action": "status", **LIST, "status": 500, "headers": {"Stripe-Should-Retry": "false"}, "count": 1},
     )
 
-    stopped = reconcile_cli(recon_db, standin.base_url, env.connection_id, "--json")
+    stopped = reconcile_cli(module_db, standin.base_url, env.connection_id, "--json")
     assert stopped.returncode == 1
     report = json.loads(stopped.stdout)
     assert report["status"] == "failed" and "500" in report["error"]
@@ -376,7 +352,7 @@ def test_a_run_stopped_by_stripe_failures_resumes_from_its_cursor(
     assert report["progress"] == {"phase": "stripe", "cursor": page_one_ends_at, "processed": 100}
     assert f"Reconciliation {report['id']} stopped" in stopped.stderr and "again to resume" in stopped.stderr
 
-    resumed = reconcile_json(recon_db, standin.base_url, env.connection_id)
+    resumed = reconcile_json(module_db, standin.base_url, env.connection_id)
     assert resumed["id"] == report["id"] and resumed["status"] == "succeeded"
     assert resumed["counts"] == counts(linked=1, imported=150, pushed=10, conflicts=1)
     assert resumed["progress"]["processed"] == 152 + 10
@@ -421,7 +397,7 @@ def test_a_killed_run_is_resumed_by_the_next_command(
 
 
 def test_a_killed_run_is_taken_over_by_a_worker(
-    env: SyncTenant, sdk: stripe.StripeClient, recon_db: DatabaseUnderTest, standin: StandIn
+    env: SyncTenant, sdk: stripe.StripeClient, module_db: DatabaseUnderTest, standin: StandIn
 ) -> None:
     """The run's job outlives the command: once its lease runs out, the server's worker finishes the run."""
     stripe_only = create_in_stripe(sdk, [{"name": f"Only {i}"} for i in range(130)])
@@ -429,7 +405,7 @@ def test_a_killed_run_is_taken_over_by_a_worker(
     command = [sys.executable, "-m", "flexsync", "reconcile", "--connection", env.connection_id]
     process = subprocess.Popen(
         command,
-        env=server_env(recon_db, FLEXSYNC_STRIPE_API_BASE=standin.base_url, FLEXSYNC_JOB_LEASE_SECONDS="1"),
+        env=server_env(module_db, FLEXSYNC_STRIPE_API_BASE=standin.base_url, FLEXSYNC_JOB_LEASE_SECONDS="1"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -445,7 +421,7 @@ def test_a_killed_run_is_taken_over_by_a_worker(
 
 
 def test_rate_limited_pages_are_retried(
-    env: SyncTenant, sdk: stripe.StripeClient, recon_db: DatabaseUnderTest, standin: StandIn
+    env: SyncTenant, sdk: stripe.StripeClient, module_db: DatabaseUnderTest, standin: StandIn
 ) -> None:
     """Stripe's 429 (which localstripe never sends) on listing: the page is asked for again after a backoff."""
     create_in_stripe(sdk, [{"name": f"Only {i}"} for i in range(120)])
@@ -453,7 +429,7 @@ def test_rate_limited_pages_are_retried(
         {"action": "delay", **LIST, "seconds": 0, "count": 1},
         {"action": "status", **LIST, "status": 429, "error_type": "rate_limit_error", "count": 2},
     )
-    report = reconcile_json(recon_db, standin.base_url, env.connection_id)
+    report = reconcile_json(module_db, standin.base_url, env.connection_id)
     assert report["status"] == "succeeded" and report["counts"] == counts(imported=120)
     stats = standin.stats()
     assert stats["injected"] == 2 and stats["requests"]["GET /v1/customers"] == 2 + 2
@@ -473,14 +449,14 @@ def one_run_with(api: httpx.Client, processed: int) -> dict[str, Any] | None:
 
 
 def test_directions(
-    env: SyncTenant, sdk: stripe.StripeClient, recon_db: DatabaseUnderTest, stripe_api: LocalStripe
+    env: SyncTenant, sdk: stripe.StripeClient, module_db: DatabaseUnderTest, module_localstripe: LocalStripe
 ) -> None:
     named = env.create(external_id="named", name="Named")["id"]
     flexsync_only = [env.create(external_id=f"flex-{i}")["id"] for i in range(2)]
     stripe_only = create_in_stripe(sdk, [{"name": f"Only {i}"} for i in range(3)])
     (naming,) = create_in_stripe(sdk, [{"name": "Named in Stripe", "metadata": {"flexprice_customer_id": named}}])
 
-    to_stripe = reconcile_json(recon_db, stripe_api.base_url, env.connection_id, "--direction", "to-stripe")
+    to_stripe = reconcile_json(module_db, module_localstripe.base_url, env.connection_id, "--direction", "to-stripe")
     # Linking is part of both directions: it is what keeps a push from duplicating a Stripe customer.
     assert to_stripe["counts"] == counts(linked=1, pushed=2, unchanged=3)
     customers = {c["id"]: c for c in all_customers(env.api)}
@@ -494,7 +470,9 @@ def test_directions(
     }
     assert sdk.v1.customers.retrieve(naming).name == "Named"
 
-    from_stripe = reconcile_json(recon_db, stripe_api.base_url, env.connection_id, "--direction", "from-stripe")
+    from_stripe = reconcile_json(
+        module_db, module_localstripe.base_url, env.connection_id, "--direction", "from-stripe"
+    )
     assert from_stripe["counts"] == counts(imported=3, unchanged=3)
     assert from_stripe["progress"]["processed"] == 6
     imported = {c["metadata"]["stripe_customer_id"] for c in all_customers(env.api) if c["created_by"] == "stripe"}
@@ -502,7 +480,7 @@ def test_directions(
 
 
 def test_http_api_runs_in_the_background(
-    env: SyncTenant, sdk: stripe.StripeClient, recon_db: DatabaseUnderTest, recon_server: Server
+    env: SyncTenant, sdk: stripe.StripeClient, module_db: DatabaseUnderTest, recon_server: Server
 ) -> None:
     stripe_only = create_in_stripe(sdk, [{"name": f"Only {i}", "email": f"only{i}@example.com"} for i in range(5)])
     env.create(external_id="flex-0")
@@ -538,7 +516,7 @@ def test_http_api_runs_in_the_background(
     assert_error(api.post("/v1/connections/conn_unknown/reconcile", json={}), 404, "not_found")
     assert_error(api.get("/v1/reconciliations/recon_unknown"), 404, "not_found")
 
-    other = new_tenant(recon_db, recon_server.base_url)
+    other = new_tenant(module_db, recon_server.base_url)
     with other.client() as stranger:
         assert_error(stranger.get(f"/v1/reconciliations/{body['id']}"), 404, "not_found")
         assert_error(stranger.post(url, json={}), 404, "not_found")

@@ -27,8 +27,8 @@ from tests.webhook_support import (
 
 
 @pytest.fixture
-def inbound(inbound_db: DatabaseUnderTest, inbound_server: Server) -> Iterator[InboundTenant]:
-    with inbound_tenant(inbound_db, inbound_server.base_url) as tenant:
+def inbound(module_db: DatabaseUnderTest, inbound_server: Server) -> Iterator[InboundTenant]:
+    with inbound_tenant(module_db, inbound_server.base_url) as tenant:
         yield tenant
 
 
@@ -173,8 +173,8 @@ def test_a_body_over_one_mib_is_refused_with_413_and_not_stored(inbound: Inbound
     assert_nothing_stored(inbound)
 
 
-def test_both_webhook_secrets_verify_during_a_rotation(inbound_db: DatabaseUnderTest, inbound_server: Server) -> None:
-    with inbound_tenant(inbound_db, inbound_server.base_url, secrets=("whsec_newsecret", WEBHOOK_SECRET)) as inbound:
+def test_both_webhook_secrets_verify_during_a_rotation(module_db: DatabaseUnderTest, inbound_server: Server) -> None:
+    with inbound_tenant(module_db, inbound_server.base_url, secrets=("whsec_newsecret", WEBHOOK_SECRET)) as inbound:
         for secret in ("whsec_newsecret", WEBHOOK_SECRET):
             event = stripe_event("customer.created", stripe_customer())
             response = inbound.deliver(event, secret=secret)
@@ -198,15 +198,15 @@ def test_a_just_changed_secret_verifies_at_once_and_the_removed_one_no_longer_do
 
 
 def test_no_receiving_connection_answers_404(
-    inbound_db: DatabaseUnderTest, inbound_server: Server, inbound: InboundTenant
+    module_db: DatabaseUnderTest, inbound_server: Server, inbound: InboundTenant
 ) -> None:
     event = stripe_event("customer.created", stripe_customer())
     tenant, env = inbound.tenant.tenant_id, inbound.tenant.environment_id
-    unconnected = new_tenant(inbound_db, inbound_server.base_url)
-    secretless = new_tenant(inbound_db, inbound_server.base_url)
-    add_stripe_connection(inbound_db, secretless, secrets=())
-    disabled = new_tenant(inbound_db, inbound_server.base_url)
-    add_stripe_connection(inbound_db, disabled, status="disabled")
+    unconnected = new_tenant(module_db, inbound_server.base_url)
+    secretless = new_tenant(module_db, inbound_server.base_url)
+    add_stripe_connection(module_db, secretless, secrets=())
+    disabled = new_tenant(module_db, inbound_server.base_url)
+    add_stripe_connection(module_db, disabled, status="disabled")
     paths = [
         f"/v1/webhooks/stripe/tenant_unknown/{env}",
         f"/v1/webhooks/stripe/{tenant}/env_unknown",
@@ -231,9 +231,9 @@ def test_other_event_types_are_stored_and_ignored(inbound: InboundTenant) -> Non
 
 
 def test_with_inbound_sync_off_events_are_stored_and_ignored(
-    inbound_db: DatabaseUnderTest, inbound_server: Server
+    module_db: DatabaseUnderTest, inbound_server: Server
 ) -> None:
-    with inbound_tenant(inbound_db, inbound_server.base_url, {"inbound_enabled": False}) as inbound:
+    with inbound_tenant(module_db, inbound_server.base_url, {"inbound_enabled": False}) as inbound:
         event = stripe_event("customer.created", stripe_customer())
         assert inbound.deliver_ok(event)["status"] == "ignored"
         stored = inbound.event_for(event["id"])
@@ -255,11 +255,11 @@ def test_stripe_data_that_does_not_fit_is_left_out_and_noted_on_the_event(inboun
 
 
 def test_an_event_for_one_environment_never_touches_another(
-    inbound_db: DatabaseUnderTest, inbound_server: Server
+    module_db: DatabaseUnderTest, inbound_server: Server
 ) -> None:
     with (
-        inbound_tenant(inbound_db, inbound_server.base_url) as first,
-        inbound_tenant(inbound_db, inbound_server.base_url, secrets=("whsec_secondenvironment",)) as second,
+        inbound_tenant(module_db, inbound_server.base_url) as first,
+        inbound_tenant(module_db, inbound_server.base_url, secrets=("whsec_secondenvironment",)) as second,
     ):
         obj = stripe_customer()
         event = stripe_event("customer.created", obj)
