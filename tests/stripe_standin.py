@@ -10,7 +10,8 @@ slowly. This proxy forwards every request to localstripe and adds, as Stripe doe
   Stripe-Should-Retry, without reaching localstripe), `timeout_after_commit` (forward and store the answer,
   then stall `seconds` so the client times out after Stripe has committed), `hold` (forward and store, then
   stall until released: a worker can be killed mid-request), `delay` (stall `seconds`, then forward).
-- Counters: creates that reached localstripe per `metadata[flexprice_customer_id]`, requests per route.
+- Counters: creates that reached localstripe per `metadata[flexprice_customer_id]`, requests per route, and
+  when each request arrived (seconds since the epoch, per route): what a rate limit is checked against.
 
 Run: python -m tests.stripe_standin --upstream URL --port PORT. Control API under /_standin/.
 """
@@ -21,7 +22,8 @@ import argparse
 import asyncio
 import hashlib
 import re
-from collections import Counter
+import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
@@ -60,6 +62,7 @@ class State:
     in_flight: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     creates: Counter[str] = field(default_factory=Counter)
     requests: Counter[str] = field(default_factory=Counter)
+    arrivals: defaultdict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     replays: int = 0
     injected: int = 0
     held: int = 0
@@ -108,7 +111,9 @@ def as_response(stored: Stored, replayed: bool = False) -> web.Response:
 async def proxy(request: web.Request) -> web.StreamResponse:
     state: State = request.app["state"]
     body = await request.read()
-    state.requests[route_of(request.method, request.path)] += 1
+    route = route_of(request.method, request.path)
+    state.requests[route] += 1
+    state.arrivals[route].append(time.time())
     fault = take_fault(state, request.method, request.path)
     if fault is not None and fault.action == "status":
         state.injected += 1
@@ -176,6 +181,7 @@ async def stats(request: web.Request) -> web.Response:
         {
             "creates": dict(state.creates),
             "requests": dict(state.requests),
+            "arrivals": dict(state.arrivals),
             "replays": state.replays,
             "injected": state.injected,
             "held": state.held,

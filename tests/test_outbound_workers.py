@@ -9,6 +9,7 @@ that reached localstripe for each flexsync customer.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -130,3 +131,24 @@ def test_four_workers_share_500_customers_without_doing_anything_twice(
     assert len(customers) == 500 and len(stripe_ids) == 500
     busy = [p for p in processes if '"sync job succeeded"' in p.log()]
     assert len(busy) >= 2, "the work should be shared between the workers"
+
+
+def test_workers_together_keep_to_the_connections_rate_limit(
+    module_db: DatabaseUnderTest, api_server: Server, workers: Any, standin: StandIn
+) -> None:
+    """Three worker processes, one connection limited to 5 requests/s: Stripe sees that rate from all of them
+    together, not 5/s from each. (This checks a rate, which the shared schedule guarantees however slow the
+    machine is: a slower machine only spreads the requests further apart.)"""
+    rate, window = 5, 2.0
+    with sync_tenant(module_db, api_server.base_url, {"rate_limit": rate}) as env:
+        ids = [env.create()["id"] for _ in range(30)]  # queued before any worker runs: a backlog
+        for _ in range(3):
+            workers("--concurrency", "4")
+        for customer_id in ids:
+            env.wait_linked(customer_id, timeout=60)
+
+    arrivals = sorted(standin.stats()["arrivals"]["POST /v1/customers"])
+    assert len(arrivals) == 30 and {standin.creates_for(customer_id) for customer_id in ids} == {1}
+    busiest = max(bisect.bisect_right(arrivals, start + window) - i for i, start in enumerate(arrivals))
+    # `window` seconds hold rate * window slots, one more at the edges, and one for network jitter.
+    assert busiest <= rate * window + 2, arrivals

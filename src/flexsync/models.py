@@ -178,6 +178,15 @@ class CustomerLink(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class StripeRateSlot(Base):
+    """When the connection's next Stripe request may go: the schedule all processes share (stripe/ratelimit.py)."""
+
+    __tablename__ = "stripe_rate_slots"
+
+    connection_id: Mapped[str] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True)
+    next_slot_at: Mapped[datetime] = mapped_column()
+
+
 class WebhookEvent(Base):
     __tablename__ = "webhook_events"
     __table_args__ = (

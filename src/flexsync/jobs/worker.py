@@ -55,7 +55,7 @@ class Worker:
         self.settings = db.settings
         self.concurrency = concurrency
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self._caller = StripeCaller(db.settings)
+        self._caller = StripeCaller(db)
         self._wakeup = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []

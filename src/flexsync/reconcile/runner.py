@@ -255,7 +255,7 @@ async def run_in_foreground(
     engine = create_engine(settings.database_url, pool_size=4)
     db = Database(settings=settings, engine=engine, sessions=session_factory(engine), box=secret_box(settings))
     holder = f"cli:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-    caller = StripeCaller(settings)
+    caller = StripeCaller(db)
     try:
         async with db.transaction() as session:
             connection = await session.get(StripeConnection, connection_id, with_for_update=True)

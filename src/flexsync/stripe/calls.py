@@ -1,7 +1,8 @@
-"""Every outbound Stripe request goes through `StripeCaller.call`: rate limited per connection, timed, counted,
-and a failure classified as worth retrying (connection errors, timeouts, 429, 5xx; `Stripe-Should-Retry` wins)
-or final (other 4xx, with Stripe's message). The caller decides when to retry, using `retry_delay`, and must
-send the same Idempotency-Key each time so a request Stripe already applied is replayed, never repeated.
+"""Every outbound Stripe request goes through `StripeCaller.call`: rate limited per connection across all
+processes (stripe/ratelimit.py), timed, counted, and a failure classified as worth retrying (connection errors,
+timeouts, 429, 5xx; `Stripe-Should-Retry` wins) or final (other 4xx, with Stripe's message). The caller decides
+when to retry, using `retry_delay`, and must send the same Idempotency-Key each time so a request Stripe
+already applied is replayed, never repeated.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from flexsync.config import Settings
 from flexsync.connections.secrets import secret_key
 from flexsync.connections.settings import effective_settings
 from flexsync.crypto import SecretBox
+from flexsync.deps import Database
 from flexsync.logs import redact
 from flexsync.metrics import STRIPE_LATENCY, STRIPE_REQUESTS
 from flexsync.models import StripeConnection
 from flexsync.stripe.client import stripe_client, stripe_http_client
-from flexsync.stripe.ratelimit import TokenBucket
+from flexsync.stripe.ratelimit import SharedRateLimit
 
 T = TypeVar("T")
 
@@ -85,13 +87,13 @@ def classify(exc: stripe.StripeError) -> StripeCallFailed:
 
 
 class StripeCaller:
-    """One per process: a shared HTTP connection pool, a client and a token bucket per connection."""
+    """One per process: a shared HTTP connection pool, a client per connection, the shared rate limit."""
 
-    def __init__(self, settings: Settings):
-        self._settings = settings
-        self._http = stripe_http_client(settings)
+    def __init__(self, db: Database):
+        self._settings = db.settings
+        self._http = stripe_http_client(db.settings)
         self._clients: dict[str, tuple[str, stripe.StripeClient]] = {}
-        self._buckets: dict[str, TokenBucket] = {}
+        self._rate_limit = SharedRateLimit(db)
 
     def _client(self, account: StripeAccount) -> stripe.StripeClient:
         cached = self._clients.get(account.connection_id)
@@ -100,19 +102,11 @@ class StripeCaller:
             self._clients[account.connection_id] = cached
         return cached[1]
 
-    def _bucket(self, account: StripeAccount) -> TokenBucket:
-        bucket = self._buckets.get(account.connection_id)
-        if bucket is None:
-            bucket = self._buckets[account.connection_id] = TokenBucket(account.requests_per_second)
-        elif bucket.rate != account.requests_per_second:
-            bucket.set_rate(account.requests_per_second)
-        return bucket
-
     async def call(
         self, account: StripeAccount, operation: str, request: Callable[[stripe.StripeClient], Awaitable[T]]
     ) -> T:
         """Make one request (no retry here); raises StripeCallFailed."""
-        await self._bucket(account).acquire()
+        await self._rate_limit.acquire(account.connection_id, account.requests_per_second)
         outcome = "network"
         started = time.perf_counter()
         try:
