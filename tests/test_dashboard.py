@@ -28,7 +28,6 @@ from tests.support import (
     TenantContext,
     new_tenant,
     sqlite_database,
-    start_localstripe,
     start_server,
 )
 from tests.webhook_support import sign, stripe_event
@@ -76,21 +75,13 @@ def dashboard_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseU
 
 
 @pytest.fixture(scope="module")
-def stripe_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStripe]:
-    """A localstripe of this module's own: reconciliation reads every Stripe customer, so none may be another's."""
-    running = start_localstripe(tmp_path_factory.mktemp("dashboard-localstripe"))
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
 def dashboard(
-    dashboard_db: DatabaseUnderTest, stripe_server: LocalStripe, tmp_path_factory: pytest.TempPathFactory
+    dashboard_db: DatabaseUnderTest, module_localstripe: LocalStripe, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     running = start_server(
         dashboard_db,
         tmp_path_factory.mktemp("dashboard-logs"),
-        FLEXSYNC_STRIPE_API_BASE=stripe_server.base_url,
+        FLEXSYNC_STRIPE_API_BASE=module_localstripe.base_url,
         FLEXSYNC_JOB_POLL_INTERVAL="0.2",
     )
     yield running
@@ -337,15 +328,15 @@ LOCALSTRIPE_WEBHOOK_ID = "flexsync-dashboard"
 
 
 @pytest.fixture
-def in_stripe(stripe_server: LocalStripe) -> Iterator[stripe.StripeClient]:
+def in_stripe(module_localstripe: LocalStripe) -> Iterator[stripe.StripeClient]:
     """The test's Stripe account, for what a user does in Stripe's own dashboard."""
-    yield stripe.StripeClient(SECRET_KEY, base_addresses={"api": stripe_server.base_url})
-    stop_webhooks(stripe_server)
+    yield stripe.StripeClient(SECRET_KEY, base_addresses={"api": module_localstripe.base_url})
+    stop_webhooks(module_localstripe)
 
 
-def stop_webhooks(stripe_server: LocalStripe) -> None:
+def stop_webhooks(module_localstripe: LocalStripe) -> None:
     """Point the test's webhook at an event type that never happens, so later tests get no stray deliveries."""
-    stripe_server.register_webhook(LOCALSTRIPE_WEBHOOK_ID, "http://127.0.0.1:9/", WEBHOOK_SECRET, ["none"])
+    module_localstripe.register_webhook(LOCALSTRIPE_WEBHOOK_ID, "http://127.0.0.1:9/", WEBHOOK_SECRET, ["none"])
 
 
 def nav(page: Page, name: str) -> None:
@@ -363,7 +354,7 @@ def add_connection(page: Page) -> None:
 
 
 def test_the_setup_guide_in_a_browser(
-    page: Page, tenant: TenantContext, stripe_server: LocalStripe, in_stripe: stripe.StripeClient
+    page: Page, tenant: TenantContext, module_localstripe: LocalStripe, in_stripe: stripe.StripeClient
 ) -> None:
     """The seed document's steps: add the Stripe connection, give Stripe the webhook URL, check both directions."""
     sign_in(page, tenant.api_key)
@@ -379,7 +370,7 @@ def test_the_setup_guide_in_a_browser(
     assert webhook_url == f"{tenant.base_url}/v1/webhooks/stripe/{tenant.tenant_id}/{tenant.environment_id}"
     for event in ("customer.created", "customer.updated", "customer.deleted"):
         expect(page.get_by_role("region", name="Webhook endpoint")).to_contain_text(event)
-    stripe_server.register_webhook(LOCALSTRIPE_WEBHOOK_ID, webhook_url, WEBHOOK_SECRET)
+    module_localstripe.register_webhook(LOCALSTRIPE_WEBHOOK_ID, webhook_url, WEBHOOK_SECRET)
 
     # Step 3.1-3.2: a customer created in Stripe appears in the customer list.
     from_stripe = in_stripe.v1.customers.create({"name": "Katherine Johnson", "email": "katherine@example.com"})
@@ -605,9 +596,9 @@ def test_another_tenants_key_sees_none_of_its_data(
 
 
 def test_reconcile_an_existing_stripe_account_dry_run_first(
-    page: Page, tenant: TenantContext, stripe_server: LocalStripe, in_stripe: stripe.StripeClient
+    page: Page, tenant: TenantContext, module_localstripe: LocalStripe, in_stripe: stripe.StripeClient
 ) -> None:
-    stripe_server.wipe()
+    module_localstripe.wipe()
     for name in ("Alan Turing", "Barbara Liskov"):
         in_stripe.v1.customers.create({"name": name, "email": f"{name.split()[0].lower()}@example.com"})
     # Made before there is a connection, so nothing has pushed it to Stripe yet.
