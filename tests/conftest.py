@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -60,6 +61,13 @@ def localstripe_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loc
     running = start_localstripe(tmp_path_factory.mktemp("localstripe"))
     yield running
     running.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseUnderTest]:
+    """A migrated database of this test's own, on each backend, which the test may take apart."""
+    with own_database(request.param, tmp_path) as db:
+        yield db
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

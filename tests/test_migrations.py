@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import warnings
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -17,7 +13,7 @@ from alembic.migration import MigrationContext
 
 from flexsync.db import alembic_config, create_engine, migrate
 from flexsync.models import Base
-from tests.support import PG_ENV, DatabaseUnderTest, postgres_database, sqlite_database
+from tests.support import DatabaseUnderTest
 
 # SQLite's reflection cannot read an index on an expression; `expression_indexes` checks those instead.
 EXPRESSION_INDEXES = {"ix_customers_env_email_lower": ("customers", "lower(", "email")}
@@ -74,20 +70,6 @@ def table_names(url: str) -> set[str]:
     return asyncio.run(names())
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseUnderTest]:
-    """A migrated database of this test's own, which it may take apart."""
-    if request.param == "sqlite":
-        with sqlite_database(tmp_path) as db:
-            yield db
-        return
-    admin_url = os.environ.get(PG_ENV)
-    if not admin_url:
-        pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test)")
-    with postgres_database(admin_url) as db:
-        yield db
-
-
 def test_migrated_schema_matches_the_models(database: DatabaseUnderTest) -> None:
     assert schema_differences(database.url) == []
     found = expression_indexes(database.url)
@@ -110,8 +92,8 @@ def test_the_comparison_sees_drift(database: DatabaseUnderTest) -> None:
     assert kinds == {"add_column", "modify_type"}, found
 
 
-def test_downgrade_to_base_and_upgrade_again(fresh_database: DatabaseUnderTest) -> None:
-    url = fresh_database.url
+def test_downgrade_to_base_and_upgrade_again(fresh_db: DatabaseUnderTest) -> None:
+    url = fresh_db.url
     model_tables = set(Base.metadata.tables)
     assert model_tables <= table_names(url)
 

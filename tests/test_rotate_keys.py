@@ -7,10 +7,8 @@ instead of the shared one (whose server keeps using the test key).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.crypto import SecretBox
 from tests.support import (
-    PG_ENV,
     TEST_ENCRYPTION_KEY,
     DatabaseUnderTest,
     LocalStripe,
     new_tenant,
-    postgres_database,
     server_env,
-    sqlite_database,
     start_server,
 )
 
@@ -40,19 +35,6 @@ STRIPE_KEYS = {
     "second": ("sk_test_51SecondTenant3nB8wR5tY1", "pk_test_51SecondTenantPublicKey"),
 }
 WEBHOOK_SECRETS = ("whsec_OlderSecret4Kd9Lm2", "whsec_NewerSecret8Qp3Zx7", "whsec_OnlySecret5Tv1Hn6")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def own_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseUnderTest]:
-    if request.param == "sqlite":
-        with sqlite_database(tmp_path) as db:
-            yield db
-        return
-    admin_url = os.environ.get(PG_ENV)
-    if not admin_url:
-        pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test)")
-    with postgres_database(admin_url) as db:
-        yield db
 
 
 def rotate_keys(db: DatabaseUnderTest, workdir: Path, keys: str) -> subprocess.CompletedProcess[str]:
@@ -91,14 +73,14 @@ def decrypt_all(keys: list[str], tokens: dict[str, list[str]]) -> dict[str, list
 
 
 def test_rotate_keys_moves_every_secret_to_the_new_key(
-    own_database: DatabaseUnderTest, localstripe_server: LocalStripe, tmp_path: Path
+    fresh_db: DatabaseUnderTest, localstripe_server: LocalStripe, tmp_path: Path
 ) -> None:
     stripe_base = {"FLEXSYNC_STRIPE_API_BASE": localstripe_server.base_url}
     ids: dict[str, Any] = {}
-    server = start_server(own_database, tmp_path, "--no-worker", **stripe_base)
+    server = start_server(fresh_db, tmp_path, "--no-worker", **stripe_base)
     try:
         for label, (secret_key, publishable_key) in STRIPE_KEYS.items():
-            with new_tenant(own_database, server.base_url).client() as api:
+            with new_tenant(fresh_db, server.base_url).client() as api:
                 body = {"name": label, "secret_key": secret_key, "publishable_key": publishable_key}
                 if label == "first":
                     body["webhook_secret"] = WEBHOOK_SECRETS[0]
@@ -108,7 +90,7 @@ def test_rotate_keys_moves_every_secret_to_the_new_key(
                 else:
                     api.put(f"/v1/connections/{created['id']}", json={"webhook_secret": WEBHOOK_SECRETS[2]})
                 ids[label] = (created["id"], api.headers["x-api-key"])
-        with new_tenant(own_database, server.base_url).client() as api:
+        with new_tenant(fresh_db, server.base_url).client() as api:
             deleted = api.post(
                 "/v1/connections", json={"name": "gone", "secret_key": "sk_test_gone1", "publishable_key": "pk_test_g"}
             ).json()
@@ -116,7 +98,7 @@ def test_rotate_keys_moves_every_secret_to_the_new_key(
     finally:
         server.stop()
 
-    before = stored_tokens(own_database)
+    before = stored_tokens(fresh_db)
     plain = decrypt_all([OLD_KEY], before)
     assert plain == {
         ids["first"][0]: [STRIPE_KEYS["first"][0], WEBHOOK_SECRETS[1], WEBHOOK_SECRETS[0]],
@@ -124,26 +106,26 @@ def test_rotate_keys_moves_every_secret_to_the_new_key(
         deleted["id"]: [],
     }
 
-    first_run = rotate_keys(own_database, tmp_path, f"{NEW_KEY},{OLD_KEY}")
+    first_run = rotate_keys(fresh_db, tmp_path, f"{NEW_KEY},{OLD_KEY}")
     assert first_run.returncode == 0, first_run.stderr
     assert json.loads(first_run.stdout) == {"connections": 3, "rotated": 5, "already_current": 0}
-    after = stored_tokens(own_database)
+    after = stored_tokens(fresh_db)
     for connection_id, tokens in after.items():
         assert set(tokens).isdisjoint(before[connection_id])
     assert decrypt_all([NEW_KEY], after) == plain
     with pytest.raises(ValueError, match="cannot be decrypted"):
         decrypt_all([OLD_KEY], after)
 
-    second_run = rotate_keys(own_database, tmp_path, f"{NEW_KEY},{OLD_KEY}")
+    second_run = rotate_keys(fresh_db, tmp_path, f"{NEW_KEY},{OLD_KEY}")
     assert json.loads(second_run.stdout) == {"connections": 3, "rotated": 0, "already_current": 5}
-    assert stored_tokens(own_database) == after
+    assert stored_tokens(fresh_db) == after
 
-    without_old_key = rotate_keys(own_database, tmp_path, OLD_KEY)
+    without_old_key = rotate_keys(fresh_db, tmp_path, OLD_KEY)
     assert without_old_key.returncode == 1
     assert "none of FLEXSYNC_ENCRYPTION_KEYS decrypts" in " ".join(without_old_key.stderr.split())
-    assert stored_tokens(own_database) == after
+    assert stored_tokens(fresh_db) == after
 
-    server = start_server(own_database, tmp_path, "--no-worker", FLEXSYNC_ENCRYPTION_KEYS=NEW_KEY, **stripe_base)
+    server = start_server(fresh_db, tmp_path, "--no-worker", FLEXSYNC_ENCRYPTION_KEYS=NEW_KEY, **stripe_base)
     try:
         connection_id, api_key = ids["first"]
         with httpx.Client(base_url=server.base_url, headers={"x-api-key": api_key}, timeout=30) as api:
@@ -157,17 +139,17 @@ def test_rotate_keys_moves_every_secret_to_the_new_key(
         server.stop()
 
 
-def test_rotate_keys_on_an_empty_database_and_with_a_bad_key(own_database: DatabaseUnderTest, tmp_path: Path) -> None:
+def test_rotate_keys_on_an_empty_database_and_with_a_bad_key(fresh_db: DatabaseUnderTest, tmp_path: Path) -> None:
     human = subprocess.run(
         [sys.executable, "-m", "flexsync", "rotate-keys"],
         cwd=tmp_path,
-        env=server_env(own_database, FLEXSYNC_ENCRYPTION_KEYS=NEW_KEY),
+        env=server_env(fresh_db, FLEXSYNC_ENCRYPTION_KEYS=NEW_KEY),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert human.returncode == 0, human.stderr
     assert "rotated 0 secrets of 0 connections" in human.stdout
-    bad = rotate_keys(own_database, tmp_path, "not-a-fernet-key")
+    bad = rotate_keys(fresh_db, tmp_path, "not-a-fernet-key")
     assert bad.returncode == 1
     assert "FLEXSYNC_ENCRYPTION_KEYS must hold Fernet keys" in " ".join(bad.stderr.split())
