@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,10 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flexsync.crypto import SecretBox
 from flexsync.db import create_engine, migrate, session_factory, transaction
+from flexsync.ids import new_id
+from flexsync.models import StripeConnection
 from flexsync.tenancy import service as tenancy
 
 T = TypeVar("T")
@@ -214,6 +217,43 @@ def new_tenant(db: DatabaseUnderTest, base_url: str) -> TenantContext:
         env = await tenancy.create_environment(session, tenant.id, "test")
         key = await tenancy.create_api_key(session, tenant.id, env.id)
         return TenantContext(tenant.id, env.id, key.key, base_url)
+
+    return db.run(work)
+
+
+def store_connection(
+    db: DatabaseUnderTest,
+    tenant: TenantContext,
+    *,
+    name: str,
+    secret_key: str,
+    publishable_key: str,
+    webhook_secrets: Sequence[str],
+    settings: dict[str, Any] | None = None,
+    mode: str = "test",
+    status: str = "active",
+) -> str:
+    """A Stripe connection row, stored as the connections API stores it (secrets encrypted); returns its id."""
+    box = SecretBox([TEST_ENCRYPTION_KEY])
+
+    async def work(session: AsyncSession) -> str:
+        connection = StripeConnection(
+            id=new_id("conn"),
+            tenant_id=tenant.tenant_id,
+            environment_id=tenant.environment_id,
+            name=name,
+            provider="stripe",
+            status=status,
+            mode=mode,
+            secret_key_encrypted=box.encrypt(secret_key),
+            secret_key_last4=secret_key[-4:],
+            publishable_key=publishable_key,
+            webhook_secrets_encrypted=[box.encrypt(secret) for secret in webhook_secrets],
+            settings=settings or {},
+        )
+        session.add(connection)
+        await session.flush()
+        return connection.id
 
     return db.run(work)
 

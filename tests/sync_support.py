@@ -12,19 +12,16 @@ from typing import Any, TypeVar
 
 import httpx
 import stripe
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from flexsync.crypto import SecretBox
 from flexsync.ids import new_id
-from flexsync.models import StripeConnection
 from tests.support import (
-    TEST_ENCRYPTION_KEY,
     DatabaseUnderTest,
     Process,
     TenantContext,
     free_port,
     new_tenant,
     server_env,
+    store_connection,
     wait_for,
     wait_for_http,
 )
@@ -83,29 +80,17 @@ class SyncTenant:
 def add_connection(
     db: DatabaseUnderTest, tenant: TenantContext, settings: dict[str, Any] | None = None, mode: str = "test"
 ) -> str:
-    """A Stripe connection row, as the connections API would store it (keys encrypted)."""
-    box = SecretBox([TEST_ENCRYPTION_KEY])
-
-    async def work(session: AsyncSession) -> str:
-        connection = StripeConnection(
-            id=new_id("conn"),
-            tenant_id=tenant.tenant_id,
-            environment_id=tenant.environment_id,
-            name="Test Stripe",
-            provider="stripe",
-            status="active",
-            mode=mode,
-            secret_key_encrypted=box.encrypt(STRIPE_TEST_KEY),
-            secret_key_last4=STRIPE_TEST_KEY[-4:],
-            publishable_key="pk_test_flexsyncoutbound",
-            webhook_secrets_encrypted=[box.encrypt("whsec_flexsyncoutbound")],
-            settings=settings or {},
-        )
-        session.add(connection)
-        await session.flush()
-        return connection.id
-
-    return db.run(work)
+    """A Stripe connection row for outbound tests, as the connections API would store it (keys encrypted)."""
+    return store_connection(
+        db,
+        tenant,
+        name="Test Stripe",
+        secret_key=STRIPE_TEST_KEY,
+        publishable_key="pk_test_flexsyncoutbound",
+        webhook_secrets=["whsec_flexsyncoutbound"],
+        settings=settings,
+        mode=mode,
+    )
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flexsync.crypto import SecretBox
 from flexsync.ids import new_id
 from flexsync.models import StripeConnection
-from tests.support import TEST_ENCRYPTION_KEY, DatabaseUnderTest, TenantContext, new_tenant
+from tests.support import TEST_ENCRYPTION_KEY, DatabaseUnderTest, TenantContext, new_tenant, store_connection
 
 T = TypeVar("T")
 WEBHOOK_SECRET = "whsec_flexsyncinboundtests"
@@ -78,29 +78,17 @@ def add_stripe_connection(
     secrets: Sequence[str] = (WEBHOOK_SECRET,),
     status: str = "active",
 ) -> str:
-    """A Stripe connection row, stored as the connections API stores it (secrets encrypted)."""
-    box = SecretBox([TEST_ENCRYPTION_KEY])
-
-    async def work(session: AsyncSession) -> str:
-        connection = StripeConnection(
-            id=new_id("conn"),
-            tenant_id=tenant.tenant_id,
-            environment_id=tenant.environment_id,
-            name="Inbound test Stripe",
-            provider="stripe",
-            status=status,
-            mode="test",
-            secret_key_encrypted=box.encrypt(STRIPE_KEY),
-            secret_key_last4=STRIPE_KEY[-4:],
-            publishable_key="pk_test_flexsyncinbound",
-            webhook_secrets_encrypted=[box.encrypt(secret) for secret in secrets],
-            settings=settings or {},
-        )
-        session.add(connection)
-        await session.flush()
-        return connection.id
-
-    return db.run(work)
+    """A Stripe connection row for inbound tests, stored as the connections API stores it (secrets encrypted)."""
+    return store_connection(
+        db,
+        tenant,
+        name="Inbound test Stripe",
+        secret_key=STRIPE_KEY,
+        publishable_key="pk_test_flexsyncinbound",
+        webhook_secrets=secrets,
+        settings=settings,
+        status=status,
+    )
 
 
 def replace_webhook_secrets(db: DatabaseUnderTest, connection_id: str, secrets: Sequence[str]) -> None:
