@@ -12,7 +12,7 @@ database, with the same signed `customer.created` / `customer.updated` events fr
 - the reference: `reference_app.py`'s `/webhook-db-lean` (verify_header, one upsert and one commit per event),
   whose acknowledged rate is its end-to-end rate.
 
-For both, the CPU time per event of the server process(es) and of PostgreSQL during the load is reported too:
+For both, the CPU time per event of the server process and of PostgreSQL during the load is reported too:
 on a small machine where the load generator, the server and PostgreSQL share the cores, it tells whether a
 receiver is bound by CPU or by waiting.
 
@@ -58,13 +58,13 @@ def free_port() -> int:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of a process and its children that were waited for, from /proc."""
+    """CPU time (user + system) of a process, from /proc."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _postgres_cpu_seconds() -> float:
@@ -80,25 +80,6 @@ def _postgres_cpu_seconds() -> float:
                 continue
             total += _cpu_seconds(int(entry))
     return total
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants (uvicorn's workers, when there are several)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, []))
-    return tree
 
 
 def wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -165,10 +146,9 @@ def run_load(args: argparse.Namespace, url: str, label: str, extra: list[str], s
         label,
         *extra,
     ]
-    server_tree = process_tree(server_pid)
-    server_before, postgres_before = sum(map(_cpu_seconds, server_tree)), _postgres_cpu_seconds()
+    server_before, postgres_before = _cpu_seconds(server_pid), _postgres_cpu_seconds()
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    server_cpu = sum(map(_cpu_seconds, server_tree)) - server_before
+    server_cpu = _cpu_seconds(server_pid) - server_before
     postgres_cpu = _postgres_cpu_seconds() - postgres_before
     result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
     total = result["count"] + args.warmup

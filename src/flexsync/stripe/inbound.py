@@ -60,14 +60,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from flexsync.connections.secrets import secret_key
 from flexsync.connections.settings import ConnectionSettings, effective_settings
 from flexsync.ids import new_id
 from flexsync.kit.bulk import Inserts
 from flexsync.logs import redact
 from flexsync.models import Customer, CustomerLink, StripeConnection, WebhookEvent, utcnow
 from flexsync.stripe import links
-from flexsync.stripe.client import stripe_client, stripe_http_client
+from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed
 from flexsync.stripe.mapping import MAPPED_FIELDS, STRIPE_ID_KEY, InboundCustomer, differs, from_stripe
 from flexsync.webhooks import repository
 
@@ -747,24 +746,28 @@ async def _apply_with_stripe_state(db: Database, events: Sequence[InboundEvent],
         if event.stripe_object_id:
             by_connection[event.connection_id].add(event.stripe_object_id)
 
-    async def fetch(client: stripe.StripeClient, stripe_id: str) -> None:
+    async def fetch(account: StripeAccount, stripe_id: str) -> None:
         async with semaphore:
             try:
-                fetched[stripe_id] = await _current_customer(client, stripe_id)
-            except stripe.StripeError as exc:
-                unreachable[stripe_id] = exc
+                fetched[stripe_id] = await caller.call(
+                    account, "customers.retrieve", lambda client: _current_customer(client, stripe_id)
+                )
+            except StripeCallFailed as failure:
+                # The SDK's own error is what the event's last_error has always shown.
+                unreachable[stripe_id] = failure.__cause__ or failure
 
-    http = stripe_http_client(db.settings)
+    # Through the StripeCaller like every other Stripe request: the connection's shared rate limit, metrics.
+    caller = StripeCaller(db)
     try:
         for connection_id, stripe_ids in by_connection.items():
             async with db.sessions() as session:
                 connection = await session.get(StripeConnection, connection_id)
             if connection is None or not connection.secret_key_encrypted:
                 continue  # deleted meanwhile: applying ignores its events
-            client = stripe_client(secret_key(db.box, connection), db.settings, http)
-            await asyncio.gather(*(fetch(client, stripe_id) for stripe_id in stripe_ids))
+            account = StripeAccount.of(connection, db.box, db.settings)
+            await asyncio.gather(*(fetch(account, stripe_id) for stripe_id in stripe_ids))
     finally:
-        await http.close_async()  # type: ignore[no-untyped-call]
+        await caller.aclose()
     ready = []
     for event in events:
         failure = unreachable.get(event.stripe_object_id or "")

@@ -8,7 +8,9 @@ The algorithm is a generic cell rate algorithm: the row holds the time the next 
 (`next_slot_at`); a reservation takes the later of that time and now, less a small burst allowance, and
 moves `next_slot_at` on by 1/rate. So an idle connection lets a short burst (a tenth of a second's worth of
 requests, at least one) go at once, and a busy one spaces its requests 1/rate apart. A reservation is one
-short statement; a process that dies after reserving only wastes its slot.
+short transaction (a single statement on PostgreSQL); a process that dies after reserving only wastes its
+slot. Not counted: the `verify: true` check of a connection (a person's action, made with a key that may not
+be saved yet, before any transaction opens).
 
 PostgreSQL computes the slot with its own clock (`clock_timestamp()`), so machines whose clocks disagree
 still share one schedule. SQLite, one machine by nature, uses the local clock inside its write transaction.

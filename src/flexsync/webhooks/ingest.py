@@ -116,7 +116,7 @@ class Ingestor:
         """Commit what is queued, then end the committers."""
         if not self._tasks:
             return
-        for _task in self._tasks:
+        for _ in self._tasks:
             self._put(None)
         _done, pending = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_SECONDS)
         if pending:

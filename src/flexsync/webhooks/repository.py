@@ -10,12 +10,12 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, Table, and_, bindparam, func, or_, select, text, update
+from sqlalchemy import Row, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from flexsync.kit.bulk import Inserts
-from flexsync.models import WebhookEvent
+from flexsync.models import EVENT_PENDING, EVENT_PENDING_STATUSES, WebhookEvent
 from flexsync.tenancy.service import Scope
 
 if TYPE_CHECKING:
@@ -23,10 +23,6 @@ if TYPE_CHECKING:
 
 EVENTS: Table = WebhookEvent.__table__  # type: ignore[assignment]
 EVENT_STATUSES = ("queued", "applied", "ignored", "failed", "dead")
-PENDING = ("queued", "failed")
-# The same condition as the partial index `ix_webhook_events_due`, written with constants so that both
-# backends see it matches (a bound `IN ($1, $2)` cannot be proved to imply the index's predicate).
-DUE = text("webhook_events.status IN ('queued', 'failed')")
 # What applying a stored event reads; the payload is parsed once per claim.
 CLAIM_COLUMNS = (EVENTS.c.id, EVENTS.c.connection_id, EVENTS.c.stripe_event_id, EVENTS.c.type, EVENTS.c.payload)
 
@@ -50,7 +46,7 @@ async def claim_due(session: AsyncSession, now: datetime, limit: int) -> Sequenc
     """Lock up to `limit` events due for (another) attempt; other processes skip the locked ones."""
     stmt = (
         select(*CLAIM_COLUMNS)
-        .where(DUE, EVENTS.c.next_attempt_at <= now)
+        .where(EVENT_PENDING, EVENTS.c.next_attempt_at <= now)
         .order_by(EVENTS.c.next_attempt_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -65,7 +61,7 @@ async def claim_by_ids(
     otherwise wait for them, whatever their status (a replay)."""
     stmt = select(*CLAIM_COLUMNS).where(EVENTS.c.id.in_(event_ids)).order_by(EVENTS.c.id)
     if pending_only:
-        stmt = stmt.where(EVENTS.c.status.in_(PENDING)).with_for_update(skip_locked=True)
+        stmt = stmt.where(EVENTS.c.status.in_(EVENT_PENDING_STATUSES)).with_for_update(skip_locked=True)
     else:
         stmt = stmt.with_for_update()
     return (await session.execute(stmt)).all()
