@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -80,6 +81,21 @@ def _postgres_cpu_seconds() -> float:
                 continue
             total += _cpu_seconds(int(entry))
     return total
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def _children_cpu_seconds() -> float:
+    """CPU time of this script's finished children (the load generator, once it has exited)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -147,13 +163,17 @@ def run_load(args: argparse.Namespace, url: str, label: str, extra: list[str], s
         *extra,
     ]
     server_before, postgres_before = _cpu_seconds(server_pid), _postgres_cpu_seconds()
+    load_before = _children_cpu_seconds()
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     server_cpu = _cpu_seconds(server_pid) - server_before
     postgres_cpu = _postgres_cpu_seconds() - postgres_before
+    load_cpu = _children_cpu_seconds() - load_before
     result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
     total = result["count"] + args.warmup
     result["server_cpu_us_per_event"] = round(server_cpu / total * 1e6)
     result["postgres_cpu_us_per_event"] = round(postgres_cpu / total * 1e6)
+    result["load_cpu_us_per_event"] = round(load_cpu / total * 1e6)
+    result["server_peak_rss_mb"] = _peak_rss_mb(server_pid)
     return result
 
 
@@ -337,6 +357,7 @@ def main() -> None:
                 f"  p50 {result['p50_ms']:>5.1f} ms  p99 {result['p99_ms']:>5.1f} ms  codes {result['codes']}"
                 f"  cpu/event server {result['server_cpu_us_per_event']} us"
                 f" postgres {result['postgres_cpu_us_per_event']} us"
+                f" load {result['load_cpu_us_per_event']} us  server peak rss {result['server_peak_rss_mb']} MiB"
             )
             if name == "flexsync":
                 line += (
@@ -359,6 +380,8 @@ def main() -> None:
                     "p99_ms",
                     "server_cpu_us_per_event",
                     "postgres_cpu_us_per_event",
+                    "load_cpu_us_per_event",
+                    "server_peak_rss_mb",
                 )
             }
     if len(summary) == 2:

