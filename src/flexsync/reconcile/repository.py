@@ -11,6 +11,7 @@ from sqlalchemy import String, and_, bindparam, func, or_, select, true, tuple_,
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flexsync.db import execute_planned_for_values
 from flexsync.models import Customer, CustomerLink, Reconciliation, SyncJob
 from flexsync.tenancy.service import Scope
 
@@ -96,7 +97,8 @@ def _hits(session: AsyncSession, keys: Collection[str], key: Any, row_id: Any, *
 
     PostgreSQL: a LATERAL lookup per key, which only an index lookup serves, however stale the table's statistics
     are (a young table has none, and a plain `IN` then tends to scan every row of the connection per page, which
-    makes a pass quadratic); the same idiom as the webhook path's probe (stripe/inbound.py)."""
+    makes a pass quadratic); the same idiom as the webhook path's probe (stripe/inbound.py). Run it with
+    db.execute_planned_for_values, so that no generic plan replaces the one made for the keys."""
     if session.get_bind().dialect.name != "postgresql":
         return select(row_id).where(key.in_(sorted(keys)), *conditions)
     wanted = func.unnest(bindparam(None, sorted(keys), type_=ARRAY(String))).table_valued("key")
@@ -120,9 +122,9 @@ async def links_with_customers(
     stmt = (
         select(CustomerLink, Customer)
         .join(Customer, Customer.id == CustomerLink.customer_id)
-        .where(CustomerLink.id.in_(list((await session.execute(link_ids)).scalars())))
+        .where(CustomerLink.id.in_(list((await execute_planned_for_values(session, link_ids)).scalars())))
     )
-    return list((await session.execute(stmt)).tuples().all())
+    return [(link, customer) for link, customer in await session.execute(stmt)]
 
 
 async def linked_customer_ids(session: AsyncSession, connection_id: str, customer_ids: Collection[str]) -> set[str]:
@@ -136,7 +138,7 @@ async def linked_customer_ids(session: AsyncSession, connection_id: str, custome
         CustomerLink.customer_id,
         CustomerLink.connection_id == connection_id,
     )
-    return set((await session.execute(stmt)).scalars())
+    return set((await execute_planned_for_values(session, stmt)).scalars())
 
 
 async def customers_with_unfinished_jobs(
@@ -153,7 +155,7 @@ async def customers_with_unfinished_jobs(
         SyncJob.status.in_(UNFINISHED_JOB),
         SyncJob.kind.in_(kinds),
     )
-    return set((await session.execute(stmt)).scalars())
+    return set((await execute_planned_for_values(session, stmt)).scalars())
 
 
 async def published_customers_after(

@@ -61,6 +61,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.connections.settings import ConnectionSettings, effective_settings
+from flexsync.db import execute_planned_for_values
 from flexsync.ids import new_id
 from flexsync.kit.bulk import Inserts
 from flexsync.logs import redact
@@ -292,8 +293,8 @@ def _probe_statement(on_postgresql: bool, named: bool, emails: bool) -> TextClau
     PostgreSQL: a LATERAL lookup per key, which only an index lookup serves, so the plan stays right however
     stale the table statistics are (a young table, in the first minutes of a deployment or a benchmark, has
     none; a plain `IN`/`= ANY` then tends to scan all of a connection's rows per lookup). The text is fixed,
-    so the statement is prepared once per connection, but it is planned for each execution (`prepare` sets
-    `plan_cache_mode` around it): a generic plan, made once while the tables were nearly empty, served the
+    so the statement is prepared once per connection, but it is planned for each execution
+    (db.execute_planned_for_values): a generic plan, made once while the tables were nearly empty, served the
     customers lookup from `ix_customers_env_created` (the whole environment, filtered) instead of the unique
     external_id index and kept doing so as the table grew, until the next ANALYZE; a batch's lookups then
     took 30-130 ms instead of about 1 ms. SQLite: `IN (...)`.
@@ -366,13 +367,8 @@ class _Batch:
             "named_ids": sorted(named_ids),
             "emails": sorted(emails),
         }
-        if self.on_postgresql:
-            # Planned for these keys and the tables' current size each time: see _probe_statement.
-            await self.session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
-        for kind, row_id in await self.session.execute(probe, params):
+        for kind, row_id in await execute_planned_for_values(self.session, probe, params):
             found[kind].add(row_id)
-        if self.on_postgresql:
-            await self.session.execute(text("SET LOCAL plan_cache_mode = DEFAULT"))
         self.deleted_in_stripe = found["deleted"]
         if found["link"]:
             await self._load_links(CustomerLink.id.in_(found["link"]))

@@ -1,0 +1,139 @@
+"""PostgreSQL: the batch lookup of applying Stripe events is planned for its own keys, every time.
+
+The driver prepares each statement once per connection, and after five executions PostgreSQL may settle on a
+generic plan, made without the parameter values. Made while the tables were young, such a plan served the
+lookup of customers by external_id from an index over the whole environment, and kept doing so until the
+next ANALYZE: every batch of webhooks then took 30-130 ms longer. Here a batch is applied again and again on
+one connection, as the webhook path does, on a database whose own setting is to use generic plans always (the
+trap at its worst, and a setting the other statements must keep), and PostgreSQL's own counters
+(pg_prepared_statements) say how each statement was planned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flexsync.connections.settings import effective_settings
+from flexsync.db import create_engine, session_factory, transaction
+from flexsync.ids import new_id
+from flexsync.reconcile import repository
+from flexsync.stripe import inbound
+from flexsync.stripe.inbound import ConnectionView, InboundEvent
+from tests.support import DatabaseUnderTest, new_tenant, own_database
+from tests.webhook_support import add_stripe_connection, stripe_customer, stripe_event
+
+BATCHES = 8
+
+
+def generic_plans_always(db: DatabaseUnderTest) -> None:
+    """The database's own setting: every prepared statement gets a generic plan."""
+    database = make_url(db.url).database
+
+    async def work(session: AsyncSession) -> None:
+        await session.execute(text(f'ALTER DATABASE "{database}" SET plan_cache_mode = force_generic_plan'))
+
+    db.run(work)
+
+
+def test_the_batch_lookup_gets_a_plan_for_its_keys_and_the_inserts_keep_theirs(tmp_path: Path) -> None:
+    with own_database("postgresql", tmp_path) as db:
+        generic_plans_always(db)
+        tenant = new_tenant(db, base_url="")
+        view = ConnectionView(
+            add_stripe_connection(db, tenant), tenant.tenant_id, tenant.environment_id, effective_settings({})
+        )
+
+        async def scenario() -> list[tuple[str, int, int]]:
+            engine = create_engine(db.url, pool_size=1)
+            try:
+                sessions = session_factory(engine)
+                for _ in range(BATCHES):
+                    events = [
+                        InboundEvent.from_payload(
+                            new_id("whevt"), view.id, stripe_event("customer.created", stripe_customer())
+                        )
+                        for _ in range(3)
+                    ]
+                    async with transaction(sessions) as session:
+                        await inbound.lock_customers(session, events)
+                        outcomes = await inbound.apply_batch(session, events, connections={view.id: view})
+                        assert [o.effect for o in outcomes] == ["created"] * 3
+                        # What follows the lookup in the transaction is planned as the database says again.
+                        mode = await session.scalar(text("SELECT current_setting('plan_cache_mode')"))
+                        assert mode == "force_generic_plan"
+                async with sessions() as session:
+                    rows = await session.execute(
+                        text("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
+                    )
+                    return [(row[0], row[1], row[2]) for row in rows]
+            finally:
+                await engine.dispose()
+
+        statements = asyncio.run(scenario())
+
+    lookups = [s for s in statements if "CROSS JOIN LATERAL" in s[0]]
+    inserts = [s for s in statements if "json_populate_recordset" in s[0]]
+    assert len(lookups) == 1 and len(inserts) == 1, statements
+    _, generic, custom = lookups[0]
+    assert (generic, custom) == (0, BATCHES)
+    # The insert (and the foreign key checks it runs) kept to the database's setting.
+    _, generic, custom = inserts[0]
+    assert (generic, custom) == (BATCHES, 0)
+
+
+def test_applying_alone_leaves_plan_caching_as_it_was(tmp_path: Path) -> None:
+    """Applying without the lock (SQLite's way, or a caller that needs none) leaves the database's plan
+    caching in place too."""
+    with own_database("postgresql", tmp_path) as db:
+        generic_plans_always(db)
+        tenant = new_tenant(db, base_url="")
+        view = ConnectionView(
+            add_stripe_connection(db, tenant), tenant.tenant_id, tenant.environment_id, effective_settings({})
+        )
+        event = InboundEvent.from_payload(new_id("whevt"), view.id, stripe_event("customer.created", stripe_customer()))
+
+        async def work(session: AsyncSession) -> None:
+            outcomes = await inbound.apply_batch(session, [event], connections={view.id: view})
+            assert outcomes[0].effect == "created"
+            assert await session.scalar(text("SELECT current_setting('plan_cache_mode')")) == "force_generic_plan"
+
+        db.run(work)
+
+
+def test_reconciliation_lookups_get_plans_for_their_keys(tmp_path: Path) -> None:
+    """Reconciliation looks up links, linked customers and unfinished jobs by key, page after page, on one
+    connection: each of those lookups is planned for its keys too."""
+    with own_database("postgresql", tmp_path) as db:
+        generic_plans_always(db)
+        tenant = new_tenant(db, base_url="")
+        connection_id = add_stripe_connection(db, tenant)
+
+        async def scenario() -> list[tuple[str, int, int]]:
+            engine = create_engine(db.url, pool_size=1)
+            try:
+                sessions = session_factory(engine)
+                for page in range(BATCHES):
+                    keys = [f"cus_{page}_{n}" for n in range(3)]
+                    async with transaction(sessions) as session:
+                        assert await repository.links_with_customers(session, connection_id, keys) == []
+                        assert await repository.linked_customer_ids(session, connection_id, keys) == set()
+                        assert await repository.customers_with_unfinished_jobs(session, keys, ["create"]) == set()
+                        mode = await session.scalar(text("SELECT current_setting('plan_cache_mode')"))
+                        assert mode == "force_generic_plan"
+                async with sessions() as session:
+                    rows = await session.execute(
+                        text("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
+                    )
+                    return [(row[0], row[1], row[2]) for row in rows]
+            finally:
+                await engine.dispose()
+
+        statements = asyncio.run(scenario())
+
+    lookups = [(generic, custom) for statement, generic, custom in statements if "LATERAL" in statement]
+    assert lookups == [(0, BATCHES)] * 3, statements
