@@ -91,4 +91,5 @@ def test_data_that_does_not_fit_is_dropped_and_reported() -> None:
     assert inbound.fields["email"] is None
     assert inbound.fields["address_postal_code"] is None
     assert len(inbound.problems) == 3
+    assert inbound.rejected == {"address_country", "email", "address_postal_code"}
     assert inbound.fields["name"] == "X"

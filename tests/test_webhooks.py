@@ -254,6 +254,23 @@ def test_stripe_data_that_does_not_fit_is_left_out_and_noted_on_the_event(inboun
     assert "GBR" in stored["note"] and "not-an-email" in stored["note"]
 
 
+def test_an_update_with_data_that_does_not_fit_keeps_the_customers_own_values(inbound: InboundTenant) -> None:
+    created = int(time.time()) - 10
+    obj = stripe_customer(name="Ada Lovelace", email="ada@example.com", address={"line1": "1 Main St", "country": "GB"})
+    inbound.deliver_ok(stripe_event("customer.created", obj, created=created), "applied")
+
+    changed = dict(obj, name="Ada King", email="ada at example", address={"line1": "2 Main St", "country": "GBR"})
+    update = stripe_event("customer.updated", changed, created=created + 5)
+    inbound.deliver_ok(update, "applied")
+
+    customer = inbound.customer_for(obj["id"])
+    # What fits is copied; the email and country Stripe has now do not fit, so the customer keeps its own.
+    assert (customer["name"], customer["address_line1"]) == ("Ada King", "2 Main St")
+    assert (customer["email"], customer["address_country"]) == ("ada@example.com", "GB")
+    note = inbound.event_for(update["id"])["note"]
+    assert "GBR" in note and "ada at example" in note
+
+
 def test_an_event_for_one_environment_never_touches_another(
     module_db: DatabaseUnderTest, inbound_server: Server
 ) -> None:

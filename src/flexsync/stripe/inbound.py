@@ -68,7 +68,14 @@ from flexsync.logs import redact
 from flexsync.models import Customer, CustomerLink, StripeConnection, WebhookEvent, utcnow
 from flexsync.stripe import links
 from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed
-from flexsync.stripe.mapping import MAPPED_FIELDS, STRIPE_ID_KEY, InboundCustomer, differs, from_stripe
+from flexsync.stripe.mapping import (
+    MAPPED_FIELDS,
+    STRIPE_ID_KEY,
+    InboundCustomer,
+    changes_from_stripe,
+    differs,
+    from_stripe,
+)
 from flexsync.webhooks import repository
 
 if TYPE_CHECKING:
@@ -488,7 +495,7 @@ class _Batch:
         if customer.status != "published":
             return Outcome("applied", _note("the customer is archived; not changed", problems), customer.id)
         current_fields = {name: getattr(customer, name) for name in MAPPED_FIELDS}
-        changes = differs(current_fields, incoming.fields)
+        changes = changes_from_stripe(current_fields, incoming)
         for name, value in changes.items():
             setattr(customer, name, value)
         if changes:

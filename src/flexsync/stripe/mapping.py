@@ -49,6 +49,9 @@ class InboundCustomer:
     flexprice_customer_id: str | None
     deleted: bool = False
     problems: list[str] = field(default_factory=list)
+    # Fields Stripe had a value for that does not fit (see problems): None in `fields`, and left as they are
+    # when an existing customer is updated.
+    rejected: frozenset[str] = frozenset()
 
 
 def _clean(value: Any) -> str | None:
@@ -105,20 +108,24 @@ def from_stripe(customer: Mapping[str, Any]) -> InboundCustomer:
     for ours, theirs in ADDRESS_MAP.items():
         fields[ours] = _clean(address.get(theirs)) if isinstance(address, Mapping) else None
 
+    rejected: set[str] = set()
+
+    def reject(name: str, problem: str) -> None:
+        problems.append(problem)
+        rejected.add(name)
+        fields[name] = None
+
     if fields["email"] is not None and not _valid_email(fields["email"]):
-        problems.append(f"email {fields['email']!r} is not a valid address; not copied")
-        fields["email"] = None
+        reject("email", f"email {fields['email']!r} is not a valid address; not copied")
     if fields["address_country"] is not None:
         try:
             fields["address_country"] = normalize_country(fields["address_country"])
         except ValueError:
-            problems.append(f"country {fields['address_country']!r} is not ISO 3166-1 alpha-2; not copied")
-            fields["address_country"] = None
+            reject("address_country", f"country {fields['address_country']!r} is not ISO 3166-1 alpha-2; not copied")
     for name, limit in FIELD_LIMITS.items():
         value = fields.get(name)
         if value is not None and len(value) > limit:
-            problems.append(f"{name} is longer than {limit} characters; not copied")
-            fields[name] = None
+            reject(name, f"{name} is longer than {limit} characters; not copied")
     # A customer is never dropped for want of a name: the email, else the Stripe id, stands in.
     fields["name"] = fields["name"] or fields["email"] or stripe_id
 
@@ -130,6 +137,7 @@ def from_stripe(customer: Mapping[str, Any]) -> InboundCustomer:
         flexprice_customer_id=flexprice_id,
         deleted=bool(customer.get("deleted")),
         problems=problems,
+        rejected=frozenset(rejected),
     )
 
 
@@ -158,3 +166,9 @@ def to_stripe(customer: Mapping[str, Any], *, environment_id: str, for_update: b
 def differs(current: Mapping[str, Any], incoming: Mapping[str, str | None]) -> dict[str, str | None]:
     """The mapped fields whose incoming value differs from the current one."""
     return {name: incoming.get(name) for name in MAPPED_FIELDS if current.get(name) != incoming.get(name)}
+
+
+def changes_from_stripe(current: Mapping[str, Any], incoming: InboundCustomer) -> dict[str, str | None]:
+    """What copying the Stripe customer onto a customer with these fields changes: the fields that differ,
+    but for those whose Stripe value does not fit (the customer keeps its own)."""
+    return {name: value for name, value in differs(current, incoming.fields).items() if name not in incoming.rejected}

@@ -54,7 +54,7 @@ from flexsync.models import Customer, CustomerLink, StripeConnection, utcnow
 from flexsync.reconcile import repository
 from flexsync.stripe import inbound, outbound
 from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed, retry_delay
-from flexsync.stripe.mapping import MAPPED_FIELDS, differs, from_stripe
+from flexsync.stripe.mapping import MAPPED_FIELDS, changes_from_stripe, differs, from_stripe
 
 Direction = Literal["both", "from-stripe", "to-stripe"]
 Phase = Literal["stripe", "customers", "done"]
@@ -413,7 +413,7 @@ class Reconciler:
 
 def _differs_from_stripe(customer: Customer, stripe_customer: Mapping[str, Any]) -> bool:
     current = {name: getattr(customer, name) for name in MAPPED_FIELDS}
-    return bool(differs(current, from_stripe(stripe_customer).fields))
+    return bool(changes_from_stripe(current, from_stripe(stripe_customer)))
 
 
 def _flexsync_newer(link: CustomerLink, customer: Customer, stripe_customer: Mapping[str, Any]) -> bool:
