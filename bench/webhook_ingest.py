@@ -12,9 +12,10 @@ database, with the same signed `customer.created` / `customer.updated` events fr
 - the reference: `reference_app.py`'s `/webhook-db-lean` (verify_header, one upsert and one commit per event),
   whose acknowledged rate is its end-to-end rate.
 
-For both, the CPU time per event of the server process and of PostgreSQL during the load is reported too:
-on a small machine where the load generator, the server and PostgreSQL share the cores, it tells whether a
-receiver is bound by CPU or by waiting.
+For both, the CPU time per event of the server process, of PostgreSQL and of the load generator during the
+load is reported too, and the server's peak resident memory: on a small machine where the load generator,
+the server and PostgreSQL share the cores, it tells whether a receiver is bound by CPU or by waiting (and the
+load generator's CPU per event, the same work for both, gauges how fast the machine was during the run).
 
 Usage (PostgreSQL must be reachable; the script creates and drops its own databases):
 
