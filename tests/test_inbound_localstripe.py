@@ -147,3 +147,57 @@ def test_flexsyncs_own_pushes_come_back_as_links_not_duplicates_and_echo_nothing
             assert sorted(job["kind"] for job in jobs) == ["create", "update"]  # none caused by the webhooks
     finally:
         worker.stop()
+
+
+def test_sync_to_stripe_after_a_deletion_in_stripe_makes_a_new_stripe_customer_and_relinks(
+    module_db: DatabaseUnderTest,
+    inbound_server: Server,
+    localstripe_server: LocalStripe,
+    stripe_api: stripe.StripeClient,
+    webhook: Any,
+    tmp_path: Path,
+) -> None:
+    """A Stripe customer deleted in Stripe leaves its customer linked to nothing (on_stripe_delete: ignore);
+    an explicit sync then creates a new Stripe customer, and the new link takes the old one's place."""
+    worker = start_worker(module_db, tmp_path, FLEXSYNC_STRIPE_API_BASE=localstripe_server.base_url)
+    try:
+        with inbound_tenant(module_db, inbound_server.base_url) as inbound:
+            webhook(inbound)
+            first = stripe_api.v1.customers.create({"name": "Dorothy Vaughan", "email": "dorothy@example.com"})
+            customer_id = wait_customer(inbound, first.id)["id"]
+            stripe_api.v1.customers.delete(first.id)
+            wait_for(
+                lambda: inbound.sync_status(customer_id)["link_status"] == "deleted_in_stripe",
+                timeout=30,
+                what="the deletion",
+            )
+
+            queued = inbound.api.post(f"/v1/customers/{customer_id}/sync-to-stripe")
+            assert queued.status_code == 202, queued.text
+
+            def relinked() -> dict[str, Any] | None:
+                status = inbound.sync_status(customer_id)
+                fresh = status["link_status"] == "linked" and status["stripe_customer_id"] != first.id
+                return status if fresh else None
+
+            status = wait_for(relinked, timeout=30, what="the new Stripe customer's link")
+            second = stripe_api.v1.customers.retrieve(status["stripe_customer_id"])
+            assert second.name == "Dorothy Vaughan"
+            assert second.metadata.to_dict()["flexprice_customer_id"] == customer_id
+            assert inbound.api.get(f"/v1/customers/{customer_id}").json()["metadata"] == {
+                "stripe_customer_id": second.id
+            }
+            job = inbound.api.get(f"/v1/sync-jobs/{queued.json()['job_id']}").json()
+            assert (job["kind"], job["status"], job["result"]["action"]) == ("create", "succeeded", "created")
+            # The new Stripe customer's own customer.created comes back and finds it linked: still one customer.
+            wait_for(
+                lambda: any(
+                    e["stripe_object_id"] == second.id and e["status"] == "applied"
+                    for e in inbound.events(type="customer.created")
+                ),
+                timeout=30,
+                what="the new Stripe customer's webhook",
+            )
+            assert [c["id"] for c in inbound.customers()] == [customer_id]
+    finally:
+        worker.stop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -61,20 +61,40 @@ def _mirror_into_metadata(customer: Customer, stripe_customer_id: str | None) ->
         customer.updated_at = utcnow()
 
 
-async def link(session: AsyncSession, connection_id: str, customer: Customer, stripe_customer_id: str) -> CustomerLink:
-    """Link, or return the identical existing link. Raises LinkConflict if either side is linked elsewhere."""
-    for existing in (
-        await by_customer(session, connection_id, customer.id),
-        await by_stripe_id(session, connection_id, stripe_customer_id),
-    ):
-        if existing is not None:
-            if existing.customer_id == customer.id and existing.stripe_customer_id == stripe_customer_id:
-                _mirror_into_metadata(customer, stripe_customer_id)
-                return existing
-            raise LinkConflict(
-                f"customer {existing.customer_id} is already linked to Stripe customer {existing.stripe_customer_id}",
-                existing,
-            )
+async def holding_either(
+    session: AsyncSession, connection_id: str, customer_id: str, stripe_customer_id: str
+) -> list[CustomerLink]:
+    """The links that hold the customer or the Stripe customer (at most two, one query), the customer's first."""
+    stmt = select(CustomerLink).where(
+        CustomerLink.connection_id == connection_id,
+        or_(CustomerLink.customer_id == customer_id, CustomerLink.stripe_customer_id == stripe_customer_id),
+    )
+    found = (await session.execute(stmt)).scalars().all()
+    return sorted(found, key=lambda held: held.customer_id != customer_id)
+
+
+async def link(
+    session: AsyncSession,
+    connection_id: str,
+    customer: Customer,
+    stripe_customer_id: str,
+    *,
+    held: Sequence[CustomerLink] | None = None,
+) -> CustomerLink:
+    """Link, or return the identical existing link. Raises LinkConflict if either side is linked elsewhere.
+
+    `held`: what `holding_either` found for these two in this transaction, when the caller has looked already.
+    """
+    if held is None:
+        held = await holding_either(session, connection_id, customer.id, stripe_customer_id)
+    for existing in held:
+        if existing.customer_id == customer.id and existing.stripe_customer_id == stripe_customer_id:
+            _mirror_into_metadata(customer, stripe_customer_id)
+            return existing
+        raise LinkConflict(
+            f"customer {existing.customer_id} is already linked to Stripe customer {existing.stripe_customer_id}",
+            existing,
+        )
     row = CustomerLink(
         id=new_id("link"),
         connection_id=connection_id,
