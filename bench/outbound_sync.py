@@ -11,7 +11,8 @@ test mode is 25). Then, for each round:
 - burst: `--burst` customers created by 16 concurrent clients; customers/s until the last one is linked, and
   create-to-linked latency per customer from the database (customer created_at -> link last_synced_at);
 - backlog (with --workers): `--backlog` customers queued while the workers are stopped, then drained by
-  freshly started workers; links per second once every worker is running (the workers' own pace);
+  freshly started workers; links per second once every worker is running (the workers' own pace), and the
+  workers' CPU time per job linked meanwhile;
 - Stripe create calls per customer: localstripe's customers carrying each flexsync id (target: exactly 1).
 
 Usage:
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -111,8 +113,8 @@ def link_latencies(db: DatabaseUnderTest, ids: list[str]) -> list[float]:
     return db.run(work)
 
 
-def drain_rate(db: DatabaseUnderTest, ids: list[str], since: datetime) -> float | None:
-    """Links per second from `since` (every worker running) to the last link; None if too few were left."""
+def drained(db: DatabaseUnderTest, ids: list[str], since: datetime) -> tuple[int, float] | None:
+    """Links made from `since` (every worker running) and the seconds until the last; None if too few."""
 
     async def work(session: AsyncSession) -> tuple[int, datetime | None]:
         count, last = (
@@ -127,7 +129,14 @@ def drain_rate(db: DatabaseUnderTest, ids: list[str], since: datetime) -> float 
     count, last = db.run(work)
     if count < 100 or last is None:
         return None
-    return count / (last - since).total_seconds()
+    return count, (last - since).total_seconds()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_succeeded(api: httpx.Client, total: int) -> None:
@@ -182,14 +191,20 @@ def run_round(args: argparse.Namespace, number: int) -> dict[str, float]:
                 for worker in workers:
                     worker.stop()
                 backlog = asyncio.run(create_burst(server.base_url, tenant.api_key, args.backlog, "backlog"))
-                for _ in range(args.workers):
-                    stack.callback(start_worker(db, tmp, *worker_args, **worker_env).stop)
+                fresh = [start_worker(db, tmp, *worker_args, **worker_env) for _ in range(args.workers)]
+                for worker in fresh:
+                    stack.callback(worker.stop)
                 # Workers start one after another (seconds each on a busy machine): count from the last start.
                 all_running = datetime.now(UTC)
+                cpu_before = sum(cpu_seconds(worker.process.pid) for worker in fresh)
                 wait_succeeded(api, args.burst + args.idle + 3 + args.backlog)
-                rate = drain_rate(db, backlog, all_running)
-                if rate is not None:
-                    result["backlog_customers_per_s"] = rate
+                cpu_used = sum(cpu_seconds(worker.process.pid) for worker in fresh) - cpu_before
+                measured = drained(db, backlog, all_running)
+                if measured is not None:
+                    count, seconds = measured
+                    result["backlog_customers_per_s"] = count / seconds
+                    # The workers' CPU over the same stretch, per job they linked in it.
+                    result["worker_cpu_ms_per_job"] = cpu_used * 1000 / count
                 ids += backlog
         counts = creates_per_customer(localstripe.base_url, ids)
         result |= {
