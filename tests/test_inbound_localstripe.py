@@ -37,6 +37,14 @@ def webhook(localstripe_server: LocalStripe) -> Iterator[Any]:
     localstripe_server.register_webhook(webhook_id, "http://127.0.0.1:9/unused", WEBHOOK_SECRET, events=["none"])
 
 
+@pytest.fixture
+def stripe_worker(module_db: DatabaseUnderTest, localstripe_server: LocalStripe, tmp_path: Path) -> Iterator[None]:
+    """A real `flexsync worker` pushing to localstripe, for the tests that need flexsync -> Stripe too."""
+    worker = start_worker(module_db, tmp_path, FLEXSYNC_STRIPE_API_BASE=localstripe_server.base_url)
+    yield
+    worker.stop()
+
+
 def wait_customer(inbound: InboundTenant, stripe_id: str, check: Any = bool, what: str = "") -> dict[str, Any]:
     def found() -> dict[str, Any] | None:
         matches = inbound.customers_for(stripe_id)
@@ -103,101 +111,89 @@ def test_a_stripe_deletion_archives_when_configured(
 def test_flexsyncs_own_pushes_come_back_as_links_not_duplicates_and_echo_nothing(
     module_db: DatabaseUnderTest,
     inbound_server: Server,
-    localstripe_server: LocalStripe,
     stripe_api: stripe.StripeClient,
     webhook: Any,
-    tmp_path: Path,
+    stripe_worker: None,
 ) -> None:
     """The full loop: a customer made in flexsync is pushed to Stripe by a real `flexsync worker`; Stripe's
     customer.created for it links (or finds linked) that customer instead of importing a second one, and the
     customer.updated that follows an update in flexsync changes nothing and pushes nothing back."""
-    worker = start_worker(module_db, tmp_path, FLEXSYNC_STRIPE_API_BASE=localstripe_server.base_url)
-    try:
-        with inbound_tenant(module_db, inbound_server.base_url) as inbound:
-            webhook(inbound)
-            created = inbound.api.post("/v1/customers", json={"external_id": "crm-77", "name": "Katherine"})
-            assert created.status_code == 201, created.text
-            customer_id = created.json()["id"]
+    with inbound_tenant(module_db, inbound_server.base_url) as inbound:
+        webhook(inbound)
+        created = inbound.api.post("/v1/customers", json={"external_id": "crm-77", "name": "Katherine"})
+        assert created.status_code == 201, created.text
+        customer_id = created.json()["id"]
 
-            def linked_by_webhook() -> str | None:
-                stripe_id: str | None = (
-                    inbound.api.get(f"/v1/customers/{customer_id}").json()["metadata"].get("stripe_customer_id")
-                )
-                events = [e for e in inbound.events() if stripe_id and e["stripe_object_id"] == stripe_id]
-                return stripe_id if any(e["status"] == "applied" for e in events) else None
+        def linked_by_webhook() -> str | None:
+            stripe_id: str | None = (
+                inbound.api.get(f"/v1/customers/{customer_id}").json()["metadata"].get("stripe_customer_id")
+            )
+            events = [e for e in inbound.events() if stripe_id and e["stripe_object_id"] == stripe_id]
+            return stripe_id if any(e["status"] == "applied" for e in events) else None
 
-            stripe_id = wait_for(linked_by_webhook, timeout=30, what="the pushed customer's webhook")
-            assert [c["id"] for c in inbound.customers()] == [customer_id]
-            echoed = inbound.customers()[0]
-            assert echoed["name"] == "Katherine" and echoed["created_by"] != "stripe"
+        stripe_id = wait_for(linked_by_webhook, timeout=30, what="the pushed customer's webhook")
+        assert [c["id"] for c in inbound.customers()] == [customer_id]
+        echoed = inbound.customers()[0]
+        assert echoed["name"] == "Katherine" and echoed["created_by"] != "stripe"
 
-            updated = inbound.api.put(f"/v1/customers/{customer_id}", json={"name": "Katherine Johnson"})
-            assert updated.status_code == 200, updated.text
+        updated = inbound.api.put(f"/v1/customers/{customer_id}", json={"name": "Katherine Johnson"})
+        assert updated.status_code == 200, updated.text
 
-            def update_echoed() -> dict[str, Any] | None:
-                events = [e for e in inbound.events(type="customer.updated") if e["stripe_object_id"] == stripe_id]
-                return events[0] if events and events[0]["status"] == "applied" else None
+        def update_echoed() -> dict[str, Any] | None:
+            events = [e for e in inbound.events(type="customer.updated") if e["stripe_object_id"] == stripe_id]
+            return events[0] if events and events[0]["status"] == "applied" else None
 
-            echo = wait_for(update_echoed, timeout=30, what="the pushed update's webhook")
-            assert echo["note"] and "last pushed" in echo["note"]
-            assert stripe_api.v1.customers.retrieve(stripe_id).name == "Katherine Johnson"
-            after = inbound.api.get(f"/v1/customers/{customer_id}").json()
-            assert after["name"] == "Katherine Johnson" and after["updated_by"] != "stripe"
-            jobs = inbound.api.get("/v1/sync-jobs", params={"limit": 100}).json()["items"]
-            assert sorted(job["kind"] for job in jobs) == ["create", "update"]  # none caused by the webhooks
-    finally:
-        worker.stop()
+        echo = wait_for(update_echoed, timeout=30, what="the pushed update's webhook")
+        assert echo["note"] and "last pushed" in echo["note"]
+        assert stripe_api.v1.customers.retrieve(stripe_id).name == "Katherine Johnson"
+        after = inbound.api.get(f"/v1/customers/{customer_id}").json()
+        assert after["name"] == "Katherine Johnson" and after["updated_by"] != "stripe"
+        jobs = inbound.api.get("/v1/sync-jobs", params={"limit": 100}).json()["items"]
+        assert sorted(job["kind"] for job in jobs) == ["create", "update"]  # none caused by the webhooks
 
 
 def test_sync_to_stripe_after_a_deletion_in_stripe_makes_a_new_stripe_customer_and_relinks(
     module_db: DatabaseUnderTest,
     inbound_server: Server,
-    localstripe_server: LocalStripe,
     stripe_api: stripe.StripeClient,
     webhook: Any,
-    tmp_path: Path,
+    stripe_worker: None,
 ) -> None:
     """A Stripe customer deleted in Stripe leaves its customer linked to nothing (on_stripe_delete: ignore);
     an explicit sync then creates a new Stripe customer, and the new link takes the old one's place."""
-    worker = start_worker(module_db, tmp_path, FLEXSYNC_STRIPE_API_BASE=localstripe_server.base_url)
-    try:
-        with inbound_tenant(module_db, inbound_server.base_url) as inbound:
-            webhook(inbound)
-            first = stripe_api.v1.customers.create({"name": "Dorothy Vaughan", "email": "dorothy@example.com"})
-            customer_id = wait_customer(inbound, first.id)["id"]
-            stripe_api.v1.customers.delete(first.id)
-            wait_for(
-                lambda: inbound.sync_status(customer_id)["link_status"] == "deleted_in_stripe",
-                timeout=30,
-                what="the deletion",
-            )
+    with inbound_tenant(module_db, inbound_server.base_url) as inbound:
+        webhook(inbound)
+        first = stripe_api.v1.customers.create({"name": "Dorothy Vaughan", "email": "dorothy@example.com"})
+        customer_id = wait_customer(inbound, first.id)["id"]
+        stripe_api.v1.customers.delete(first.id)
+        wait_for(
+            lambda: inbound.sync_status(customer_id)["link_status"] == "deleted_in_stripe",
+            timeout=30,
+            what="the deletion",
+        )
 
-            queued = inbound.api.post(f"/v1/customers/{customer_id}/sync-to-stripe")
-            assert queued.status_code == 202, queued.text
+        queued = inbound.api.post(f"/v1/customers/{customer_id}/sync-to-stripe")
+        assert queued.status_code == 202, queued.text
 
-            def relinked() -> dict[str, Any] | None:
-                status = inbound.sync_status(customer_id)
-                fresh = status["link_status"] == "linked" and status["stripe_customer_id"] != first.id
-                return status if fresh else None
+        def relinked() -> dict[str, Any] | None:
+            status = inbound.sync_status(customer_id)
+            fresh = status["link_status"] == "linked" and status["stripe_customer_id"] != first.id
+            return status if fresh else None
 
-            status = wait_for(relinked, timeout=30, what="the new Stripe customer's link")
-            second = stripe_api.v1.customers.retrieve(status["stripe_customer_id"])
-            assert second.name == "Dorothy Vaughan"
-            assert second.metadata.to_dict()["flexprice_customer_id"] == customer_id
-            assert inbound.api.get(f"/v1/customers/{customer_id}").json()["metadata"] == {
-                "stripe_customer_id": second.id
-            }
-            job = inbound.api.get(f"/v1/sync-jobs/{queued.json()['job_id']}").json()
-            assert (job["kind"], job["status"], job["result"]["action"]) == ("create", "succeeded", "created")
-            # The new Stripe customer's own customer.created comes back and finds it linked: still one customer.
-            wait_for(
-                lambda: any(
-                    e["stripe_object_id"] == second.id and e["status"] == "applied"
-                    for e in inbound.events(type="customer.created")
-                ),
-                timeout=30,
-                what="the new Stripe customer's webhook",
-            )
-            assert [c["id"] for c in inbound.customers()] == [customer_id]
-    finally:
-        worker.stop()
+        status = wait_for(relinked, timeout=30, what="the new Stripe customer's link")
+        second = stripe_api.v1.customers.retrieve(status["stripe_customer_id"])
+        assert second.name == "Dorothy Vaughan"
+        assert second.metadata.to_dict()["flexprice_customer_id"] == customer_id
+        assert inbound.api.get(f"/v1/customers/{customer_id}").json()["metadata"] == {"stripe_customer_id": second.id}
+        job = inbound.api.get(f"/v1/sync-jobs/{queued.json()['job_id']}").json()
+        assert (job["kind"], job["status"], job["result"]["action"]) == ("create", "succeeded", "created")
+        # The new Stripe customer's own customer.created comes back and finds it linked: still one customer.
+        wait_for(
+            lambda: any(
+                e["stripe_object_id"] == second.id and e["status"] == "applied"
+                for e in inbound.events(type="customer.created")
+            ),
+            timeout=30,
+            what="the new Stripe customer's webhook",
+        )
+        assert [c["id"] for c in inbound.customers()] == [customer_id]

@@ -12,6 +12,7 @@ trap at its worst, and a setting the other statements must keep), and PostgreSQL
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from sqlalchemy import text
@@ -28,6 +29,8 @@ from tests.support import DatabaseUnderTest, new_tenant, own_database
 from tests.webhook_support import add_stripe_connection, stripe_customer, stripe_event
 
 BATCHES = 8
+# A prepared statement's text, and how many times PostgreSQL planned it generically and for its values.
+Plans = tuple[str, int, int]
 
 
 def generic_plans_always(db: DatabaseUnderTest) -> None:
@@ -40,41 +43,51 @@ def generic_plans_always(db: DatabaseUnderTest) -> None:
     db.run(work)
 
 
+def plans_after_rounds(db: DatabaseUnderTest, work: Callable[[AsyncSession, int], Awaitable[None]]) -> list[Plans]:
+    """Run `work` in BATCHES transactions on one connection, as a long-lived process does; after each, the plan
+    caching is the database's own again. Returns PostgreSQL's counters of how each statement was planned."""
+
+    async def scenario() -> list[Plans]:
+        engine = create_engine(db.url, pool_size=1)
+        try:
+            sessions = session_factory(engine)
+            for n in range(BATCHES):
+                async with transaction(sessions) as session:
+                    await work(session, n)
+                    mode = await session.scalar(text("SELECT current_setting('plan_cache_mode')"))
+                    assert mode == "force_generic_plan"
+            async with sessions() as session:
+                rows = await session.execute(
+                    text("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
+                )
+                return [(row[0], row[1], row[2]) for row in rows]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(scenario())
+
+
+def receiving_connection(db: DatabaseUnderTest) -> ConnectionView:
+    tenant = new_tenant(db, base_url="")
+    connection_id = add_stripe_connection(db, tenant)
+    return ConnectionView(connection_id, tenant.tenant_id, tenant.environment_id, effective_settings({}))
+
+
 def test_the_batch_lookup_gets_a_plan_for_its_keys_and_the_inserts_keep_theirs(tmp_path: Path) -> None:
     with own_database("postgresql", tmp_path) as db:
         generic_plans_always(db)
-        tenant = new_tenant(db, base_url="")
-        view = ConnectionView(
-            add_stripe_connection(db, tenant), tenant.tenant_id, tenant.environment_id, effective_settings({})
-        )
+        view = receiving_connection(db)
 
-        async def scenario() -> list[tuple[str, int, int]]:
-            engine = create_engine(db.url, pool_size=1)
-            try:
-                sessions = session_factory(engine)
-                for _ in range(BATCHES):
-                    events = [
-                        InboundEvent.from_payload(
-                            new_id("whevt"), view.id, stripe_event("customer.created", stripe_customer())
-                        )
-                        for _ in range(3)
-                    ]
-                    async with transaction(sessions) as session:
-                        await inbound.lock_customers(session, events)
-                        outcomes = await inbound.apply_batch(session, events, connections={view.id: view})
-                        assert [o.effect for o in outcomes] == ["created"] * 3
-                        # What follows the lookup in the transaction is planned as the database says again.
-                        mode = await session.scalar(text("SELECT current_setting('plan_cache_mode')"))
-                        assert mode == "force_generic_plan"
-                async with sessions() as session:
-                    rows = await session.execute(
-                        text("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
-                    )
-                    return [(row[0], row[1], row[2]) for row in rows]
-            finally:
-                await engine.dispose()
+        async def apply_new_customers(session: AsyncSession, _round: int) -> None:
+            events = [
+                InboundEvent.from_payload(new_id("whevt"), view.id, stripe_event("customer.created", stripe_customer()))
+                for _ in range(3)
+            ]
+            await inbound.lock_customers(session, events)
+            outcomes = await inbound.apply_batch(session, events, connections={view.id: view})
+            assert [o.effect for o in outcomes] == ["created"] * 3
 
-        statements = asyncio.run(scenario())
+        statements = plans_after_rounds(db, apply_new_customers)
 
     lookups = [s for s in statements if "CROSS JOIN LATERAL" in s[0]]
     inserts = [s for s in statements if "json_populate_recordset" in s[0]]
@@ -91,18 +104,16 @@ def test_applying_alone_leaves_plan_caching_as_it_was(tmp_path: Path) -> None:
     caching in place too."""
     with own_database("postgresql", tmp_path) as db:
         generic_plans_always(db)
-        tenant = new_tenant(db, base_url="")
-        view = ConnectionView(
-            add_stripe_connection(db, tenant), tenant.tenant_id, tenant.environment_id, effective_settings({})
-        )
-        event = InboundEvent.from_payload(new_id("whevt"), view.id, stripe_event("customer.created", stripe_customer()))
+        view = receiving_connection(db)
 
-        async def work(session: AsyncSession) -> None:
-            outcomes = await inbound.apply_batch(session, [event], connections={view.id: view})
+        async def apply_one(session: AsyncSession, _round: int) -> None:
+            event = stripe_event("customer.created", stripe_customer())
+            outcomes = await inbound.apply_batch(
+                session, [InboundEvent.from_payload(new_id("whevt"), view.id, event)], connections={view.id: view}
+            )
             assert outcomes[0].effect == "created"
-            assert await session.scalar(text("SELECT current_setting('plan_cache_mode')")) == "force_generic_plan"
 
-        db.run(work)
+        plans_after_rounds(db, apply_one)
 
 
 def test_reconciliation_lookups_get_plans_for_their_keys(tmp_path: Path) -> None:
@@ -110,30 +121,15 @@ def test_reconciliation_lookups_get_plans_for_their_keys(tmp_path: Path) -> None
     connection: each of those lookups is planned for its keys too."""
     with own_database("postgresql", tmp_path) as db:
         generic_plans_always(db)
-        tenant = new_tenant(db, base_url="")
-        connection_id = add_stripe_connection(db, tenant)
+        connection_id = receiving_connection(db).id
 
-        async def scenario() -> list[tuple[str, int, int]]:
-            engine = create_engine(db.url, pool_size=1)
-            try:
-                sessions = session_factory(engine)
-                for page in range(BATCHES):
-                    keys = [f"cus_{page}_{n}" for n in range(3)]
-                    async with transaction(sessions) as session:
-                        assert await repository.links_with_customers(session, connection_id, keys) == []
-                        assert await repository.linked_customer_ids(session, connection_id, keys) == set()
-                        assert await repository.customers_with_unfinished_jobs(session, keys, ["create"]) == set()
-                        mode = await session.scalar(text("SELECT current_setting('plan_cache_mode')"))
-                        assert mode == "force_generic_plan"
-                async with sessions() as session:
-                    rows = await session.execute(
-                        text("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
-                    )
-                    return [(row[0], row[1], row[2]) for row in rows]
-            finally:
-                await engine.dispose()
+        async def look_up_a_page(session: AsyncSession, page: int) -> None:
+            keys = [f"cus_{page}_{n}" for n in range(3)]
+            assert await repository.links_with_customers(session, connection_id, keys) == []
+            assert await repository.linked_customer_ids(session, connection_id, keys) == set()
+            assert await repository.customers_with_unfinished_jobs(session, keys, ["create"]) == set()
 
-        statements = asyncio.run(scenario())
+        statements = plans_after_rounds(db, look_up_a_page)
 
     lookups = [(generic, custom) for statement, generic, custom in statements if "LATERAL" in statement]
     assert lookups == [(0, BATCHES)] * 3, statements

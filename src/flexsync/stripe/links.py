@@ -87,14 +87,8 @@ async def link(
     """
     if held is None:
         held = await holding_either(session, connection_id, customer.id, stripe_customer_id)
-    for existing in held:
-        if existing.customer_id == customer.id and existing.stripe_customer_id == stripe_customer_id:
-            _mirror_into_metadata(customer, stripe_customer_id)
-            return existing
-        raise LinkConflict(
-            f"customer {existing.customer_id} is already linked to Stripe customer {existing.stripe_customer_id}",
-            existing,
-        )
+    if held:
+        return _the_same_link(held[0], customer, stripe_customer_id)
     row = CustomerLink(
         id=new_id("link"),
         connection_id=connection_id,
@@ -114,15 +108,21 @@ async def link(
         )
         if winner is None:
             raise
-        if winner.customer_id == customer.id and winner.stripe_customer_id == stripe_customer_id:
-            _mirror_into_metadata(customer, stripe_customer_id)
-            return winner
-        raise LinkConflict(
-            f"customer {winner.customer_id} is already linked to Stripe customer {winner.stripe_customer_id}",
-            winner,
-        ) from None
-    _mirror_into_metadata(customer, stripe_customer_id)
-    return row
+    else:
+        _mirror_into_metadata(customer, stripe_customer_id)
+        return row
+    return _the_same_link(winner, customer, stripe_customer_id)
+
+
+def _the_same_link(existing: CustomerLink, customer: Customer, stripe_customer_id: str) -> CustomerLink:
+    """An existing link that holds one side: the very link wanted (returned), or a LinkConflict."""
+    if existing.customer_id == customer.id and existing.stripe_customer_id == stripe_customer_id:
+        _mirror_into_metadata(customer, stripe_customer_id)
+        return existing
+    raise LinkConflict(
+        f"customer {existing.customer_id} is already linked to Stripe customer {existing.stripe_customer_id}",
+        existing,
+    )
 
 
 async def unlink(session: AsyncSession, link_row: CustomerLink, customer: Customer | None) -> None:
