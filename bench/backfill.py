@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from flexsync.db import create_engine, migrate, session_factory, transaction
 from flexsync.ids import new_id
 from flexsync.models import StripeConnection
 from flexsync.tenancy import service as tenancy
+from measure import free_port, peak_rss_kb
 
 STRIPE_KEY = "sk_test_bench_backfill"
 LOCALSTRIPE = (
@@ -55,13 +55,6 @@ LOCALSTRIPE = (
     "from localstripe.server import start; start()"
 )
 FILL_CONCURRENCY = 32
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -190,19 +183,6 @@ async def count_rows(url: str) -> tuple[int, int]:
         await conn.close()
 
 
-def high_water_kb(pid: int) -> int:
-    """The process's peak resident set since it started the command (VmHWM). Not ru_maxrss: Linux carries the
-    forked parent's size (this script's, large after filling localstripe) over the exec into it."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except FileNotFoundError:
-        pass
-    return 0
-
-
 def reconcile(url: str, base: str, key: str, size: int) -> dict[str, Any]:
     migrate(url)
     connection_id = asyncio.run(setup(url, key))
@@ -221,7 +201,7 @@ def reconcile(url: str, base: str, key: str, size: int) -> dict[str, Any]:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
-            peak_kb = max(peak_kb, high_water_kb(process.pid))
+            peak_kb = max(peak_kb, peak_rss_kb(process.pid))
             time.sleep(0.1)
         wall = time.perf_counter() - started
         out.seek(0)

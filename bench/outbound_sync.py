@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -57,6 +56,7 @@ from tests.support import (  # noqa: E402
 from tests.sync_support import STRIPE_TEST_KEY, add_connection, start_worker  # noqa: E402
 
 from flexsync.models import Customer, CustomerLink  # noqa: E402
+from measure import cpu_seconds  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -130,13 +130,6 @@ def drained(db: DatabaseUnderTest, ids: list[str], since: datetime) -> tuple[int
     if count < 100 or last is None:
         return None
     return count, (last - since).total_seconds()
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of a process, from /proc."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_succeeded(api: httpx.Client, total: int) -> None:

@@ -31,7 +31,6 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,27 +45,12 @@ import asyncpg
 import httpx
 from cryptography.fernet import Fernet
 
+from measure import cpu_seconds, free_port, peak_rss_kb
+
 ROOT = Path(__file__).resolve().parents[1]
 KIT = (ROOT / ".." / "shared" / "bench").resolve()
 SECRET = "whsec_bench_webhook_ingest"
 SETTLED = ("applied", "ignored")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of a process, from /proc."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _postgres_cpu_seconds() -> float:
@@ -80,17 +64,8 @@ def _postgres_cpu_seconds() -> float:
                         continue
             except OSError:
                 continue
-            total += _cpu_seconds(int(entry))
+            total += cpu_seconds(int(entry))
     return total
-
-
-def _peak_rss_mb(pid: int) -> float:
-    """The process's peak resident memory so far (VmHWM), in MiB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
 
 
 def _children_cpu_seconds() -> float:
@@ -163,10 +138,10 @@ def run_load(args: argparse.Namespace, url: str, label: str, extra: list[str], s
         label,
         *extra,
     ]
-    server_before, postgres_before = _cpu_seconds(server_pid), _postgres_cpu_seconds()
+    server_before, postgres_before = cpu_seconds(server_pid), _postgres_cpu_seconds()
     load_before = _children_cpu_seconds()
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    server_cpu = _cpu_seconds(server_pid) - server_before
+    server_cpu = cpu_seconds(server_pid) - server_before
     postgres_cpu = _postgres_cpu_seconds() - postgres_before
     load_cpu = _children_cpu_seconds() - load_before
     result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
@@ -174,7 +149,7 @@ def run_load(args: argparse.Namespace, url: str, label: str, extra: list[str], s
     result["server_cpu_us_per_event"] = round(server_cpu / total * 1e6)
     result["postgres_cpu_us_per_event"] = round(postgres_cpu / total * 1e6)
     result["load_cpu_us_per_event"] = round(load_cpu / total * 1e6)
-    result["server_peak_rss_mb"] = _peak_rss_mb(server_pid)
+    result["server_peak_rss_mb"] = round(peak_rss_kb(server_pid) / 1024, 1)
     return result
 
 

@@ -301,10 +301,8 @@ def _probe_statement(on_postgresql: bool, named: bool, emails: bool) -> TextClau
     stale the table statistics are (a young table, in the first minutes of a deployment or a benchmark, has
     none; a plain `IN`/`= ANY` then tends to scan all of a connection's rows per lookup). The text is fixed,
     so the statement is prepared once per connection, but it is planned for each execution
-    (db.execute_planned_for_values): a generic plan, made once while the tables were nearly empty, served the
-    customers lookup from `ix_customers_env_created` (the whole environment, filtered) instead of the unique
-    external_id index and kept doing so as the table grew, until the next ANALYZE; a batch's lookups then
-    took 30-130 ms instead of about 1 ms. SQLite: `IN (...)`.
+    (db.execute_planned_for_values: a generic plan made while the tables were nearly empty served the customers
+    lookup from `ix_customers_env_created`, the whole environment filtered). SQLite: `IN (...)`.
     """
     kinds = ["link", "deleted", "customer", *(["named"] if named else []), *(["email"] if emails else [])]
     # Only the module's constants go into the text; every value is bound.

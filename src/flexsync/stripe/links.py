@@ -103,15 +103,13 @@ async def link(
             await session.flush()
     except IntegrityError:
         # Someone linked one side between our check and our insert: report what they linked.
-        winner = await by_customer(session, connection_id, customer.id) or await by_stripe_id(
-            session, connection_id, stripe_customer_id
-        )
-        if winner is None:
+        held = await holding_either(session, connection_id, customer.id, stripe_customer_id)
+        if not held:
             raise
     else:
         _mirror_into_metadata(customer, stripe_customer_id)
         return row
-    return _the_same_link(winner, customer, stripe_customer_id)
+    return _the_same_link(held[0], customer, stripe_customer_id)
 
 
 def _the_same_link(existing: CustomerLink, customer: Customer, stripe_customer_id: str) -> CustomerLink:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from flexsync.kit.bulk import Inserts
-from flexsync.models import EVENT_PENDING, EVENT_PENDING_STATUSES, WebhookEvent
+from flexsync.models import EVENT_PENDING, WebhookEvent
 from flexsync.tenancy.service import Scope
 
 if TYPE_CHECKING:
@@ -60,10 +60,7 @@ async def claim_by_ids(
     """Lock these events. Pending only: skip those another process holds or has finished (the normal path);
     otherwise wait for them, whatever their status (a replay)."""
     stmt = select(*CLAIM_COLUMNS).where(EVENTS.c.id.in_(event_ids)).order_by(EVENTS.c.id)
-    if pending_only:
-        stmt = stmt.where(EVENTS.c.status.in_(EVENT_PENDING_STATUSES)).with_for_update(skip_locked=True)
-    else:
-        stmt = stmt.with_for_update()
+    stmt = stmt.where(EVENT_PENDING).with_for_update(skip_locked=True) if pending_only else stmt.with_for_update()
     return (await session.execute(stmt)).all()
 
 
