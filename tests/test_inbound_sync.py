@@ -245,6 +245,25 @@ def test_an_echo_of_what_flexsync_pushed_changes_nothing(inbound: InboundTenant)
     assert "last pushed" in inbound.event_for(echo["id"])["note"]
 
 
+def test_a_value_that_does_not_fit_is_not_taken_for_a_late_echo(inbound: InboundTenant) -> None:
+    # Someone typed a 3-letter country into Stripe for a customer flexsync pushed. Everything else still
+    # matches the push, so this is no echo of an older push and needs no look at Stripe's current state (the
+    # server's Stripe, localstripe, does not know this customer: a look would find it gone and change nothing).
+    now = int(time.time())
+    address = {"line1": "1 Main St", "country": "GB"}
+    obj = stripe_customer(name="Pushed Name", email="pushed@example.com", address=address)
+    inbound.deliver_ok(stripe_event("customer.created", obj, created=now - 5), "applied")
+    pushed = mapped(name="Pushed Name", email="pushed@example.com", address_line1="1 Main St", address_country="GB")
+    set_pushed_snapshot(inbound.db, obj["id"], pushed)
+
+    update = stripe_event("customer.updated", {**obj, "address": {**address, "country": "GBR"}}, created=now)
+    assert inbound.deliver_ok(update)["status"] == "applied"
+
+    assert inbound.customer_for(obj["id"])["address_country"] == "GB"
+    note = inbound.event_for(update["id"])["note"]
+    assert "last pushed" in note and "GBR" in note
+
+
 def test_a_late_echo_of_an_older_push_defers_to_stripes_current_state(
     inbound: InboundTenant, stripe_api: stripe.StripeClient
 ) -> None:

@@ -540,3 +540,25 @@ def test_one_run_at_a_time_per_connection(database: DatabaseUnderTest, tenant: T
         assert body["details"]["reconciliation_id"] == first.json()["id"]
         assert_error(api.post(url, json={"restart": True}), 409, "already_exists")
         assert api.get("/v1/reconciliations").json()["pagination"]["total"] == 1
+
+
+def test_a_value_in_stripe_that_does_not_fit_does_not_make_stripe_look_newer(
+    env: SyncTenant, sdk: stripe.StripeClient, module_db: DatabaseUnderTest, module_localstripe: LocalStripe
+) -> None:
+    # Pushed to Stripe, then renamed in flexsync (this connection does not push updates); meanwhile someone
+    # typed a 3-letter country into Stripe. Stripe otherwise still shows what flexsync pushed: flexsync is the
+    # newer side, and its name must not be overwritten by the one Stripe kept from the push.
+    customer = env.create(external_id="kept", name="Pushed Name", address_line1="1 Main St", address_country="US")
+    assert env.api.post(f"/v1/customers/{customer['id']}/sync-to-stripe").status_code == 202
+    stripe_id = env.wait_linked(customer["id"])
+    wait_settled(env)
+    assert env.api.put(f"/v1/customers/{customer['id']}", json={"name": "Renamed Here"}).status_code == 200
+    sdk.v1.customers.update(stripe_id, {"address": {"line1": "1 Main St", "country": "USA"}})
+
+    report = reconcile_json(module_db, module_localstripe.base_url, env.connection_id)
+
+    assert report["counts"] == counts(pushed=1)
+    assert env.api.get(f"/v1/customers/{customer['id']}").json()["name"] == "Renamed Here"
+    wait_settled(env)
+    pushed = sdk.v1.customers.retrieve(stripe_id)
+    assert pushed.name == "Renamed Here" and pushed.address is not None and pushed.address.country == "US"

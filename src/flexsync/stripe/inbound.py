@@ -73,7 +73,6 @@ from flexsync.stripe.mapping import (
     STRIPE_ID_KEY,
     InboundCustomer,
     changes_from_stripe,
-    differs,
     from_stripe,
 )
 from flexsync.webhooks import repository
@@ -479,14 +478,14 @@ class _Batch:
                 return Outcome("applied", "the customer no longer exists in Stripe; nothing changed", customer.id)
         else:
             same_second = event.created == link.last_event_created
-            maybe_echo = bool(link.pushed_snapshot) and bool(differs(link.pushed_snapshot, incoming.fields))
+            maybe_echo = bool(link.pushed_snapshot) and bool(changes_from_stripe(link.pushed_snapshot, incoming))
             if same_second or maybe_echo:
                 return Outcome("queued", "waiting for the customer's current state from Stripe", customer.id, True)
         if not self.policy.update:
             return Outcome("ignored", "Stripe's changes are not copied (policy)", customer.id, effect="skipped")
         self._advance(link, event)
         problems = "; ".join(incoming.problems) or None
-        if link.pushed_snapshot and not differs(link.pushed_snapshot, incoming.fields):
+        if link.pushed_snapshot and not changes_from_stripe(link.pushed_snapshot, incoming):
             return Outcome(
                 "applied", _note("matches what flexsync last pushed; nothing changed", problems), customer.id
             )

@@ -170,5 +170,7 @@ def differs(current: Mapping[str, Any], incoming: Mapping[str, str | None]) -> d
 
 def changes_from_stripe(current: Mapping[str, Any], incoming: InboundCustomer) -> dict[str, str | None]:
     """What copying the Stripe customer onto a customer with these fields changes: the fields that differ,
-    but for those whose Stripe value does not fit (the customer keeps its own)."""
+    but for those whose Stripe value does not fit (the customer keeps its own). Also how an incoming customer
+    is compared with what flexsync last pushed: a value that does not fit was not pushed by flexsync, and
+    copying it would change nothing."""
     return {name: value for name, value in differs(current, incoming.fields).items() if name not in incoming.rejected}

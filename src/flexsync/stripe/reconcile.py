@@ -54,7 +54,7 @@ from flexsync.models import Customer, CustomerLink, StripeConnection, utcnow
 from flexsync.reconcile import repository
 from flexsync.stripe import inbound, outbound
 from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed, retry_delay
-from flexsync.stripe.mapping import MAPPED_FIELDS, changes_from_stripe, differs, from_stripe
+from flexsync.stripe.mapping import MAPPED_FIELDS, changes_from_stripe, from_stripe
 
 Direction = Literal["both", "from-stripe", "to-stripe"]
 Phase = Literal["stripe", "customers", "done"]
@@ -420,5 +420,5 @@ def _flexsync_newer(link: CustomerLink, customer: Customer, stripe_customer: Map
     """Stripe still shows what flexsync last pushed, and flexsync has changed since."""
     if link.status != "linked" or customer.status != "published" or not link.pushed_snapshot:
         return False
-    unchanged_in_stripe = not differs(link.pushed_snapshot, from_stripe(stripe_customer).fields)
+    unchanged_in_stripe = not changes_from_stripe(link.pushed_snapshot, from_stripe(stripe_customer))
     return unchanged_in_stripe and _differs_from_stripe(customer, stripe_customer)
