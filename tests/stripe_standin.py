@@ -10,8 +10,9 @@ slowly. This proxy forwards every request to localstripe and adds, as Stripe doe
   Stripe-Should-Retry, without reaching localstripe), `timeout_after_commit` (forward and store the answer,
   then stall `seconds` so the client times out after Stripe has committed), `hold` (forward and store, then
   stall until released: a worker can be killed mid-request), `delay` (stall `seconds`, then forward).
-- Counters: creates that reached localstripe per `metadata[flexprice_customer_id]`, requests per route, and
-  when each request arrived (seconds since the epoch, per route): what a rate limit is checked against.
+- Counters: creates that reached localstripe per `metadata[flexprice_customer_id]`, requests per route,
+  when each request arrived (seconds since the epoch, per route): what a rate limit is checked against, and
+  how many TCP connections the requests came over.
 
 Run: python -m tests.stripe_standin --upstream URL --port PORT. Control API under /_standin/.
 """
@@ -62,6 +63,8 @@ class State:
     in_flight: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     creates: Counter[str] = field(default_factory=Counter)
     requests: Counter[str] = field(default_factory=Counter)
+    # The client addresses (host, port) requests came from: one per TCP connection a client opened.
+    peers: set[tuple[str, int]] = field(default_factory=set)
     arrivals: defaultdict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     replays: int = 0
     injected: int = 0
@@ -113,6 +116,9 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     route = route_of(request.method, request.path)
     state.requests[route] += 1
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if peer:
+        state.peers.add((peer[0], peer[1]))
     state.arrivals[route].append(time.time())
     fault = take_fault(state, request.method, request.path)
     if fault is not None and fault.action == "status":
@@ -181,6 +187,7 @@ async def stats(request: web.Request) -> web.Response:
         {
             "creates": dict(state.creates),
             "requests": dict(state.requests),
+            "connections": len(state.peers),
             "arrivals": dict(state.arrivals),
             "replays": state.replays,
             "injected": state.injected,

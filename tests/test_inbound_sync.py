@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +21,8 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.models import CustomerLink
-from tests.support import DatabaseUnderTest, LocalStripe, Server, server_env, wait_for
+from tests.support import DatabaseUnderTest, LocalStripe, Server, server_env, start_server, wait_for
+from tests.sync_support import StandIn
 from tests.webhook_support import STRIPE_KEY, InboundTenant, inbound_tenant, stripe_customer, stripe_event
 
 
@@ -127,6 +129,35 @@ def test_two_updates_in_one_second_end_in_stripes_current_state(
     customer = inbound.customer_for(current.id)
     assert (customer["name"], customer["email"]) == ("Final Name", "final@example.com")
     assert len(inbound.customers_for(current.id)) == 1
+
+
+def test_events_waiting_for_stripe_share_one_connection_to_stripe(
+    module_db: DatabaseUnderTest, module_localstripe: LocalStripe, standin: StandIn, tmp_path: Path
+) -> None:
+    """Each same-second pair below makes the server fetch the customer from Stripe, in its own pass: all the
+    fetches go over the one keep-alive connection of the server's Stripe client (a new connection is a new TLS
+    handshake with Stripe). The stand-in, between the server and localstripe, counts the connections."""
+    server = start_server(module_db, tmp_path, "--no-worker", FLEXSYNC_STRIPE_API_BASE=standin.base_url)
+    sdk = stripe.StripeClient(STRIPE_KEY, base_addresses={"api": module_localstripe.base_url})
+    try:
+        with inbound_tenant(module_db, server.base_url) as inbound:
+            standin.reset()
+            for i in range(3):
+                current = sdk.v1.customers.create({"name": f"Current {i}"})
+                obj = stripe_customer(current.id, name=f"Initial {i}")
+                now = int(time.time())
+                inbound.deliver_ok(stripe_event("customer.created", obj, created=now - 5), "applied")
+                inbound.deliver_ok(stripe_event("customer.updated", {**obj, "name": "Stale"}, created=now), "applied")
+                second = stripe_event("customer.updated", {**obj, "name": "Also Stale"}, created=now)
+                assert inbound.deliver_ok(second)["status"] == "queued"
+                wait_applied(inbound, second["id"])
+                assert inbound.customer_for(current.id)["name"] == f"Current {i}"
+    finally:
+        server.stop()
+
+    stats = standin.stats()
+    assert stats["requests"] == {"GET /v1/customers/{id}": 3}
+    assert stats["connections"] == 1
 
 
 # -- duplicate prevention ---------------------------------------------------------------------------------------

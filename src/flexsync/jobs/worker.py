@@ -123,7 +123,7 @@ class Worker:
             return
         self._next_inbound_retry = time.monotonic() + INBOUND_RETRY_SECONDS
         try:
-            await inbound.apply_due_events(self.db)
+            await inbound.apply_due_events(self.db, caller=self._caller)
         except Exception:
             log.exception("retrying Stripe webhook events failed", worker=self.id)
 

@@ -39,6 +39,7 @@ replay. `apply_due_events` is the retry sweep: it also picks up events left `que
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -663,16 +664,20 @@ def describe_error(exc: BaseException) -> str:
     return redact(f"{type(origin).__name__}: {message}"[:500])
 
 
-async def apply_due_events(db: Database, *, limit: int = 200) -> int:
+async def apply_due_events(db: Database, *, limit: int = 200, caller: StripeCaller | None = None) -> int:
     """Apply what is due: failed events whose backoff has passed, and queued events that their receiving
-    process did not get to (it stopped or crashed). Safe in many processes at once; returns how many."""
+    process did not get to (it stopped or crashed). Safe in many processes at once; returns how many.
+
+    `caller`: the process's StripeCaller, for events that need Stripe's current state (its connection pool is
+    reused from pass to pass); without one, a pass that needs Stripe opens and closes its own."""
     now = utcnow()
-    return len(await _apply_claimed(db, lambda session: repository.claim_due(session, now, limit)))
+    return len(await _apply_claimed(db, lambda session: repository.claim_due(session, now, limit), caller=caller))
 
 
-async def apply_queued_events(db: Database, event_ids: Sequence[str]) -> None:
+async def apply_queued_events(db: Database, event_ids: Sequence[str], *, caller: StripeCaller | None = None) -> None:
     """Apply events this process has just stored as queued (unless another process took them meanwhile)."""
-    await _apply_claimed(db, lambda session: repository.claim_by_ids(session, event_ids, pending_only=True))
+    claim: Claim = lambda session: repository.claim_by_ids(session, event_ids, pending_only=True)  # noqa: E731
+    await _apply_claimed(db, claim, caller=caller)
 
 
 async def replay_event(db: Database, event_id: str) -> None:
@@ -683,7 +688,12 @@ async def replay_event(db: Database, event_id: str) -> None:
 
 
 async def _apply_claimed(
-    db: Database, claim: Claim, *, force: bool = False, fetched: Fetched | None = None
+    db: Database,
+    claim: Claim,
+    *,
+    force: bool = False,
+    fetched: Fetched | None = None,
+    caller: StripeCaller | None = None,
 ) -> list[str]:
     """Claim stored events, apply them in one transaction, record the outcomes; returns the claimed ids.
 
@@ -703,7 +713,7 @@ async def _apply_claimed(
     except Exception as exc:
         if len(claimed) > 1:
             for row in claimed:
-                await _apply_claimed(db, _claim_one(row.id, force), force=force, fetched=fetched)
+                await _apply_claimed(db, _claim_one(row.id, force), force=force, fetched=fetched, caller=caller)
         elif claimed:
             await _record_failure(db, claimed[0].id, exc)
         else:
@@ -711,7 +721,7 @@ async def _apply_claimed(
         return [row.id for row in claimed]
     waiting = [event for event, outcome in zip(events, outcomes, strict=True) if outcome.needs_stripe_state]
     if waiting and fetched is None:
-        await _apply_with_stripe_state(db, waiting, force)
+        await _apply_with_stripe_state(db, waiting, force, caller)
     return [row.id for row in claimed]
 
 
@@ -733,7 +743,9 @@ async def _record_failure(db: Database, event_id: str, exc: BaseException) -> No
         await repository.record_failure(session, event_id, describe_error(exc), utcnow(), MAX_ATTEMPTS, retry_delay)
 
 
-async def _apply_with_stripe_state(db: Database, events: Sequence[InboundEvent], force: bool) -> None:
+async def _apply_with_stripe_state(
+    db: Database, events: Sequence[InboundEvent], force: bool, caller: StripeCaller | None
+) -> None:
     """Re-fetch the events' customers from Stripe, then apply the events against that current state.
 
     An event whose customer cannot be fetched (network, Stripe down) is a failed attempt, retried later.
@@ -746,28 +758,28 @@ async def _apply_with_stripe_state(db: Database, events: Sequence[InboundEvent],
         if event.stripe_object_id:
             by_connection[event.connection_id].add(event.stripe_object_id)
 
-    async def fetch(account: StripeAccount, stripe_id: str) -> None:
+    async def fetch(stripe_caller: StripeCaller, account: StripeAccount, stripe_id: str) -> None:
         async with semaphore:
             try:
-                fetched[stripe_id] = await caller.call(
+                fetched[stripe_id] = await stripe_caller.call(
                     account, "customers.retrieve", lambda client: _current_customer(client, stripe_id)
                 )
             except StripeCallFailed as failure:
                 # The SDK's own error is what the event's last_error has always shown.
                 unreachable[stripe_id] = failure.__cause__ or failure
 
-    # Through the StripeCaller like every other Stripe request: the connection's shared rate limit, metrics.
-    caller = StripeCaller(db)
-    try:
+    # Through a StripeCaller like every other Stripe request: the connection's shared rate limit, metrics.
+    async with contextlib.AsyncExitStack() as own:
+        if caller is None:
+            caller = StripeCaller(db)
+            own.push_async_callback(caller.aclose)
         for connection_id, stripe_ids in by_connection.items():
             async with db.sessions() as session:
                 connection = await session.get(StripeConnection, connection_id)
             if connection is None or not connection.secret_key_encrypted:
                 continue  # deleted meanwhile: applying ignores its events
             account = StripeAccount.of(connection, db.box, db.settings)
-            await asyncio.gather(*(fetch(account, stripe_id) for stripe_id in stripe_ids))
-    finally:
-        await caller.aclose()
+            await asyncio.gather(*(fetch(caller, account, stripe_id) for stripe_id in stripe_ids))
     ready = []
     for event in events:
         failure = unreachable.get(event.stripe_object_id or "")

@@ -18,6 +18,7 @@ import structlog
 
 from flexsync.deps import Database
 from flexsync.stripe import inbound
+from flexsync.stripe.calls import StripeCaller
 from flexsync.webhooks.connection_cache import ConnectionCache
 from flexsync.webhooks.ingest import Ingestor
 
@@ -36,12 +37,16 @@ class QueuedEventApplier:
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # Events that wait for Stripe's current state are fetched through this one caller: its connections
+        # to Stripe stay open from batch to batch.
+        self._caller: StripeCaller | None = None
 
     def enqueue(self, event_ids: Sequence[str]) -> None:
         for event_id in event_ids:
             self._queue.put_nowait(event_id)
 
     def start(self, *, sweep: bool) -> None:
+        self._caller = StripeCaller(self._db)
         self._tasks = [asyncio.create_task(self._apply_queued(), name="flexsync-webhook-applier")]
         if sweep:
             self._tasks.append(asyncio.create_task(self._sweep(), name="flexsync-webhook-retry-sweep"))
@@ -55,6 +60,9 @@ class QueuedEventApplier:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         self._tasks = []
+        if self._caller is not None:
+            await self._caller.aclose()
+            self._caller = None
 
     async def _apply_queued(self) -> None:
         while True:
@@ -69,7 +77,7 @@ class QueuedEventApplier:
                     break
                 batch.append(item)
             try:
-                await inbound.apply_queued_events(self._db, batch)
+                await inbound.apply_queued_events(self._db, batch, caller=self._caller)
             except Exception as exc:  # the sweep retries them; this loop must keep going
                 log.warning("applying queued webhook events failed", error=inbound.describe_error(exc))
 
@@ -80,7 +88,7 @@ class QueuedEventApplier:
             if self._stopping.is_set():
                 return
             try:
-                while await inbound.apply_due_events(self._db, limit=SWEEP_LIMIT) == SWEEP_LIMIT:
+                while await inbound.apply_due_events(self._db, limit=SWEEP_LIMIT, caller=self._caller) == SWEEP_LIMIT:
                     pass
             except Exception as exc:  # e.g. the database is down: try again next time
                 log.warning("webhook retry sweep failed", error=inbound.describe_error(exc))
