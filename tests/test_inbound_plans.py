@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 from sqlalchemy import text
@@ -83,7 +84,6 @@ def test_the_batch_lookup_gets_a_plan_for_its_keys_and_the_inserts_keep_theirs(t
                 InboundEvent.from_payload(new_id("whevt"), view.id, stripe_event("customer.created", stripe_customer()))
                 for _ in range(3)
             ]
-            await inbound.lock_customers(session, events)
             outcomes = await inbound.apply_batch(session, events, connections={view.id: view})
             assert [o.effect for o in outcomes] == ["created"] * 3
 
@@ -99,21 +99,32 @@ def test_the_batch_lookup_gets_a_plan_for_its_keys_and_the_inserts_keep_theirs(t
     assert (generic, custom) == (BATCHES, 0)
 
 
-def test_applying_alone_leaves_plan_caching_as_it_was(tmp_path: Path) -> None:
-    """Applying without the lock (SQLite's way, or a caller that needs none) leaves the database's plan
-    caching in place too."""
+def test_batches_for_several_connections_or_with_nothing_to_look_up_leave_plan_caching_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """The switch to plans for values rides on the lock statement and the switch back on the lookup. A batch
+    for two connections has two lookups, both planned for their keys; a batch whose connection does not apply
+    Stripe's changes takes the lock but has nothing to look up, and still ends with the database's setting
+    (`plans_after_rounds` checks it at the end of every transaction)."""
     with own_database("postgresql", tmp_path) as db:
         generic_plans_always(db)
-        view = receiving_connection(db)
+        first, second = receiving_connection(db), receiving_connection(db)
+        inbound_off = replace(receiving_connection(db), settings=effective_settings({"inbound_enabled": False}))
 
-        async def apply_one(session: AsyncSession, _round: int) -> None:
-            event = stripe_event("customer.created", stripe_customer())
-            outcomes = await inbound.apply_batch(
-                session, [InboundEvent.from_payload(new_id("whevt"), view.id, event)], connections={view.id: view}
-            )
-            assert outcomes[0].effect == "created"
+        async def apply_mixed(session: AsyncSession, round_number: int) -> None:
+            views = [first, second] if round_number % 2 == 0 else [inbound_off]
+            events = [
+                InboundEvent.from_payload(new_id("whevt"), view.id, stripe_event("customer.created", stripe_customer()))
+                for view in views
+            ]
+            outcomes = await inbound.apply_batch(session, events, connections={view.id: view for view in views})
+            expected = ["applied", "applied"] if round_number % 2 == 0 else ["ignored"]
+            assert [o.status for o in outcomes] == expected
 
-        plans_after_rounds(db, apply_one)
+        statements = plans_after_rounds(db, apply_mixed)
+
+    lookups = [(generic, custom) for statement, generic, custom in statements if "CROSS JOIN LATERAL" in statement]
+    assert lookups == [(0, BATCHES)], statements  # two lookups in each of half the batches
 
 
 def test_reconciliation_lookups_get_plans_for_their_keys(tmp_path: Path) -> None:

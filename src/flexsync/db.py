@@ -74,6 +74,13 @@ async def transaction(factory: async_sessionmaker[AsyncSession]) -> AsyncIterato
         yield session
 
 
+# PostgreSQL, inside a transaction: the plan mode for the statements that follow, as expressions. Like SET LOCAL,
+# `set_config(..., true)` lasts until the transaction ends, and a NULL value puts back the connection's own
+# setting (as SET LOCAL ... TO DEFAULT does); unlike SET, it can ride on a statement that is run anyway.
+PLAN_FOR_VALUES = "set_config('plan_cache_mode', 'force_custom_plan', true)"
+PLAN_AS_CONFIGURED = "set_config('plan_cache_mode', NULL, true)"
+
+
 async def execute_planned_for_values(
     session: AsyncSession, statement: Executable, params: Any = None
 ) -> Result[*tuple[Any, ...]]:
@@ -84,13 +91,15 @@ async def execute_planned_for_values(
     (the first minutes of a deployment, a backfill), such a plan can serve a lookup by key from an index that
     reads a whole environment: the webhook path's batch lookup went from about 1 ms to 30-130 ms that way.
     Only the lookup is planned each time; the statements after it keep their cached plans (the setting is put
-    back to the connection's own). Must run inside a transaction, as every session's statements do.
+    back to the connection's own). Must run inside a transaction, as every session's statements do. A hot path
+    can save the two extra round trips by carrying PLAN_FOR_VALUES and PLAN_AS_CONFIGURED in statements of its
+    own (stripe/inbound.py does).
     """
     if session.get_bind().dialect.name != "postgresql":
         return await session.execute(statement, params)
-    await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+    await session.execute(text(f"SELECT {PLAN_FOR_VALUES}"))
     result = await session.execute(statement, params)
-    await session.execute(text("SET LOCAL plan_cache_mode = DEFAULT"))
+    await session.execute(text(f"SELECT {PLAN_AS_CONFIGURED}"))
     return result
 
 

@@ -29,7 +29,9 @@ to Stripe (no echo loop).
 Batches. `apply_batch` applies many events in the caller's transaction with a handful of statements: the
 links, candidate customers and deletions of the whole batch are read up front, new customers and links are
 inserted together at the end. On PostgreSQL, `lock_customers` serialises work on one Stripe customer across
-processes (transaction-scoped advisory locks, taken in a fixed order so they cannot deadlock).
+processes (transaction-scoped advisory locks, taken in a fixed order so they cannot deadlock). The batch's
+lookup is planned for its values (see db.execute_planned_for_values); the switches ride on the lock statement
+and on the lookup itself, so a batch costs no round trip for them.
 
 Failures. A stored event that fails to apply is marked `failed` with the error and retried with exponential
 backoff (2 s doubling, at most an hour apart); after MAX_ATTEMPTS attempts it is `dead`, kept for a manual
@@ -62,7 +64,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.connections.settings import ConnectionSettings, effective_settings
-from flexsync.db import execute_planned_for_values
+from flexsync.db import PLAN_AS_CONFIGURED, PLAN_FOR_VALUES
 from flexsync.ids import new_id
 from flexsync.kit.bulk import Inserts
 from flexsync.logs import redact
@@ -185,25 +187,29 @@ def _note(*parts: str | None) -> str | None:
     return "; ".join(text_parts) or None
 
 
-async def lock_customers(session: AsyncSession, events: Iterable[InboundEvent]) -> None:
+async def lock_customers(session: AsyncSession, events: Iterable[InboundEvent]) -> bool:
     """PostgreSQL: hold, until the transaction ends, a lock per Stripe customer the events touch.
 
     Two processes applying events of one Stripe customer then take turns, so neither decides on a state the
     other is about to change. SQLite needs nothing: a write transaction there excludes every other writer.
+    The same statement has the statements after it planned for their values, for the lookup that follows
+    (which puts the connection's own plan mode back); returns whether it did.
     """
     if session.get_bind().dialect.name != "postgresql":
-        return
+        return False
     keys = sorted(
         {f"{e.connection_id}:{e.stripe_object_id}" for e in events if e.type in HANDLED_TYPES and e.stripe_object_id}
     )
-    if keys:
-        await session.execute(
-            text(
-                "SELECT pg_advisory_xact_lock(k) FROM "
-                "(SELECT hashtextextended(key, 0) AS k FROM unnest(CAST(:keys AS text[])) AS key ORDER BY 1) AS s"
-            ),
-            {"keys": keys},
-        )
+    if not keys:
+        return False
+    await session.execute(
+        text(
+            f"SELECT {PLAN_FOR_VALUES}, count(pg_advisory_xact_lock(k)) FROM "  # noqa: S608
+            "(SELECT hashtextextended(key, 0) AS k FROM unnest(CAST(:keys AS text[])) AS key ORDER BY 1) AS s"
+        ),
+        {"keys": keys},
+    )
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +240,7 @@ async def apply_batch(
     policy: ApplyPolicy = WEBHOOKS,
     inserts: Inserts | None = None,
 ) -> list[Outcome]:
-    """Apply `events` in the caller's transaction (which must hold `lock_customers` for them on PostgreSQL).
+    """Apply `events` in the caller's transaction, after taking `lock_customers` for them.
 
     `connections`: views the caller has at hand (the webhook route's cache); others are read. `inserts`: the
     caller's own pending inserts, to which the new customers and links are added for the caller to write in
@@ -246,6 +252,7 @@ async def apply_batch(
     for event in events:
         by_connection[event.connection_id].append(event)
     outcomes: dict[str, Outcome] = {}
+    planning_for_values = await lock_customers(session, events)
     for connection_id, group in by_connection.items():
         view = (connections or {}).get(connection_id)
         if view is None:
@@ -255,10 +262,12 @@ async def apply_batch(
                 outcomes[event.id] = Outcome("ignored", "the Stripe connection is no longer active")
             continue
         batch = _Batch(session, view, fetched or {}, policy)
-        await batch.prepare(group)
+        planning_for_values = await batch.prepare(group, planning_for_values)
         for event in group:
             outcomes[event.id] = await batch.apply(event)
         await batch.finish(pending)
+    if planning_for_values:  # no lookup put the connection's plan mode back
+        await session.execute(text(f"SELECT {PLAN_AS_CONFIGURED}"))
     if inserts is None:
         await pending.write(session)
     return [outcomes[event.id] for event in events]
@@ -269,6 +278,8 @@ async def apply_batch(
 # customers named by external_id or id; `email`: unlinked customers with these emails (two per email tell one
 # match from several). Constants are written into the SQL so the partial indexes they select can be used.
 _ENVIRONMENT = "tenant_id = :tenant_id AND environment_id = :environment_id"
+# The kind of the probe's last row, which puts the plan mode back (PostgreSQL); nothing was found by it.
+_PLANNED = "planned"
 _PROBES = {
     "link": ("customer_links", "stripe_customer_id", "id", "connection_id = :connection_id", "stripe_ids", 1),
     "deleted": (
@@ -302,7 +313,8 @@ def _probe_statement(on_postgresql: bool, named: bool, emails: bool) -> TextClau
     none; a plain `IN`/`= ANY` then tends to scan all of a connection's rows per lookup). The text is fixed,
     so the statement is prepared once per connection, but it is planned for each execution
     (db.execute_planned_for_values: a generic plan made while the tables were nearly empty served the customers
-    lookup from `ix_customers_env_created`, the whole environment filtered). SQLite: `IN (...)`.
+    lookup from `ix_customers_env_created`, the whole environment filtered); its last row puts the connection's
+    own plan mode back for the statements after it. SQLite: `IN (...)`.
     """
     kinds = ["link", "deleted", "customer", *(["named"] if named else []), *(["email"] if emails else [])]
     # Only the module's constants go into the text; every value is bound.
@@ -318,6 +330,8 @@ def _probe_statement(on_postgresql: bool, named: bool, emails: bool) -> TextClau
             )
         else:
             parts.append(f"SELECT '{shown}', {row_id} FROM {table} WHERE {key} IN :{keys} AND {condition}")  # noqa: S608
+    if on_postgresql:
+        parts.append(f"SELECT '{_PLANNED}', {PLAN_AS_CONFIGURED}")
     statement = text(" UNION ALL ".join(parts))
     if on_postgresql:
         return statement
@@ -350,13 +364,16 @@ class _Batch:
 
     # -- reading up front ------------------------------------------------------------------------------------
 
-    async def prepare(self, events: Sequence[InboundEvent]) -> None:
-        """Read what the batch's events may need in one probe, then load only the rows it found."""
+    async def prepare(self, events: Sequence[InboundEvent], planning_for_values: bool) -> bool:
+        """Read what the batch's events may need in one probe, then load only the rows it found.
+
+        `planning_for_values`: whether the statements are being planned for their values (PostgreSQL); returns
+        whether they still are (the probe switches it off)."""
         if not self.settings.inbound_enabled:
-            return
+            return planning_for_values
         customer_events = [e for e in events if e.type in HANDLED_TYPES and e.stripe_object_id and e.data_object]
         if not customer_events:
-            return
+            return planning_for_values
         incoming = [self._incoming(e) for e in customer_events]
         stripe_ids = {c.stripe_id for c in incoming}
         named_ids = {c.flexprice_customer_id for c in incoming if c.flexprice_customer_id}
@@ -372,13 +389,16 @@ class _Batch:
             "named_ids": sorted(named_ids),
             "emails": sorted(emails),
         }
-        for kind, row_id in await execute_planned_for_values(self.session, probe, params):
+        if self.on_postgresql and not planning_for_values:  # an earlier connection's probe switched it off
+            await self.session.execute(text(f"SELECT {PLAN_FOR_VALUES}"))
+        for kind, row_id in await self.session.execute(probe, params):
             found[kind].add(row_id)
         self.deleted_in_stripe = found["deleted"]
         if found["link"]:
             await self._load_links(CustomerLink.id.in_(found["link"]))
         if found["customer"] or found["email"]:
             await self._load_candidates(found["customer"] | found["email"], found["email"])
+        return False
 
     async def _load_links(self, condition: Any) -> None:
         """The links and their customers, locked: the outbound worker and the API change them too."""
@@ -707,7 +727,6 @@ async def _apply_claimed(
             if not claimed:
                 return []
             events = [_event_from_row(row) for row in claimed]
-            await lock_customers(session, events)
             outcomes = await apply_batch(session, events, fetched=fetched)
             await repository.record_outcomes(session, claimed, outcomes, utcnow(), RECOVERY_DELAY)
     except Exception as exc:

@@ -1,8 +1,8 @@
 """Group commit: concurrent deliveries made durable, and applied, together in one transaction.
 
 Each verified delivery is queued and its request waits. A committer task takes everything queued (up to
-MAX_BATCH) and, in one transaction: locks the Stripe customers involved (PostgreSQL), applies the events
-(`stripe.inbound.apply_batch`), and inserts them with their outcome in one
+MAX_BATCH) and, in one transaction: applies the events (`stripe.inbound.apply_batch`, which first locks the
+Stripe customers involved on PostgreSQL), and inserts them with their outcome in one
 `INSERT ... ON CONFLICT DO NOTHING RETURNING`; if an event was stored already, the batch is redone without
 it. Only after the commit is any request answered: applied, ignored, queued (waiting for Stripe's current
 state) or duplicate. While a batch commits the next one fills up, so batches grow with the load and the cost
@@ -214,7 +214,6 @@ class Ingestor:
                 try:
                     async with self._db.transaction() as session:
                         events = [d.event for d in new]
-                        await inbound.lock_customers(session, events)
                         views = {d.connection.id: d.connection for d in new}
                         inserts = Inserts()
                         outcomes = await inbound.apply_batch(session, events, connections=views, inserts=inserts)
