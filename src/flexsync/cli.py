@@ -18,6 +18,7 @@ from flexsync.config import Settings, get_settings
 from flexsync.connections import service as connections
 from flexsync.crypto import secret_box
 from flexsync.db import create_engine, migrate, session_factory, transaction
+from flexsync.kit import runtime
 from flexsync.kit.errors import APIError
 from flexsync.logs import configure_logging, redact
 from flexsync.tenancy import service as tenancy
@@ -321,7 +322,7 @@ def worker_command(
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     _settle_garbage_collector()
-    asyncio.run(run_worker(settings, concurrency or settings.worker_concurrency))
+    runtime.run(run_worker(settings, concurrency or settings.worker_concurrency))
 
 
 def _database_problem(exc: DBAPIError) -> str:

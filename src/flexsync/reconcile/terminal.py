@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Task, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from flexsync.config import Settings
+from flexsync.kit import runtime
 from flexsync.kit.errors import APIError
 from flexsync.kit.json import dumps
 from flexsync.models import Reconciliation
@@ -73,7 +72,7 @@ def reconcile_in_terminal(
 
     try:
         with progress:
-            run = asyncio.run(
+            run = runtime.run(
                 runner.run_in_foreground(
                     settings,
                     connection_id,
