@@ -407,6 +407,8 @@ async def record(session: AsyncSession, push: Push, pushed: Pushed, job: SyncJob
         await session.execute(select(Customer).where(Customer.id == push.customer_id).with_for_update())
     ).scalar_one()
     connection_id = push.account.connection_id
+    snapshot = pushed.snapshot if pushed.snapshot is not None else push.snapshot
+    synced = {"pushed_snapshot": snapshot, "last_synced_at": now, "last_error": None, "updated_at": now}
     if push.action == "delete":
         current = await links.by_customer(session, connection_id, customer.id)
         if current is not None and current.stripe_customer_id == pushed.stripe_customer_id:
@@ -426,6 +428,7 @@ async def record(session: AsyncSession, push: Push, pushed: Pushed, job: SyncJob
                     customer,
                     pushed.stripe_customer_id,
                     held=[h for h in held if h not in dead],
+                    values=synced,
                 )
             except links.LinkConflict as conflict:
                 raise JobFailed(str(conflict)) from None
@@ -434,10 +437,8 @@ async def record(session: AsyncSession, push: Push, pushed: Pushed, job: SyncJob
             if found is None or found.stripe_customer_id != pushed.stripe_customer_id:
                 raise JobFailed(f"customer {customer.id} was unlinked from {pushed.stripe_customer_id} meanwhile")
             link = found
-        link.pushed_snapshot = pushed.snapshot if pushed.snapshot is not None else push.snapshot
-        link.last_synced_at = now
-        link.last_error = None
-        link.updated_at = now
+        for name, value in synced.items():  # a link just made has these already: no UPDATE for it
+            setattr(link, name, value)
         action = {"create": "created", "update": "updated", "link": "linked"}[push.action]
         result = {"action": action, "stripe_customer_id": pushed.stripe_customer_id}
         if push.action in ("create", "update"):
