@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import stripe
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.config import Settings
@@ -255,16 +255,36 @@ def _idempotency_key(action: Action, job_id: str, customer: Customer, target: st
     return f"flexsync:{action}:{customer.id}:v{customer.version}:{fingerprint}"
 
 
+async def _job_subjects(
+    session: AsyncSession, job: SyncJob
+) -> tuple[StripeConnection | None, Customer | None, CustomerLink | None]:
+    """The job's connection, customer and the customer's link on that connection, in one query."""
+    if job.connection_id is None:
+        return None, None, None
+    stmt = (
+        select(StripeConnection, Customer, CustomerLink)
+        .select_from(StripeConnection)
+        .outerjoin(Customer, Customer.id == job.customer_id)
+        .outerjoin(
+            CustomerLink,
+            and_(CustomerLink.connection_id == StripeConnection.id, CustomerLink.customer_id == Customer.id),
+        )
+        .where(StripeConnection.id == job.connection_id)
+    )
+    found = (await session.execute(stmt)).first()
+    return (found[0], found[1], found[2]) if found is not None else (None, None, None)
+
+
 async def prepare(session: AsyncSession, job: SyncJob, box: SecretBox, settings: Settings) -> Push | NothingToDo:
-    connection = await session.get(StripeConnection, job.connection_id) if job.connection_id else None
+    connection, customer, link = await _job_subjects(session, job)
     if connection is None or connection.deleted_at is not None:
         raise JobFailed("the environment's Stripe connection was deleted")
     if connection.status != "active":
         raise JobFailed(f"the Stripe connection is {connection.status}")
-    customer = await session.get(Customer, job.customer_id) if job.customer_id else None
     if customer is None:
         raise JobFailed(f"customer {job.customer_id} no longer exists")
-    link = await _live_link(session, connection.id, customer.id)
+    if link is not None and link.status != "linked":
+        link = None  # it only remembers a Stripe customer that was deleted in Stripe (see _live_link)
     account = StripeAccount.of(connection, box, settings)
 
     def push(action: Action, target: str | None, params: dict[str, Any], snapshot: dict[str, Any]) -> Push:
