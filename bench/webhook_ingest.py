@@ -21,6 +21,12 @@ Usage (PostgreSQL must be reachable; the script creates and drops its own databa
 
     python bench/webhook_ingest.py --pg postgresql://postgres@127.0.0.1:5432/postgres --rounds 3
 
+With `--baseline SRC` (the `src/` of another checkout, e.g. a `git worktree` of an earlier commit) the runs
+compare flexsync with that version of itself instead of the reference: the same venv, the same load, the
+baseline's server run with SRC first on PYTHONPATH and its database migrated by its own migrations; the order
+alternates by round (baseline first, then this checkout first, ...), since the second run of a pair tends to
+come out a few percent ahead on a small machine. Use an even number of rounds.
+
 Prints one line per run and the medians, and with --json one JSON object at the end.
 """
 
@@ -36,7 +42,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -156,15 +162,16 @@ def run_load(args: argparse.Namespace, url: str, label: str, extra: list[str], s
 # -- flexsync ---------------------------------------------------------------------------------------------------
 
 
-def seed_flexsync(database_url: str, encryption_key: str) -> tuple[str, str]:
-    """Migrate, then create a tenant, an environment and an active Stripe connection signing with SECRET."""
+def seed_flexsync(database_url: str, encryption_key: str, env: dict[str, str]) -> tuple[str, str]:
+    """Migrate (with the migrations of the flexsync that `env` runs), then create a tenant, an environment and
+    an active Stripe connection signing with SECRET."""
     from flexsync.crypto import SecretBox
-    from flexsync.db import create_engine, migrate, session_factory, transaction
+    from flexsync.db import create_engine, session_factory, transaction
     from flexsync.ids import new_id
     from flexsync.models import StripeConnection
     from flexsync.tenancy import service as tenancy
 
-    migrate(database_url)
+    subprocess.run([sys.executable, "-m", "flexsync", "migrate"], env=env, check=True, capture_output=True)
 
     async def seed() -> tuple[str, str]:
         engine = create_engine(database_url, null_pool=True)
@@ -226,12 +233,11 @@ async def _integrity(dsn: str) -> dict[str, int]:
         await conn.close()
 
 
-def run_flexsync(args: argparse.Namespace, admin_dsn: str, label: str) -> dict[str, Any]:
+def run_flexsync(args: argparse.Namespace, admin_dsn: str, label: str, src: str | None = None) -> dict[str, Any]:
+    """One run of flexsync: this checkout's, or the one whose `src/` is `src`."""
     with fresh_database(admin_dsn) as dsn:
         database_url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
         key = Fernet.generate_key().decode()
-        tenant_id, environment_id = seed_flexsync(database_url, key)
-        port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXSYNC_")}
         env.update(
             FLEXSYNC_DATABASE_URL=database_url,
@@ -239,6 +245,10 @@ def run_flexsync(args: argparse.Namespace, admin_dsn: str, label: str) -> dict[s
             FLEXSYNC_LOG_LEVEL="warning",
             FLEXSYNC_LOG_FORMAT="json",
         )
+        if src:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+        tenant_id, environment_id = seed_flexsync(database_url, key, env)
+        port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "flexsync", "serve", "--no-worker", "--no-migrate", "--port", str(port)],
             env=env,
@@ -315,13 +325,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", choices=["flexsync", "reference"], help="run one receiver only")
+    parser.add_argument("--baseline", metavar="SRC", help="compare with the flexsync in SRC instead of the reference")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object at the end")
     args = parser.parse_args()
 
-    results: dict[str, list[dict[str, Any]]] = {"flexsync": [], "reference": []}
-    runners = {"flexsync": run_flexsync, "reference": run_reference}
+    other = "baseline" if args.baseline else "reference"
+    results: dict[str, list[dict[str, Any]]] = {"flexsync": [], other: []}
+    runners: dict[str, Callable[[argparse.Namespace, str, str], dict[str, Any]]] = {
+        "flexsync": run_flexsync,
+        "reference": run_reference,
+        "baseline": lambda *run: run_flexsync(*run, src=str(Path(args.baseline).resolve())),
+    }
     for round_number in range(args.rounds):
-        order = ["reference", "flexsync"] if round_number % 2 == 0 else ["flexsync", "reference"]
+        order = [other, "flexsync"] if round_number % 2 == 0 else ["flexsync", other]
         for name in order:
             if args.only and name != args.only:
                 continue
@@ -335,7 +351,7 @@ def main() -> None:
                 f" postgres {result['postgres_cpu_us_per_event']} us"
                 f" load {result['load_cpu_us_per_event']} us  server peak rss {result['server_peak_rss_mb']} MiB"
             )
-            if name == "flexsync":
+            if name != "reference":
                 line += (
                     f"  drain {result['drain_s']:.3f} s  events {result['events']} customers {result['customers']}"
                     f" links {result['links']} twice {result['applied_more_than_once']} statuses {result['statuses']}"
@@ -362,7 +378,7 @@ def main() -> None:
             }
     if len(summary) == 2:
         summary["end_to_end_ratio"] = round(
-            summary["flexsync"]["end_to_end_per_s"] / summary["reference"]["end_to_end_per_s"], 2
+            summary["flexsync"]["end_to_end_per_s"] / summary[other]["end_to_end_per_s"], 2
         )
     print("medians:", json.dumps(summary), flush=True)
     if args.json:
