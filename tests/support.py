@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flexsync.crypto import SecretBox
 from flexsync.db import create_engine, migrate, session_factory, transaction
 from flexsync.ids import new_id
-from flexsync.models import StripeConnection
+from flexsync.models import Customer, StripeConnection
 from flexsync.tenancy import service as tenancy
 
 T = TypeVar("T")
@@ -219,6 +219,19 @@ def new_tenant(db: DatabaseUnderTest, base_url: str) -> TenantContext:
         return TenantContext(tenant.id, env.id, key.key, base_url)
 
     return db.run(work)
+
+
+def customer_row(tenant: TenantContext, name: str) -> Customer:
+    """A customer row of this tenant's environment (external_id: the name in lower case), not yet added."""
+    return Customer(
+        id=new_id("cust"),
+        tenant_id=tenant.tenant_id,
+        environment_id=tenant.environment_id,
+        external_id=name.lower().replace(" ", "-"),
+        name=name,
+        created_by="test",
+        updated_by="test",
+    )
 
 
 def store_connection(

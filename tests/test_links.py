@@ -14,23 +14,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from flexsync.ids import new_id
-from flexsync.models import Customer, CustomerLink
+from flexsync.models import CustomerLink
 from flexsync.stripe import links
-from tests.support import DatabaseUnderTest, new_tenant
+from tests.support import DatabaseUnderTest, customer_row, new_tenant
 from tests.webhook_support import add_stripe_connection
-
-
-def customer(tenant_id: str, environment_id: str, name: str) -> Customer:
-    return Customer(
-        id=new_id("cust"),
-        tenant_id=tenant_id,
-        environment_id=environment_id,
-        external_id=name.lower(),
-        name=name,
-        created_by="test",
-        updated_by="test",
-    )
 
 
 def test_a_link_made_meanwhile_is_reported_not_duplicated(fresh_db: DatabaseUnderTest) -> None:
@@ -38,7 +25,7 @@ def test_a_link_made_meanwhile_is_reported_not_duplicated(fresh_db: DatabaseUnde
     connection_id = add_stripe_connection(fresh_db, tenant)
 
     async def work(session: AsyncSession) -> dict[str, Any]:
-        ada, grace = (customer(tenant.tenant_id, tenant.environment_id, name) for name in ("Ada", "Grace"))
+        ada, grace = customer_row(tenant, "Ada"), customer_row(tenant, "Grace")
         session.add_all([ada, grace])
         await session.flush()
         first = await links.link(session, connection_id, ada, "cus_first")

@@ -14,7 +14,7 @@ from flexsync.crypto import SecretBox
 from flexsync.ids import new_id
 from flexsync.models import Customer, CustomerLink, StripeConnection, SyncJob, utcnow
 from flexsync.stripe import links, outbound
-from tests.support import TEST_ENCRYPTION_KEY, DatabaseUnderTest, new_tenant
+from tests.support import TEST_ENCRYPTION_KEY, DatabaseUnderTest, customer_row, new_tenant
 from tests.webhook_support import add_stripe_connection
 
 BOX = SecretBox([TEST_ENCRYPTION_KEY])
@@ -46,20 +46,11 @@ def decide(db: DatabaseUnderTest, *, customer_id: str | None, connection_id: str
 def test_prepare_reads_the_jobs_connection_customer_and_link(fresh_db: DatabaseUnderTest) -> None:
     tenant = new_tenant(fresh_db, base_url="")
     connection_id = add_stripe_connection(fresh_db, tenant)
-    customer_id = new_id("cust")
+    row = customer_row(tenant, "Ada Lovelace")
+    customer_id = row.id
 
     async def add_customer(session: AsyncSession) -> None:
-        session.add(
-            Customer(
-                id=customer_id,
-                tenant_id=tenant.tenant_id,
-                environment_id=tenant.environment_id,
-                external_id="ada",
-                name="Ada Lovelace",
-                created_by="test",
-                updated_by="test",
-            )
-        )
+        session.add(row)
 
     fresh_db.run(add_customer)
 
