@@ -7,7 +7,8 @@ each test registers its own tenant's URL, looks only at its own Stripe customers
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,24 @@ def stripe_api(localstripe_server: LocalStripe) -> stripe.StripeClient:
     return stripe.StripeClient(STRIPE_KEY, base_addresses={"api": localstripe_server.base_url})
 
 
+Subscribe = Callable[..., AbstractContextManager[InboundTenant]]
+
+
 @pytest.fixture
-def webhook(localstripe_server: LocalStripe) -> Iterator[Any]:
-    """Registers a tenant's webhook URL with localstripe for the test; unregisters it (no events) after."""
+def subscribed(
+    module_db: DatabaseUnderTest, inbound_server: Server, localstripe_server: LocalStripe
+) -> Iterator[Subscribe]:
+    """`with subscribed(settings) as inbound:` a new tenant of the running server, whose webhook URL localstripe
+    delivers to for the test; the URL is unregistered (no events) after."""
     webhook_id = new_id("we")
 
-    def register(inbound: InboundTenant) -> None:
-        localstripe_server.register_webhook(webhook_id, inbound.webhook_url, WEBHOOK_SECRET)
+    @contextmanager
+    def subscribe(settings: dict[str, Any] | None = None) -> Iterator[InboundTenant]:
+        with inbound_tenant(module_db, inbound_server.base_url, settings) as inbound:
+            localstripe_server.register_webhook(webhook_id, inbound.webhook_url, WEBHOOK_SECRET)
+            yield inbound
 
-    yield register
+    yield subscribe
     localstripe_server.register_webhook(webhook_id, "http://127.0.0.1:9/unused", WEBHOOK_SECRET, events=["none"])
 
 
@@ -55,10 +65,9 @@ def wait_customer(inbound: InboundTenant, stripe_id: str, check: Any = bool, wha
 
 
 def test_stripe_customers_created_updated_and_deleted_flow_into_flexsync(
-    module_db: DatabaseUnderTest, inbound_server: Server, stripe_api: stripe.StripeClient, webhook: Any
+    subscribed: Subscribe, stripe_api: stripe.StripeClient
 ) -> None:
-    with inbound_tenant(module_db, inbound_server.base_url) as inbound:
-        webhook(inbound)
+    with subscribed() as inbound:
         created = stripe_api.v1.customers.create(
             {
                 "name": "Grace Hopper",
@@ -94,11 +103,8 @@ def test_stripe_customers_created_updated_and_deleted_flow_into_flexsync(
         assert len(inbound.customers_for(created.id)) == 1
 
 
-def test_a_stripe_deletion_archives_when_configured(
-    module_db: DatabaseUnderTest, inbound_server: Server, stripe_api: stripe.StripeClient, webhook: Any
-) -> None:
-    with inbound_tenant(module_db, inbound_server.base_url, {"on_stripe_delete": "archive"}) as inbound:
-        webhook(inbound)
+def test_a_stripe_deletion_archives_when_configured(subscribed: Subscribe, stripe_api: stripe.StripeClient) -> None:
+    with subscribed({"on_stripe_delete": "archive"}) as inbound:
         created = stripe_api.v1.customers.create({"email": "nameless@example.com"})
         customer = wait_customer(inbound, created.id)
         assert customer["name"] == "nameless@example.com"
@@ -109,17 +115,12 @@ def test_a_stripe_deletion_archives_when_configured(
 
 
 def test_flexsyncs_own_pushes_come_back_as_links_not_duplicates_and_echo_nothing(
-    module_db: DatabaseUnderTest,
-    inbound_server: Server,
-    stripe_api: stripe.StripeClient,
-    webhook: Any,
-    stripe_worker: None,
+    subscribed: Subscribe, stripe_api: stripe.StripeClient, stripe_worker: None
 ) -> None:
     """The full loop: a customer made in flexsync is pushed to Stripe by a real `flexsync worker`; Stripe's
     customer.created for it links (or finds linked) that customer instead of importing a second one, and the
     customer.updated that follows an update in flexsync changes nothing and pushes nothing back."""
-    with inbound_tenant(module_db, inbound_server.base_url) as inbound:
-        webhook(inbound)
+    with subscribed() as inbound:
         created = inbound.api.post("/v1/customers", json={"external_id": "crm-77", "name": "Katherine"})
         assert created.status_code == 201, created.text
         customer_id = created.json()["id"]
@@ -153,16 +154,11 @@ def test_flexsyncs_own_pushes_come_back_as_links_not_duplicates_and_echo_nothing
 
 
 def test_sync_to_stripe_after_a_deletion_in_stripe_makes_a_new_stripe_customer_and_relinks(
-    module_db: DatabaseUnderTest,
-    inbound_server: Server,
-    stripe_api: stripe.StripeClient,
-    webhook: Any,
-    stripe_worker: None,
+    subscribed: Subscribe, stripe_api: stripe.StripeClient, stripe_worker: None
 ) -> None:
     """A Stripe customer deleted in Stripe leaves its customer linked to nothing (on_stripe_delete: ignore);
     an explicit sync then creates a new Stripe customer, and the new link takes the old one's place."""
-    with inbound_tenant(module_db, inbound_server.base_url) as inbound:
-        webhook(inbound)
+    with subscribed() as inbound:
         first = stripe_api.v1.customers.create({"name": "Dorothy Vaughan", "email": "dorothy@example.com"})
         customer_id = wait_customer(inbound, first.id)["id"]
         stripe_api.v1.customers.delete(first.id)

@@ -696,15 +696,12 @@ async def apply_due_events(db: Database, *, limit: int = 200, caller: StripeCall
 
 async def apply_queued_events(db: Database, event_ids: Sequence[str], *, caller: StripeCaller | None = None) -> None:
     """Apply events this process has just stored as queued (unless another process took them meanwhile)."""
-    claim: Claim = lambda session: repository.claim_by_ids(session, event_ids, pending_only=True)  # noqa: E731
-    await _apply_claimed(db, claim, caller=caller)
+    await _apply_claimed(db, _claim_ids(event_ids, pending_only=True), caller=caller)
 
 
 async def replay_event(db: Database, event_id: str) -> None:
     """Apply a stored event again now, whatever its status; the ordering rules still hold."""
-    await _apply_claimed(
-        db, lambda session: repository.claim_by_ids(session, [event_id], pending_only=False), force=True
-    )
+    await _apply_claimed(db, _claim_ids([event_id], pending_only=False), force=True)
 
 
 async def _apply_claimed(
@@ -732,7 +729,8 @@ async def _apply_claimed(
     except Exception as exc:
         if len(claimed) > 1:
             for row in claimed:
-                await _apply_claimed(db, _claim_one(row.id, force), force=force, fetched=fetched, caller=caller)
+                claim_one = _claim_ids([row.id], pending_only=not force)
+                await _apply_claimed(db, claim_one, force=force, fetched=fetched, caller=caller)
         elif claimed:
             await _record_failure(db, claimed[0].id, exc)
         else:
@@ -744,8 +742,8 @@ async def _apply_claimed(
     return [row.id for row in claimed]
 
 
-def _claim_one(event_id: str, force: bool) -> Claim:
-    return lambda session: repository.claim_by_ids(session, [event_id], pending_only=not force)
+def _claim_ids(event_ids: Sequence[str], *, pending_only: bool) -> Claim:
+    return lambda session: repository.claim_by_ids(session, event_ids, pending_only=pending_only)
 
 
 def _event_from_row(row: repository.ClaimedEvent) -> InboundEvent:
@@ -807,8 +805,7 @@ async def _apply_with_stripe_state(
         else:
             await _record_failure(db, event.id, failure)
     if ready:
-        claim: Claim = lambda session: repository.claim_by_ids(session, ready, pending_only=not force)  # noqa: E731
-        await _apply_claimed(db, claim, force=force, fetched=fetched)
+        await _apply_claimed(db, _claim_ids(ready, pending_only=not force), force=force, fetched=fetched)
 
 
 async def _current_customer(client: stripe.StripeClient, stripe_id: str) -> Mapping[str, Any] | None:

@@ -64,10 +64,13 @@ async def _active_connection(session: AsyncSession, customer: Customer) -> Strip
     return connection if connection is not None and connection.status == "active" else None
 
 
-async def _live_link(session: AsyncSession, connection_id: str, customer_id: str) -> CustomerLink | None:
-    """The customer's link, unless it only remembers a Stripe customer that was deleted in Stripe."""
-    link = await links.by_customer(session, connection_id, customer_id)
+def _alive(link: CustomerLink | None) -> CustomerLink | None:
+    """The link, unless it only remembers a Stripe customer that was deleted in Stripe."""
     return link if link is not None and link.status == "linked" else None
+
+
+async def _live_link(session: AsyncSession, connection_id: str, customer_id: str) -> CustomerLink | None:
+    return _alive(await links.by_customer(session, connection_id, customer_id))
 
 
 async def _linked_or_linking(session: AsyncSession, connection_id: str, customer_id: str) -> bool:
@@ -276,15 +279,14 @@ async def _job_subjects(
 
 
 async def prepare(session: AsyncSession, job: SyncJob, box: SecretBox, settings: Settings) -> Push | NothingToDo:
-    connection, customer, link = await _job_subjects(session, job)
+    connection, customer, any_link = await _job_subjects(session, job)
     if connection is None or connection.deleted_at is not None:
         raise JobFailed("the environment's Stripe connection was deleted")
     if connection.status != "active":
         raise JobFailed(f"the Stripe connection is {connection.status}")
     if customer is None:
         raise JobFailed(f"customer {job.customer_id} no longer exists")
-    if link is not None and link.status != "linked":
-        link = None  # it only remembers a Stripe customer that was deleted in Stripe (see _live_link)
+    link = _alive(any_link)
     account = StripeAccount.of(connection, box, settings)
 
     def push(action: Action, target: str | None, params: dict[str, Any], snapshot: dict[str, Any]) -> Push:

@@ -54,7 +54,7 @@ from flexsync.models import Customer, CustomerLink, StripeConnection, utcnow
 from flexsync.reconcile import repository
 from flexsync.stripe import inbound, outbound
 from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed, retry_delay
-from flexsync.stripe.mapping import MAPPED_FIELDS, changes_from_stripe, from_stripe
+from flexsync.stripe.mapping import MAPPED_FIELDS, InboundCustomer, changes_from_stripe, from_stripe
 
 Direction = Literal["both", "from-stripe", "to-stripe"]
 Phase = Literal["stripe", "customers", "done"]
@@ -238,8 +238,10 @@ class Reconciler:
             )
             for stripe_id, customer in by_id.items()
         ]
-        await inbound.lock_customers(session, events)
         if self.dry_run:
+            # The replay writes before applying does: it takes the Stripe customers' locks first (apply_batch
+            # takes them again, harmlessly); a real run leaves the locking to apply_batch.
+            await inbound.lock_customers(session, events)
             await self._replay_claims(session, page.customers)
         outcomes = await self._apply(session, events, by_id)
         newly_linked = [event for event, outcome in zip(events, outcomes, strict=True) if outcome.effect == "linked"]
@@ -279,7 +281,7 @@ class Reconciler:
                 result.counts["linked"] += 1
                 if found is not None:
                     self._claim_link(event.id, found[1])
-                    if not pulls(self.direction) and _differs_from_stripe(found[1], by_id[event.id]):
+                    if not pulls(self.direction) and _differs_from_stripe(found[1], from_stripe(by_id[event.id])):
                         pushed_on_link.append(found[1])
             elif outcome.effect == "created":
                 result.counts["imported"] += 1
@@ -411,14 +413,14 @@ class Reconciler:
         return queued
 
 
-def _differs_from_stripe(customer: Customer, stripe_customer: Mapping[str, Any]) -> bool:
+def _differs_from_stripe(customer: Customer, incoming: InboundCustomer) -> bool:
     current = {name: getattr(customer, name) for name in MAPPED_FIELDS}
-    return bool(changes_from_stripe(current, from_stripe(stripe_customer)))
+    return bool(changes_from_stripe(current, incoming))
 
 
 def _flexsync_newer(link: CustomerLink, customer: Customer, stripe_customer: Mapping[str, Any]) -> bool:
     """Stripe still shows what flexsync last pushed, and flexsync has changed since."""
     if link.status != "linked" or customer.status != "published" or not link.pushed_snapshot:
         return False
-    unchanged_in_stripe = not changes_from_stripe(link.pushed_snapshot, from_stripe(stripe_customer))
-    return unchanged_in_stripe and _differs_from_stripe(customer, stripe_customer)
+    incoming = from_stripe(stripe_customer)
+    return not changes_from_stripe(link.pushed_snapshot, incoming) and _differs_from_stripe(customer, incoming)
