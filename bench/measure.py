@@ -26,6 +26,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (a server with worker processes), from /proc."""
+    tree, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as children:
+                    pending.extend(int(child) for child in children.read().split())
+        except OSError:
+            continue
+    return tree
+
+
 def peak_rss_kb(pid: int) -> int:
     """The process's peak resident set so far (VmHWM), in KiB; 0 once it is gone. Not ru_maxrss: Linux carries a
     forked parent's size over the exec into the child."""

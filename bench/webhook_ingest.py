@@ -51,7 +51,7 @@ import asyncpg
 import httpx
 from cryptography.fernet import Fernet
 
-from measure import cpu_seconds, free_port, peak_rss_kb
+from measure import cpu_seconds, free_port, peak_rss_kb, process_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 KIT = (ROOT / ".." / "shared" / "bench").resolve()
@@ -103,18 +103,30 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def fresh_database(admin_dsn: str) -> Iterator[str]:
-    """A new PostgreSQL database for one run, dropped afterwards; yields its asyncpg DSN."""
+def fresh_database(admin_dsn: str, flush_delay_us: int = 0) -> Iterator[str]:
+    """A new PostgreSQL database for one run, dropped afterwards; yields its asyncpg DSN.
+
+    `flush_delay_us` makes every WAL flush of this database's sessions wait that long first (PostgreSQL's
+    `commit_delay`, with `commit_siblings` 0 so it always applies): a stand-in for a disk whose flush is that
+    much slower than this machine's. Commits that arrive meanwhile join the flush, as they would on such a disk.
+    """
     name = f"bench_{uuid.uuid4().hex[:10]}"
 
-    async def admin(sql: str) -> None:
+    async def admin(*statements: str) -> None:
         conn = await asyncpg.connect(admin_dsn)
         try:
-            await conn.execute(sql)
+            for sql in statements:
+                await conn.execute(sql)
         finally:
             await conn.close()
 
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    setup = [f'CREATE DATABASE "{name}"']
+    if flush_delay_us:
+        setup += [
+            f'ALTER DATABASE "{name}" SET commit_delay = {int(flush_delay_us)}',
+            f'ALTER DATABASE "{name}" SET commit_siblings = 0',
+        ]
+    asyncio.run(admin(*setup))
     try:
         yield admin_dsn.rsplit("/", 1)[0] + "/" + name
     finally:
@@ -144,10 +156,11 @@ def run_load(args: argparse.Namespace, url: str, label: str, extra: list[str], s
         label,
         *extra,
     ]
-    server_before, postgres_before = cpu_seconds(server_pid), _postgres_cpu_seconds()
+    servers = process_tree(server_pid)
+    server_before, postgres_before = sum(map(cpu_seconds, servers)), _postgres_cpu_seconds()
     load_before = _children_cpu_seconds()
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    server_cpu = cpu_seconds(server_pid) - server_before
+    server_cpu = sum(map(cpu_seconds, servers)) - server_before
     postgres_cpu = _postgres_cpu_seconds() - postgres_before
     load_cpu = _children_cpu_seconds() - load_before
     result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
@@ -155,7 +168,7 @@ def run_load(args: argparse.Namespace, url: str, label: str, extra: list[str], s
     result["server_cpu_us_per_event"] = round(server_cpu / total * 1e6)
     result["postgres_cpu_us_per_event"] = round(postgres_cpu / total * 1e6)
     result["load_cpu_us_per_event"] = round(load_cpu / total * 1e6)
-    result["server_peak_rss_mb"] = round(peak_rss_kb(server_pid) / 1024, 1)
+    result["server_peak_rss_mb"] = round(sum(map(peak_rss_kb, servers)) / 1024, 1)
     return result
 
 
@@ -235,7 +248,7 @@ async def _integrity(dsn: str) -> dict[str, int]:
 
 def run_flexsync(args: argparse.Namespace, admin_dsn: str, label: str, src: str | None = None) -> dict[str, Any]:
     """One run of flexsync: this checkout's, or the one whose `src/` is `src`."""
-    with fresh_database(admin_dsn) as dsn:
+    with fresh_database(admin_dsn, args.flush_delay_us) as dsn:
         database_url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
         key = Fernet.generate_key().decode()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXSYNC_")}
@@ -250,7 +263,8 @@ def run_flexsync(args: argparse.Namespace, admin_dsn: str, label: str, src: str 
         tenant_id, environment_id = seed_flexsync(database_url, key, env)
         port = free_port()
         server = subprocess.Popen(
-            [sys.executable, "-m", "flexsync", "serve", "--no-worker", "--no-migrate", "--port", str(port)],
+            [sys.executable, "-m", "flexsync", "serve", "--no-worker", "--no-migrate", "--port", str(port)]
+            + (["--processes", str(args.processes)] if args.processes > 1 else []),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -295,7 +309,7 @@ async def _reference_rows(dsn: str) -> int:
 
 
 def run_reference(args: argparse.Namespace, admin_dsn: str, label: str) -> dict[str, Any]:
-    with fresh_database(admin_dsn) as dsn:
+    with fresh_database(admin_dsn, args.flush_delay_us) as dsn:
         port = free_port()
         env = dict(os.environ, WEBHOOK_SECRET=SECRET, DATABASE_URL=dsn)
         command = [sys.executable, "-m", "uvicorn", "reference_app:app", "--app-dir", str(KIT), "--host"]
@@ -326,6 +340,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", choices=["flexsync", "reference"], help="run one receiver only")
     parser.add_argument("--baseline", metavar="SRC", help="compare with the flexsync in SRC instead of the reference")
+    parser.add_argument("--processes", type=int, default=1, help="flexsync's server processes (serve --processes)")
+    parser.add_argument(
+        "--flush-delay-us",
+        type=int,
+        default=0,
+        metavar="US",
+        help="make each WAL flush wait this long (commit_delay), for both receivers: a slower disk than this one's",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object at the end")
     args = parser.parse_args()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flexsync.config import Settings, get_settings
 from flexsync.connections import service as connections
 from flexsync.crypto import secret_box
-from flexsync.db import create_engine, migrate, session_factory, transaction
+from flexsync.db import create_engine, is_sqlite_url, migrate, session_factory, transaction
 from flexsync.kit import runtime
 from flexsync.kit.errors import APIError
 from flexsync.logs import configure_logging, redact
@@ -27,6 +28,8 @@ T = TypeVar("T")
 
 # Allocations between collections of the youngest generation in long-running processes (Python's default: 700).
 GC_YOUNG_THRESHOLD = 50_000
+# `serve --processes`: more than a machine's cores only adds memory and database connections.
+MAX_PROCESSES = 64
 
 app = typer.Typer(
     help="flexsync: two-way customer sync between FlexPrice-style billing and Stripe.", no_args_is_help=True
@@ -280,16 +283,30 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default FLEXSYNC_PORT).")] = None,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="Do not run the embedded sync worker.")] = False,
     no_migrate: Annotated[bool, typer.Option("--no-migrate", help="Do not apply migrations at start.")] = False,
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes",
+            min=1,
+            max=MAX_PROCESSES,
+            help="Server processes sharing the port, each with its own event loop (PostgreSQL only).",
+        ),
+    ] = 1,
 ) -> None:
     """Serve the API and dashboard (with an embedded worker unless --no-worker)."""
     import uvicorn
-
-    from flexsync.api import create_app
 
     settings = get_settings()
     settings.host = host or settings.host
     settings.port = port or settings.port
     configure_logging(settings.log_level, settings.log_format)
+    if processes > 1 and is_sqlite_url(settings.database_url):
+        err_console.print(
+            "[red]error:[/red] --processes above 1 needs PostgreSQL: a SQLite database is served by one process "
+            "(set FLEXSYNC_DATABASE_URL to a postgresql+asyncpg:// URL)",
+            highlight=False,
+        )
+        raise typer.Exit(code=1)
     if not no_migrate:
         migrate(settings.database_url)
     first = _in_transaction(settings, lambda s: tenancy.bootstrap(s, new_key_when_present=False))
@@ -298,15 +315,34 @@ def serve(
         for line in _bootstrap_lines(settings, first):
             console.print(line, highlight=False, soft_wrap=True)
     settings.run_worker = not no_worker
-    application = create_app(settings)
-    _settle_garbage_collector()
+    served: Any = "flexsync.cli:serving_app"
+    if processes > 1:
+        # uvicorn binds the port once and starts (and restarts, if one dies) the processes, each of which builds
+        # its app from the environment: the same settings as here, plus --no-worker.
+        os.environ["FLEXSYNC_RUN_WORKER"] = "true" if settings.run_worker else "false"
+    else:
+        served = serving_app(settings)
     uvicorn.run(
-        application,
+        served,
+        factory=processes > 1,
+        workers=processes,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
     )
+
+
+def serving_app(settings: Settings | None = None) -> Any:
+    """The app one server process serves (`serve --processes N` has uvicorn build one in each process)."""
+    from flexsync.api import create_app
+
+    if settings is None:
+        settings = get_settings()
+        configure_logging(settings.log_level, settings.log_format)
+    application = create_app(settings)
+    _settle_garbage_collector()
+    return application
 
 
 @app.command("worker")
