@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support import DatabaseUnderTest, Server, own_database, server_env, start_server, wait_for
@@ -75,6 +77,11 @@ def test_two_processes_store_and_apply_every_event_once(inbound: InboundTenant, 
     stored = inbound.events()
     assert sorted(e["stripe_event_id"] for e in stored) == sorted(e["id"] for e in events)
     assert all(e["status"] == "applied" and e["attempts"] == 1 for e in stored)
+    # A scrape shows the whole server's counts, whichever process answers it (each request a new connection).
+    for _ in range(6):
+        metrics = httpx.get(f"{two_processes.base_url}/metrics", timeout=10).text
+        assert 'flexsync_webhook_events_total{outcome="applied"} 40.0' in metrics
+        assert 'flexsync_webhook_events_total{outcome="duplicate"} 80.0' in metrics
 
 
 def test_a_process_that_dies_is_replaced(inbound: InboundTenant, two_processes: Server) -> None:
@@ -87,6 +94,27 @@ def test_a_process_that_dies_is_replaced(inbound: InboundTenant, two_processes: 
     for _ in range(4):  # new connections: whichever process accepts them answers
         assert inbound.deliver(stripe_event("customer.updated", customer)).status_code == 200
     assert inbound.customer_for(customer["id"])["name"] == customer["name"]
+
+
+def test_a_dashboard_session_holds_in_every_process(inbound: InboundTenant, two_processes: Server) -> None:
+    """Signed in through one process, the session works in the other: the cookie's signing secret comes from the
+    encryption keys, not from the process. Every request goes on a new connection, so both processes answer."""
+    base = two_processes.base_url
+    form = httpx.get(f"{base}/signin", timeout=10)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert csrf is not None
+    cookies = dict(form.cookies)
+    signed_in = httpx.post(
+        f"{base}/signin",
+        data={"api_key": inbound.tenant.api_key, "csrf_token": csrf.group(1), "next": "/customers"},
+        cookies=cookies,
+        timeout=10,
+    )
+    assert signed_in.status_code == 303 and signed_in.headers["location"] == "/customers", signed_in.text
+    cookies.update(dict(signed_in.cookies))
+    for _ in range(8):
+        page = httpx.get(f"{base}/customers", cookies=cookies, timeout=10)
+        assert page.status_code == 200 and "Customers" in page.text, page.status_code
 
 
 def test_more_than_one_process_needs_postgresql(tmp_path: Path) -> None:

@@ -6,11 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from starlette.responses import Response
 
-import flexsync.metrics  # noqa: F401  (registers flexsync's own counters)
 from flexsync import __version__
 from flexsync.config import Settings, get_settings
 from flexsync.connections.endpoints import router as connections_router
@@ -23,6 +22,7 @@ from flexsync.jobs.worker import Worker
 from flexsync.kit.errors import error_response, install_error_handlers
 from flexsync.kit.json import JSONResponse
 from flexsync.kit.middleware import BodySizeLimit, DefaultJSONContentType
+from flexsync.metrics import exposition
 from flexsync.reconcile.endpoints import router as reconcile_router
 from flexsync.web.app import install_dashboard
 from flexsync.webhooks import receiver
@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics", tags=["operations"])
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
     install_dashboard(app)
     return app

@@ -6,6 +6,8 @@ import asyncio
 import gc
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -22,6 +24,7 @@ from flexsync.db import create_engine, is_sqlite_url, migrate, session_factory, 
 from flexsync.kit import runtime
 from flexsync.kit.errors import APIError
 from flexsync.logs import configure_logging, redact
+from flexsync.metrics import MULTIPROCESS_DIR_ENV
 from flexsync.tenancy import service as tenancy
 
 T = TypeVar("T")
@@ -316,21 +319,29 @@ def serve(
             console.print(line, highlight=False, soft_wrap=True)
     settings.run_worker = not no_worker
     served: Any = "flexsync.cli:serving_app"
+    metrics_dir = None
     if processes > 1:
         # uvicorn binds the port once and starts (and restarts, if one dies) the processes, each of which builds
-        # its app from the environment: the same settings as here, plus --no-worker.
+        # its app from the environment: the same settings as here, plus --no-worker, and where to keep the
+        # counts that /metrics adds up.
         os.environ["FLEXSYNC_RUN_WORKER"] = "true" if settings.run_worker else "false"
+        metrics_dir = tempfile.mkdtemp(prefix="flexsync-metrics-")
+        os.environ[MULTIPROCESS_DIR_ENV] = metrics_dir
     else:
         served = serving_app(settings)
-    uvicorn.run(
-        served,
-        factory=processes > 1,
-        workers=processes,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-    )
+    try:
+        uvicorn.run(
+            served,
+            factory=processes > 1,
+            workers=processes,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=False,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def serving_app(settings: Settings | None = None) -> Any:

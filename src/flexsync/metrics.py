@@ -1,8 +1,18 @@
-"""Prometheus metrics, exposed at /metrics."""
+"""Prometheus metrics, exposed at /metrics.
+
+Under `serve --processes N` every process writes its counts to files in a directory of the server's own
+(PROMETHEUS_MULTIPROC_DIR, set before the processes start) and /metrics adds them up, so a scrape shows the
+whole server whichever process answers it.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 HTTP_REQUESTS = Counter("flexsync_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
 WEBHOOK_EVENTS = Counter("flexsync_webhook_events_total", "Stripe webhook deliveries", ["outcome"])
@@ -14,3 +24,12 @@ WEBHOOK_BATCH = Histogram(
 SYNC_JOBS = Counter("flexsync_sync_jobs_total", "Outbound sync jobs finished", ["kind", "outcome"])
 STRIPE_REQUESTS = Counter("flexsync_stripe_requests_total", "Requests made to Stripe", ["operation", "status"])
 STRIPE_LATENCY = Histogram("flexsync_stripe_request_seconds", "Latency of requests to Stripe", ["operation"])
+
+
+def exposition() -> bytes:
+    """The metrics in Prometheus' text format: this process's, or all of the server's processes'."""
+    if os.environ.get(MULTIPROCESS_DIR_ENV):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest()
