@@ -27,6 +27,12 @@ baseline's server run with SRC first on PYTHONPATH and its database migrated by 
 alternates by round (baseline first, then this checkout first, ...), since the second run of a pair tends to
 come out a few percent ahead on a small machine. Use an even number of rounds.
 
+`--ceiling` adds, to every round, the reference app's `/webhook-lean` (signature check and JSON parsing, no
+database): the machine's HTTP ceiling, which tells how this machine compares with the issue's (about 13,800/s
+there). `--processes N` runs flexsync with `serve --processes N` (server CPU and memory are summed over its
+processes). `--flush-delay-us US` makes every WAL flush of both receivers' databases wait that long
+(PostgreSQL's `commit_delay`): a disk whose flush is that much slower than this machine's.
+
 Prints one line per run and the medians, and with --json one JSON object at the end.
 """
 
@@ -308,26 +314,32 @@ async def _reference_rows(dsn: str) -> int:
         await conn.close()
 
 
+def _serve_reference(args: argparse.Namespace, label: str, route: str, database_env: dict[str, str]) -> dict[str, Any]:
+    port = free_port()
+    env = dict(os.environ, WEBHOOK_SECRET=SECRET, **database_env)
+    command = [sys.executable, "-m", "uvicorn", "reference_app:app", "--app-dir", str(KIT), "--host"]
+    command += ["127.0.0.1", "--port", str(port), "--workers", "1", "--loop", "uvloop", "--http", "httptools"]
+    command += ["--no-access-log", "--log-level", "warning"]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/", server)
+        return run_load(args, f"http://127.0.0.1:{port}{route}", label, [], server.pid)
+    finally:
+        stop(server)
+
+
 def run_reference(args: argparse.Namespace, admin_dsn: str, label: str) -> dict[str, Any]:
     with fresh_database(admin_dsn, args.flush_delay_us) as dsn:
-        port = free_port()
-        env = dict(os.environ, WEBHOOK_SECRET=SECRET, DATABASE_URL=dsn)
-        command = [sys.executable, "-m", "uvicorn", "reference_app:app", "--app-dir", str(KIT), "--host"]
-        command += ["127.0.0.1", "--port", str(port), "--workers", "1", "--loop", "uvloop", "--http", "httptools"]
-        command += ["--no-access-log", "--log-level", "warning"]
-        server = subprocess.Popen(
-            command,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_for(f"http://127.0.0.1:{port}/", server)
-            load = run_load(args, f"http://127.0.0.1:{port}/webhook-db-lean", label, [], server.pid)
-            rows = asyncio.run(_reference_rows(dsn))
-        finally:
-            stop(server)
+        load = _serve_reference(args, label, "/webhook-db-lean", {"DATABASE_URL": dsn})
+        rows = asyncio.run(_reference_rows(dsn))
     return {**load, "end_to_end_per_s": load["ok_per_s"], "rows": rows}
+
+
+def run_ceiling(args: argparse.Namespace, _admin_dsn: str, label: str) -> dict[str, Any]:
+    """The reference app's `/webhook-lean`: signature check and JSON parsing, no database. How fast this
+    machine's HTTP stack and load generator go at all: the issue's calibration machine did about 13,800/s."""
+    load = _serve_reference(args, label, "/webhook-lean", {})
+    return {**load, "end_to_end_per_s": load["ok_per_s"]}
 
 
 def main() -> None:
@@ -348,19 +360,25 @@ def main() -> None:
         metavar="US",
         help="make each WAL flush wait this long (commit_delay), for both receivers: a slower disk than this one's",
     )
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also run the reference's no-database route each round: the machine's HTTP ceiling",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object at the end")
     args = parser.parse_args()
 
     other = "baseline" if args.baseline else "reference"
-    results: dict[str, list[dict[str, Any]]] = {"flexsync": [], other: []}
+    results: dict[str, list[dict[str, Any]]] = {"flexsync": [], other: [], "ceiling": []}
     runners: dict[str, Callable[[argparse.Namespace, str, str], dict[str, Any]]] = {
         "flexsync": run_flexsync,
         "reference": run_reference,
+        "ceiling": run_ceiling,
         "baseline": lambda *run: run_flexsync(*run, src=str(Path(args.baseline).resolve())),
     }
     for round_number in range(args.rounds):
         order = [other, "flexsync"] if round_number % 2 == 0 else ["flexsync", other]
-        for name in order:
+        for name in ["ceiling", *order] if args.ceiling else order:
             if args.only and name != args.only:
                 continue
             result = runners[name](args, args.pg, f"{name}#{round_number + 1}")
@@ -373,12 +391,12 @@ def main() -> None:
                 f" postgres {result['postgres_cpu_us_per_event']} us"
                 f" load {result['load_cpu_us_per_event']} us  server peak rss {result['server_peak_rss_mb']} MiB"
             )
-            if name != "reference":
+            if name in ("flexsync", "baseline"):
                 line += (
                     f"  drain {result['drain_s']:.3f} s  events {result['events']} customers {result['customers']}"
                     f" links {result['links']} twice {result['applied_more_than_once']} statuses {result['statuses']}"
                 )
-            else:
+            elif name == "reference":
                 line += f"  rows {result['rows']}"
             print(line, flush=True)
 
@@ -398,7 +416,7 @@ def main() -> None:
                     "server_peak_rss_mb",
                 )
             }
-    if len(summary) == 2:
+    if "flexsync" in summary and other in summary:
         summary["end_to_end_ratio"] = round(
             summary["flexsync"]["end_to_end_per_s"] / summary[other]["end_to_end_per_s"], 2
         )
