@@ -1,8 +1,8 @@
 """Faults while applying Stripe events: the event is kept, retried with backoff, applied once.
 
 The first tests run the app in-process (httpx's ASGITransport, with the app's lifespan, so its ingest and
-retry tasks run) because they make things fail: an SQLAlchemy hook on the app's own engine raises on the
-INSERT of customers, or the configured Stripe address has nothing listening. Everything else is real: the
+retry tasks run) because they make things fail: the INSERT of customers fails (a trigger on PostgreSQL, a hook
+on the app's own engine on SQLite), or the configured Stripe address has nothing listening. Everything else is real: the
 signed deliveries, the database (SQLite and PostgreSQL), the retry sweep. The last one runs a real
 `flexsync worker` process.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from flexsync.api import create_app
 from flexsync.config import Settings
@@ -32,15 +32,64 @@ from tests.webhook_support import add_stripe_connection, sign, stripe_customer, 
 
 
 class FailingCustomerInserts:
-    """Makes the next `times` statements inserting customers fail as if the database connection had dropped."""
+    """Makes the next `times` inserts of this tenant's customers fail, as if the database connection had dropped.
 
-    def __init__(self, times: int) -> None:
-        self.left = times
+    PostgreSQL: a trigger raises, counting on a sequence (which a rollback does not undo), so the fault is the
+    database's own, whichever way a statement reaches it (the webhook path runs its statements on the driver).
+    SQLite: an SQLAlchemy hook on the app's engine raises before the statement is sent.
+    """
 
-    def __call__(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if self.left > 0 and "INSERT INTO CUSTOMERS " in statement.upper():
-            self.left -= 1
-            raise OperationalError(statement, None, ConnectionError("injected: the database went away"))
+    MESSAGE = "injected: the database went away"
+
+    def __init__(self, db: DatabaseUnderTest, tenant_id: str, times: int) -> None:
+        self.db = db
+        self.tenant_id = tenant_id
+        self.times = times
+        self.hook_left = times
+        self.name = f"fail_{tenant_id.lower()}"
+
+    async def install(self, engine: AsyncEngine) -> None:
+        if self.db.backend == "sqlite":
+            event.listen(engine.sync_engine, "before_cursor_execute", self._hook)
+            return
+        async with engine.begin() as connection:
+            await connection.execute(text(f"CREATE SEQUENCE {self.name}"))
+            await connection.execute(
+                text(
+                    f"CREATE FUNCTION {self.name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                    f"IF nextval('{self.name}') <= {self.times} THEN RAISE EXCEPTION '{self.MESSAGE}'; END IF; "
+                    "RETURN NEW; END $$"
+                )
+            )
+            await connection.execute(
+                text(
+                    f"CREATE TRIGGER {self.name} BEFORE INSERT ON customers FOR EACH ROW "
+                    f"WHEN (NEW.tenant_id = '{self.tenant_id}') EXECUTE FUNCTION {self.name}()"
+                )
+            )
+
+    async def remove(self, engine: AsyncEngine) -> None:
+        if self.db.backend == "sqlite":
+            event.remove(engine.sync_engine, "before_cursor_execute", self._hook)
+            return
+        async with engine.begin() as connection:
+            await connection.execute(text(f"DROP TRIGGER {self.name} ON customers"))
+            await connection.execute(text(f"DROP FUNCTION {self.name}()"))
+            await connection.execute(text(f"DROP SEQUENCE {self.name}"))
+
+    async def left(self, db: Database) -> int:
+        if self.db.backend == "sqlite":
+            return self.hook_left
+        async with db.sessions() as session:
+            # The name is made from the tenant id, an id flexsync made (letters, digits and `_`).
+            row = (await session.execute(text(f"SELECT last_value, is_called FROM {self.name}"))).one()  # noqa: S608
+        used = row.last_value if row.is_called else 0
+        return max(self.times - used, 0)
+
+    def _hook(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if self.hook_left > 0 and "INSERT INTO CUSTOMERS " in statement.upper():
+            self.hook_left -= 1
+            raise OperationalError(statement, None, ConnectionError(self.MESSAGE))
 
 
 async def event_row(db: Database, stripe_event_id: str) -> WebhookEvent:
@@ -83,34 +132,37 @@ def test_an_event_that_fails_to_apply_is_kept_retried_and_applied_once(
     )
     app = create_app(settings)
     # Fails the try with its batch, and the first retry of the stored event; the next retry succeeds.
-    failing = FailingCustomerInserts(times=2)
+    failing = FailingCustomerInserts(module_db, tenant.tenant_id, times=2)
 
     async def scenario() -> None:
         async with app.router.lifespan_context(app):
             db: Database = app.state.db
-            event.listen(db.engine.sync_engine, "before_cursor_execute", failing)
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://flexsync.test") as client:
-                response = await client.post(
-                    f"/v1/webhooks/stripe/{tenant.tenant_id}/{tenant.environment_id}",
-                    content=body,
-                    headers={"Stripe-Signature": sign(body)},
-                )
-            # Stored before the answer, even though applying failed.
-            assert response.status_code == 200, response.text
-            assert response.json() == {"received": True, "event_id": stripe_evt["id"], "status": "queued"}
+            await failing.install(db.engine)
+            try:
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://flexsync.test") as client:
+                    response = await client.post(
+                        f"/v1/webhooks/stripe/{tenant.tenant_id}/{tenant.environment_id}",
+                        content=body,
+                        headers={"Stripe-Signature": sign(body)},
+                    )
+                # Stored before the answer, even though applying failed.
+                assert response.status_code == 200, response.text
+                assert response.json() == {"received": True, "event_id": stripe_evt["id"], "status": "queued"}
 
-            failed = await wait_status(db, stripe_evt["id"], "failed")
-            assert failed.attempts == 1 and "injected: the database went away" in (failed.last_error or "")
-            assert failed.next_attempt_at is not None
-            assert await count(db, Customer) == 0
+                failed = await wait_status(db, stripe_evt["id"], "failed")
+                assert failed.attempts == 1 and "injected: the database went away" in (failed.last_error or "")
+                assert failed.next_attempt_at is not None
+                assert await count(db, Customer) == 0
 
-            applied = await wait_status(db, stripe_evt["id"], "applied")
-            assert applied.attempts == 2 and applied.last_error is None and applied.customer_id is not None
-            assert failing.left == 0
-            assert await count(db, Customer) == 1
-            assert await count(db, CustomerLink) == 1
-            assert await count(db, WebhookEvent) == 1
+                applied = await wait_status(db, stripe_evt["id"], "applied")
+                assert applied.attempts == 2 and applied.last_error is None and applied.customer_id is not None
+                assert await failing.left(db) == 0
+                assert await count(db, Customer) == 1
+                assert await count(db, CustomerLink) == 1
+                assert await count(db, WebhookEvent) == 1
+            finally:
+                await failing.remove(db.engine)
 
     asyncio.run(scenario())
 

@@ -16,12 +16,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.connections.settings import effective_settings
-from flexsync.db import create_engine, session_factory, transaction
+from flexsync.db import create_engine, driver_transaction, fetch_rows, session_factory, transaction
 from flexsync.ids import new_id
 from flexsync.reconcile import repository
 from flexsync.stripe import inbound
@@ -44,18 +45,21 @@ def generic_plans_always(db: DatabaseUnderTest) -> None:
     db.run(work)
 
 
-def plans_after_rounds(db: DatabaseUnderTest, work: Callable[[AsyncSession, int], Awaitable[None]]) -> list[Plans]:
+def plans_after_rounds(
+    db: DatabaseUnderTest, work: Callable[[AsyncSession, int], Awaitable[None]], *, on_driver: bool = False
+) -> list[Plans]:
     """Run `work` in BATCHES transactions on one connection, as a long-lived process does; after each, the plan
-    caching is the database's own again. Returns PostgreSQL's counters of how each statement was planned."""
+    caching is the database's own again. Returns PostgreSQL's counters of how each statement was planned.
+    `on_driver`: the transactions are held by the driver, as the webhook path's are (db.driver_transaction)."""
 
     async def scenario() -> list[Plans]:
         engine = create_engine(db.url, pool_size=1)
         try:
             sessions = session_factory(engine)
             for n in range(BATCHES):
-                async with transaction(sessions) as session:
+                async with driver_transaction(engine) if on_driver else transaction(sessions) as session:
                     await work(session, n)
-                    mode = await session.scalar(text("SELECT current_setting('plan_cache_mode')"))
+                    [(mode,)] = await fetch_rows(session, text("SELECT current_setting('plan_cache_mode')"), {})
                     assert mode == "force_generic_plan"
             async with sessions() as session:
                 rows = await session.execute(
@@ -74,7 +78,12 @@ def receiving_connection(db: DatabaseUnderTest) -> ConnectionView:
     return ConnectionView(connection_id, tenant.tenant_id, tenant.environment_id, effective_settings({}))
 
 
-def test_the_batch_lookup_gets_a_plan_for_its_keys_and_the_inserts_keep_theirs(tmp_path: Path) -> None:
+# Both ways the batch path's statements reach PostgreSQL: through the ORM session, and on the driver.
+on_either_path = pytest.mark.parametrize("on_driver", [False, True], ids=["session", "driver"])
+
+
+@on_either_path
+def test_the_batch_lookup_gets_a_plan_for_its_keys_and_the_inserts_keep_theirs(tmp_path: Path, on_driver: bool) -> None:
     with own_database("postgresql", tmp_path) as db:
         generic_plans_always(db)
         view = receiving_connection(db)
@@ -87,7 +96,7 @@ def test_the_batch_lookup_gets_a_plan_for_its_keys_and_the_inserts_keep_theirs(t
             outcomes = await inbound.apply_batch(session, events, connections={view.id: view})
             assert [o.effect for o in outcomes] == ["created"] * 3
 
-        statements = plans_after_rounds(db, apply_new_customers)
+        statements = plans_after_rounds(db, apply_new_customers, on_driver=on_driver)
 
     lookups = [s for s in statements if "CROSS JOIN LATERAL" in s[0]]
     inserts = [s for s in statements if "json_populate_recordset" in s[0]]
@@ -99,8 +108,9 @@ def test_the_batch_lookup_gets_a_plan_for_its_keys_and_the_inserts_keep_theirs(t
     assert (generic, custom) == (BATCHES, 0)
 
 
+@on_either_path
 def test_batches_for_several_connections_or_with_nothing_to_look_up_leave_plan_caching_as_it_was(
-    tmp_path: Path,
+    tmp_path: Path, on_driver: bool
 ) -> None:
     """The switch to plans for values rides on the lock statement and the switch back on the lookup. A batch
     for two connections has two lookups, both planned for their keys; a batch whose connection does not apply
@@ -121,7 +131,7 @@ def test_batches_for_several_connections_or_with_nothing_to_look_up_leave_plan_c
             expected = ["applied", "applied"] if round_number % 2 == 0 else ["ignored"]
             assert [o.status for o in outcomes] == expected
 
-        statements = plans_after_rounds(db, apply_mixed)
+        statements = plans_after_rounds(db, apply_mixed, on_driver=on_driver)
 
     lookups = [(generic, custom) for statement, generic, custom in statements if "CROSS JOIN LATERAL" in statement]
     assert lookups == [(0, BATCHES)], statements  # two lookups in each of half the batches

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Executable, Result, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Executable, Result, TextClause, event, text
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.engine import CursorResult, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+_ASYNCPG = asyncpg_dialect()  # type: ignore[no-untyped-call]
 
 
 def is_sqlite_url(url: str) -> bool:
@@ -72,6 +75,50 @@ async def transaction(factory: async_sessionmaker[AsyncSession]) -> AsyncIterato
     """A unit of work that commits once at the end, or rolls back on any error."""
     async with factory() as session, session.begin():
         yield session
+
+
+# The asyncpg connection under a session whose transaction the driver holds (see driver_transaction).
+_DRIVER_KEY = "flexsync.driver_connection"
+
+
+@asynccontextmanager
+async def driver_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """PostgreSQL: a unit of work whose transaction is held by the asyncpg connection itself, for a hot path.
+
+    The session yielded works as any other; `fetch_rows` runs its statements on the driver directly, skipping
+    SQLAlchemy's statement execution, and the ORM, when the work needs it, joins the transaction through a
+    savepoint (the driver nests a transaction started inside one). For the webhook batch (three statements,
+    rarely any ORM) this took the client's CPU per transaction from about 710 to 320 us in a microbenchmark,
+    and the server's CPU per event down 12% (BENCHMARKS.md). Commits at the end, rolls back on any error.
+    """
+    async with engine.connect() as connection:
+        driver: Any = (await connection.get_raw_connection()).driver_connection
+        async with driver.transaction():
+            session = AsyncSession(bind=connection, expire_on_commit=False, autoflush=False)
+            session.info[_DRIVER_KEY] = driver
+            try:
+                yield session
+                await session.commit()  # the ORM's work, if any: flushed, its savepoint released
+            finally:
+                await session.close()
+
+
+@lru_cache(maxsize=64)
+def _driver_sql(statement: TextClause) -> tuple[str, tuple[str, ...]]:
+    """The statement as asyncpg takes it (`$1`, `$2`, ...) and the names of its values in that order."""
+    compiled = statement.compile(dialect=_ASYNCPG)
+    return compiled.string, tuple(compiled.positiontup or ())
+
+
+async def fetch_rows(session: AsyncSession, statement: TextClause, params: Mapping[str, Any]) -> Sequence[Any]:
+    """The statement's rows (tuples): on the driver in a `driver_transaction`, else through the session."""
+    driver = session.info.get(_DRIVER_KEY)
+    if driver is None:
+        result = cast(CursorResult[Any], await session.execute(statement, params))
+        return list(result) if result.returns_rows else []
+    sql, names = _driver_sql(statement)
+    rows: Sequence[Any] = await driver.fetch(sql, *(params[name] for name in names))
+    return rows
 
 
 # PostgreSQL, inside a transaction: the plan mode for the statements that follow, as expressions. Like SET LOCAL,

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from flexsync.config import Settings
 from flexsync.crypto import SecretBox
-from flexsync.db import transaction
+from flexsync.db import driver_transaction, transaction
 from flexsync.kit.errors import Unauthorized
 from flexsync.tenancy.service import Scope, resolve_api_key
 
@@ -29,6 +29,16 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         async with transaction(self.sessions) as session:
+            yield session
+
+    @asynccontextmanager
+    async def hot_transaction(self) -> AsyncIterator[AsyncSession]:
+        """`transaction` for a hot path: on PostgreSQL held by the driver (db.driver_transaction)."""
+        if self.engine.dialect.name != "postgresql":
+            async with self.transaction() as session:
+                yield session
+            return
+        async with driver_transaction(self.engine) as session:
             yield session
 
 

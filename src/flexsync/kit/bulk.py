@@ -22,6 +22,8 @@ from sqlalchemy import Table, TextClause, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flexsync.db import fetch_rows
+
 
 @dataclass(frozen=True, slots=True)
 class _Shape:
@@ -95,8 +97,8 @@ class Inserts:
             return []
         if session.get_bind().dialect.name == "postgresql":
             params = {f"p{i}": _rows_json(part.rows) for i, part in enumerate(parts)}
-            result = await session.execute(_statement(tuple(part.shape for part in parts)), params)
-            return list(result.scalars()) if parts[-1].shape.returning else []
+            rows = await fetch_rows(session, _statement(tuple(part.shape for part in parts)), params)
+            return [row[0] for row in rows] if parts[-1].shape.returning else []
         returned: list[Any] = []
         for part in parts:
             shape = part.shape

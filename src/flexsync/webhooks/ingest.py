@@ -212,7 +212,7 @@ class Ingestor:
             outcomes: list[Outcome] = []
             if new:
                 try:
-                    async with self._db.transaction() as session:
+                    async with self._db.hot_transaction() as session:
                         events = [d.event for d in new]
                         views = {d.connection.id: d.connection for d in new}
                         inserts = Inserts()
