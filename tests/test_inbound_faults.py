@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import event, func, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from flexsync.api import create_app
 from flexsync.config import Settings
+from flexsync.db import create_engine
 from flexsync.deps import Database
 from flexsync.ids import new_id
 from flexsync.models import Customer, CustomerLink, WebhookEvent, utcnow
@@ -163,6 +166,64 @@ def test_an_event_that_fails_to_apply_is_kept_retried_and_applied_once(
                 assert await count(db, WebhookEvent) == 1
             finally:
                 await failing.remove(db.engine)
+
+    asyncio.run(scenario())
+
+
+def test_deliveries_after_the_database_dropped_every_connection_are_stored_and_applied_once(
+    module_db: DatabaseUnderTest,
+) -> None:
+    """PostgreSQL restarted (here: every connection of the app terminated) between two waves of deliveries. The
+    batch that meets a dead connection is stored through a fresh one and applied by the retry sweep; every
+    delivery is answered 200 and every event applied once."""
+    if module_db.backend != "postgresql":
+        pytest.skip("connections to terminate are PostgreSQL's")
+    tenant = new_tenant(module_db, "http://flexsync.test")
+    add_stripe_connection(module_db, tenant)
+    settings = Settings(database_url=module_db.url, encryption_keys=TEST_ENCRYPTION_KEY, run_worker=False)
+    app = create_app(settings)
+    database = make_url(module_db.url).database
+    events = [stripe_event("customer.created", stripe_customer(name=f"Wave {n}")) for n in range(24)]
+
+    async def scenario() -> None:
+        async with app.router.lifespan_context(app):
+            db: Database = app.state.db
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://flexsync.test"
+            ) as client:
+
+                async def deliver(event: dict[str, Any]) -> httpx.Response:
+                    body = json.dumps(event).encode()
+                    path = f"/v1/webhooks/stripe/{tenant.tenant_id}/{tenant.environment_id}"
+                    return await client.post(path, content=body, headers={"Stripe-Signature": sign(body)})
+
+                first = await asyncio.gather(*(deliver(e) for e in events[:8]))
+                outsider = create_engine(module_db.url, null_pool=True)  # not one of the app's connections
+                async with outsider.connect() as connection:
+                    terminated = await connection.scalar(
+                        text(
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                            "WHERE datname = :database AND pid <> pg_backend_pid()"
+                        ),
+                        {"database": database},
+                    )
+                await outsider.dispose()
+                assert terminated and terminated > 0
+                later = [await asyncio.gather(*(deliver(e) for e in events[n : n + 8])) for n in (8, 16)]
+
+            responses = [*first, *later[0], *later[1]]
+            assert [r.status_code for r in responses] == [200] * 24, [r.text for r in responses]
+            assert {r.json()["status"] for r in responses} <= {"applied", "queued"}
+            # The wave right after met a dead connection: stored through another, applied by the retry sweep.
+            assert "queued" in [r.json()["status"] for r in later[0]]
+            for stripe_evt in events:
+                applied = await wait_status(db, stripe_evt["id"], "applied")
+                assert applied.customer_id is not None and applied.attempts == 1
+            async with db.sessions() as session:
+                names = (
+                    await session.execute(select(Customer.name).where(Customer.tenant_id == tenant.tenant_id))
+                ).scalars()
+                assert sorted(names) == sorted(f"Wave {n}" for n in range(24))
 
     asyncio.run(scenario())
 

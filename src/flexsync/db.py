@@ -93,14 +93,21 @@ async def driver_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncSession]
     """
     async with engine.connect() as connection:
         driver: Any = (await connection.get_raw_connection()).driver_connection
-        async with driver.transaction():
-            session = AsyncSession(bind=connection, expire_on_commit=False, autoflush=False)
-            session.info[_DRIVER_KEY] = driver
-            try:
-                yield session
-                await session.commit()  # the ORM's work, if any: flushed, its savepoint released
-            finally:
-                await session.close()
+        try:
+            async with driver.transaction():
+                session = AsyncSession(bind=connection, expire_on_commit=False, autoflush=False)
+                session.info[_DRIVER_KEY] = driver
+                try:
+                    yield session
+                    await session.commit()  # the ORM's work, if any: flushed, its savepoint released
+                finally:
+                    await session.close()
+        except BaseException:
+            # A connection the database dropped is not SQLAlchemy's to notice here (its statements ran on the
+            # driver): keep it out of the pool.
+            if driver.is_closed():
+                await connection.invalidate()
+            raise
 
 
 @lru_cache(maxsize=64)
