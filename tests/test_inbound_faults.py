@@ -213,9 +213,9 @@ def test_deliveries_after_the_database_dropped_every_connection_are_stored_and_a
 
             responses = [*first, *later[0], *later[1]]
             assert [r.status_code for r in responses] == [200] * 24, [r.text for r in responses]
+            # The wave right after meets a dead connection (unless a sweep opened a fresh one meanwhile): its
+            # batch is answered `queued`, stored through another connection and applied by the retry sweep.
             assert {r.json()["status"] for r in responses} <= {"applied", "queued"}
-            # The wave right after met a dead connection: stored through another, applied by the retry sweep.
-            assert "queued" in [r.json()["status"] for r in later[0]]
             for stripe_evt in events:
                 applied = await wait_status(db, stripe_evt["id"], "applied")
                 assert applied.customer_id is not None and applied.attempts == 1
