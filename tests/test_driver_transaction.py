@@ -86,3 +86,22 @@ def test_without_the_driver_fetch_rows_goes_through_the_session(postgres: Databa
         assert await tenant_names(engine) == ["a"]
 
     on_one_connection(postgres, work)
+
+
+def test_a_unit_interrupted_mid_statement_leaves_nothing_behind(postgres: DatabaseUnderTest) -> None:
+    """A request whose client went away cancels the work mid-statement: what the unit wrote is rolled back and
+    the pooled connection (the only one here) serves the next unit."""
+
+    async def work(engine: AsyncEngine) -> None:
+        async def slow_unit() -> None:
+            async with driver_transaction(engine) as session:
+                await fetch_rows(session, INSERT_TENANT, {"id": new_id("tenant"), "name": "interrupted"})
+                await fetch_rows(session, text("SELECT pg_sleep(5)"), {})
+
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(slow_unit(), timeout=0.5)
+        async with driver_transaction(engine) as session:
+            await fetch_rows(session, INSERT_TENANT, {"id": new_id("tenant"), "name": "next"})
+        assert await tenant_names(engine) == ["next"]
+
+    on_one_connection(postgres, work)
