@@ -55,30 +55,26 @@ class FailingCustomerInserts:
         if self.db.backend == "sqlite":
             event.listen(engine.sync_engine, "before_cursor_execute", self._hook)
             return
-        async with engine.begin() as connection:
-            await connection.execute(text(f"CREATE SEQUENCE {self.name}"))
-            await connection.execute(
-                text(
-                    f"CREATE FUNCTION {self.name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                    f"IF nextval('{self.name}') <= {self.times} THEN RAISE EXCEPTION '{self.MESSAGE}'; END IF; "
-                    "RETURN NEW; END $$"
-                )
-            )
-            await connection.execute(
-                text(
-                    f"CREATE TRIGGER {self.name} BEFORE INSERT ON customers FOR EACH ROW "
-                    f"WHEN (NEW.tenant_id = '{self.tenant_id}') EXECUTE FUNCTION {self.name}()"
-                )
-            )
+        await _run_ddl(
+            engine,
+            f"CREATE SEQUENCE {self.name}",
+            f"CREATE FUNCTION {self.name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF nextval('{self.name}') <= {self.times} THEN RAISE EXCEPTION '{self.MESSAGE}'; END IF; "
+            "RETURN NEW; END $$",
+            f"CREATE TRIGGER {self.name} BEFORE INSERT ON customers FOR EACH ROW "
+            f"WHEN (NEW.tenant_id = '{self.tenant_id}') EXECUTE FUNCTION {self.name}()",
+        )
 
     async def remove(self, engine: AsyncEngine) -> None:
         if self.db.backend == "sqlite":
             event.remove(engine.sync_engine, "before_cursor_execute", self._hook)
             return
-        async with engine.begin() as connection:
-            await connection.execute(text(f"DROP TRIGGER {self.name} ON customers"))
-            await connection.execute(text(f"DROP FUNCTION {self.name}()"))
-            await connection.execute(text(f"DROP SEQUENCE {self.name}"))
+        await _run_ddl(
+            engine,
+            f"DROP TRIGGER {self.name} ON customers",
+            f"DROP FUNCTION {self.name}()",
+            f"DROP SEQUENCE {self.name}",
+        )
 
     async def left(self, db: Database) -> int:
         if self.db.backend == "sqlite":
@@ -93,6 +89,12 @@ class FailingCustomerInserts:
         if self.hook_left > 0 and "INSERT INTO CUSTOMERS " in statement.upper():
             self.hook_left -= 1
             raise OperationalError(statement, None, ConnectionError(self.MESSAGE))
+
+
+async def _run_ddl(engine: AsyncEngine, *statements: str) -> None:
+    async with engine.begin() as connection:
+        for statement in statements:
+            await connection.execute(text(statement))
 
 
 async def event_row(db: Database, stripe_event_id: str) -> WebhookEvent:

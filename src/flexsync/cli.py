@@ -24,7 +24,6 @@ from flexsync.db import create_engine, is_sqlite_url, migrate, session_factory, 
 from flexsync.kit import runtime
 from flexsync.kit.errors import APIError
 from flexsync.logs import configure_logging, redact
-from flexsync.metrics import MULTIPROCESS_DIR_ENV
 from flexsync.tenancy import service as tenancy
 
 T = TypeVar("T")
@@ -318,15 +317,18 @@ def serve(
         for line in _bootstrap_lines(settings, first):
             console.print(line, highlight=False, soft_wrap=True)
     settings.run_worker = not no_worker
-    served: Any = "flexsync.cli:serving_app"
+    served: Any
     metrics_dir = None
     if processes > 1:
+        from flexsync.metrics import MULTIPROCESS_DIR_ENV
+
         # uvicorn binds the port once and starts (and restarts, if one dies) the processes, each of which builds
         # its app from the environment: the same settings as here, plus --no-worker, and where to keep the
         # counts that /metrics adds up.
         os.environ["FLEXSYNC_RUN_WORKER"] = "true" if settings.run_worker else "false"
         metrics_dir = tempfile.mkdtemp(prefix="flexsync-metrics-")
         os.environ[MULTIPROCESS_DIR_ENV] = metrics_dir
+        served = f"{__name__}:{serving_app.__name__}"
     else:
         served = serving_app(settings)
     try:

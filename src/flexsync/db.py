@@ -133,6 +133,9 @@ async def fetch_rows(session: AsyncSession, statement: TextClause, params: Mappi
 # setting (as SET LOCAL ... TO DEFAULT does); unlike SET, it can ride on a statement that is run anyway.
 PLAN_FOR_VALUES = "set_config('plan_cache_mode', 'force_custom_plan', true)"
 PLAN_AS_CONFIGURED = "set_config('plan_cache_mode', NULL, true)"
+# The same switches as statements of their own, for when no statement is at hand to carry them.
+SWITCH_TO_PLANS_FOR_VALUES = text(f"SELECT {PLAN_FOR_VALUES}")
+SWITCH_TO_PLANS_AS_CONFIGURED = text(f"SELECT {PLAN_AS_CONFIGURED}")
 
 
 async def execute_planned_for_values(
@@ -151,9 +154,9 @@ async def execute_planned_for_values(
     """
     if session.get_bind().dialect.name != "postgresql":
         return await session.execute(statement, params)
-    await session.execute(text(f"SELECT {PLAN_FOR_VALUES}"))
+    await session.execute(SWITCH_TO_PLANS_FOR_VALUES)
     result = await session.execute(statement, params)
-    await session.execute(text(f"SELECT {PLAN_AS_CONFIGURED}"))
+    await session.execute(SWITCH_TO_PLANS_AS_CONFIGURED)
     return result
 
 

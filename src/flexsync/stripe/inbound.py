@@ -64,7 +64,13 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.connections.settings import ConnectionSettings, effective_settings
-from flexsync.db import PLAN_AS_CONFIGURED, PLAN_FOR_VALUES, fetch_rows
+from flexsync.db import (
+    PLAN_AS_CONFIGURED,
+    PLAN_FOR_VALUES,
+    SWITCH_TO_PLANS_AS_CONFIGURED,
+    SWITCH_TO_PLANS_FOR_VALUES,
+    fetch_rows,
+)
 from flexsync.ids import new_id
 from flexsync.kit.bulk import Inserts
 from flexsync.logs import redact
@@ -187,9 +193,7 @@ def _note(*parts: str | None) -> str | None:
     return "; ".join(text_parts) or None
 
 
-# PostgreSQL: the plan mode switches of the batch path, and the lock statement (see lock_customers).
-_PLAN_FOR_VALUES = text(f"SELECT {PLAN_FOR_VALUES}")
-_PLAN_AS_CONFIGURED = text(f"SELECT {PLAN_AS_CONFIGURED}")
+# PostgreSQL: the lock statement, which also switches the plan mode (see lock_customers).
 _LOCK = text(
     f"SELECT {PLAN_FOR_VALUES}, count(pg_advisory_xact_lock(k)) FROM "  # noqa: S608
     "(SELECT hashtextextended(key, 0) AS k FROM unnest(CAST(:keys AS text[])) AS key ORDER BY 1) AS s"
@@ -270,7 +274,7 @@ async def apply_batch(
             outcomes[event.id] = await batch.apply(event)
         await batch.finish(pending)
     if planning_for_values:  # no lookup put the connection's plan mode back
-        await fetch_rows(session, _PLAN_AS_CONFIGURED, {})
+        await fetch_rows(session, SWITCH_TO_PLANS_AS_CONFIGURED, {})
     if inserts is None:
         await pending.write(session)
     return [outcomes[event.id] for event in events]
@@ -393,7 +397,7 @@ class _Batch:
             "emails": sorted(emails),
         }
         if self.on_postgresql and not planning_for_values:  # an earlier connection's probe switched it off
-            await fetch_rows(self.session, _PLAN_FOR_VALUES, {})
+            await fetch_rows(self.session, SWITCH_TO_PLANS_FOR_VALUES, {})
         for kind, row_id in await fetch_rows(self.session, probe, params):
             found[kind].add(row_id)
         self.deleted_in_stripe = found["deleted"]
