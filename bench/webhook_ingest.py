@@ -134,7 +134,10 @@ def fresh_database(admin_dsn: str, flush_delay_us: int = 0) -> Iterator[str]:
         ]
     asyncio.run(admin(*setup))
     try:
-        yield admin_dsn.rsplit("/", 1)[0] + "/" + name
+        # The database name is the DSN's last path segment; a query (e.g. `?host=/var/run/postgresql`, the
+        # server's Unix socket) is kept.
+        base, _, query = admin_dsn.partition("?")
+        yield base.rsplit("/", 1)[0] + "/" + name + (f"?{query}" if query else "")
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 

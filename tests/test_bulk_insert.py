@@ -1,8 +1,9 @@
 """`kit.bulk.Inserts`: rows written together come back exactly as given, on SQLite and PostgreSQL.
 
 On PostgreSQL the rows travel as one JSON document per table (json_populate_recordset), so what JSON could
-garble is checked here: quotes, backslashes, non-ASCII text, NULLs, nested JSON columns, a JSON text column
-(the stored webhook payload), microseconds and time zones.
+garble is checked here: quotes, backslashes, non-ASCII text, NULLs, nested JSON columns, microseconds and time
+zones; and the stored webhook payloads, which travel beside the rows as a text array of their own, must each
+land on their own event.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from flexsync.ids import new_id
 from flexsync.kit.bulk import Inserts
 from flexsync.models import Customer, CustomerLink, WebhookEvent
 from flexsync.stripe.inbound import CUSTOMERS, EVENTS, LINKS
+from flexsync.webhooks import repository
 from tests.support import DatabaseUnderTest, new_tenant
 from tests.webhook_support import add_stripe_connection
 
@@ -64,7 +66,10 @@ def _customer(connection: Connection, n: int, created: datetime) -> dict[str, An
 
 
 def _event(connection: Connection, customer_id: str, stripe_event_id: str, received: datetime) -> dict[str, Any]:
-    payload = orjson.dumps({"id": stripe_event_id, "data": {"object": {"name": AWKWARD}}}).decode()
+    # Pretty-printed, as Stripe sends it: real newlines and indentation, escaped quotes inside.
+    payload = orjson.dumps(
+        {"id": stripe_event_id, "data": {"object": {"name": AWKWARD}}}, option=orjson.OPT_INDENT_2
+    ).decode()
     return {
         "id": new_id("whevt"),
         "tenant_id": connection.tenant_id,
@@ -110,11 +115,11 @@ def test_rows_of_several_tables_come_back_exactly(database: DatabaseUnderTest) -
             "created_at": created,
             "updated_at": created,
         }
-        events = [_event(connection, customers[0]["id"], f"evt_{n}", received) for n in range(2)]
+        events = [_event(connection, customers[0]["id"], f"evt_{n}", received) for n in range(3)]
         inserts = Inserts()
         inserts.add(CUSTOMERS, customers)
         inserts.add(LINKS, [link])
-        inserts.add(EVENTS, events, skip_conflicts_on=("connection_id", "stripe_event_id"), returning="id")
+        repository.add_events(inserts, events)
         returned = await inserts.write(session)
         assert sorted(returned) == sorted(e["id"] for e in events)
 
@@ -145,7 +150,9 @@ def test_rows_of_several_tables_come_back_exactly(database: DatabaseUnderTest) -
                 await session.execute(select(WebhookEvent).where(WebhookEvent.connection_id == connection.id))
             ).scalars()
         }
-        assert stored_events["evt_0"].payload == events[0]["payload"]
+        assert {e.stripe_event_id: e.payload for e in stored_events.values()} == {
+            e["stripe_event_id"]: e["payload"] for e in events
+        }
         assert orjson.loads(stored_events["evt_0"].payload)["data"]["object"]["name"] == AWKWARD
         assert stored_events["evt_0"].note == AWKWARD
         assert stored_events["evt_0"].livemode is False

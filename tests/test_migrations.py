@@ -6,6 +6,7 @@ import asyncio
 import warnings
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -104,3 +105,55 @@ def test_downgrade_to_base_and_upgrade_again(fresh_db: DatabaseUnderTest) -> Non
     assert model_tables <= table_names(url)
     assert schema_differences(url) == []
     assert set(expression_indexes(url)) == set(EXPRESSION_INDEXES)
+
+
+def payload_compression(url: str) -> str:
+    """PostgreSQL: how webhook payloads too large to keep inline are compressed ('' is the server's default)."""
+
+    async def read() -> str:
+        engine = create_engine(url, null_pool=True)
+        try:
+            async with engine.connect() as conn:
+                method = await conn.scalar(
+                    sa.text(
+                        "SELECT CAST(attcompression AS text) FROM pg_attribute "
+                        "WHERE attrelid = CAST('webhook_events' AS regclass) AND attname = 'payload'"
+                    )
+                )
+                return {"l": "lz4", "p": "pglz"}.get(method, "")
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
+def lz4_available(url: str) -> bool:
+    async def read() -> bool:
+        engine = create_engine(url, null_pool=True)
+        try:
+            async with engine.connect() as conn:
+                return bool(
+                    await conn.scalar(
+                        sa.text(
+                            "SELECT count(*) FROM pg_settings "
+                            "WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)"
+                        )
+                    )
+                )
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
+def test_webhook_payloads_are_compressed_with_lz4_on_postgresql(fresh_db: DatabaseUnderTest) -> None:
+    url = fresh_db.url
+    if url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's column compression")
+    if not lz4_available(url):
+        pytest.skip("this PostgreSQL was built without lz4")
+    assert payload_compression(url) == "lz4"
+    command.downgrade(alembic_config(url), "0004")
+    assert payload_compression(url) == ""
+    migrate(url)
+    assert payload_compression(url) == "lz4"

@@ -33,6 +33,8 @@ class _Shape:
     columns: tuple[str, ...]
     skip_conflicts_on: tuple[str, ...]
     returning: str | None
+    # A text column whose values travel as their own array, beside the rows' JSON (see Inserts.add).
+    separate: str | None
 
 
 @dataclass(slots=True)
@@ -45,10 +47,16 @@ def _insert_sql(shape: _Shape, param: str) -> str:
     table = shape.table
     # Identifiers come from the Table itself (table.c[name] refuses any other name); the rows are one bound value.
     columns = ", ".join(table.c[name].name for name in shape.columns)
-    sql = (
-        f"INSERT INTO {table.name} ({columns}) SELECT {columns} "  # noqa: S608
-        f"FROM json_populate_recordset(CAST(NULL AS {table.name}), CAST(:{param} AS json))"
-    )
+    rows = f"json_populate_recordset(CAST(NULL AS {table.name}), CAST(:{param} AS json))"
+    if shape.separate is None:
+        sql = f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {rows}"  # noqa: S608
+    else:
+        # ROWS FROM zips the rows with the array's values, in order; the array's column is named `unnest`.
+        separate = table.c[shape.separate].name
+        sql = (
+            f"INSERT INTO {table.name} ({columns}, {separate}) SELECT {columns}, unnest "  # noqa: S608
+            f"FROM ROWS FROM ({rows}, unnest(CAST(:{param}_{separate} AS text[])))"
+        )
     if shape.skip_conflicts_on:
         sql += f" ON CONFLICT ({', '.join(shape.skip_conflicts_on)}) DO NOTHING"
     if shape.returning:
@@ -81,13 +89,18 @@ class Inserts:
         *,
         skip_conflicts_on: Sequence[str] = (),
         returning: str | None = None,
+        separate: str | None = None,
     ) -> None:
         """`rows`: dicts with the same keys. `skip_conflicts_on`: the unique columns on which a row that
-        conflicts is left out (ON CONFLICT DO NOTHING). `returning`: a column whose values `write` returns."""
+        conflicts is left out (ON CONFLICT DO NOTHING). `returning`: a column whose values `write` returns.
+        `separate`: a text column of long values (PostgreSQL: they travel as a text array of their own, which
+        the server takes as it is, instead of inside the rows' JSON, which it would parse character by
+        character)."""
         if any(part.shape.returning for part in self._parts):
             raise ValueError("only the last table added may return values")
         if rows:
-            shape = _Shape(table, tuple(rows[0]), tuple(skip_conflicts_on), returning)
+            columns = tuple(name for name in rows[0] if name != separate)
+            shape = _Shape(table, columns, tuple(skip_conflicts_on), returning, separate)
             self._parts.append(_Part(shape, list(rows)))
 
     async def write(self, session: AsyncSession) -> list[Any]:
@@ -96,7 +109,14 @@ class Inserts:
         if not parts:
             return []
         if session.get_bind().dialect.name == "postgresql":
-            params = {f"p{i}": _rows_json(part.rows) for i, part in enumerate(parts)}
+            params: dict[str, Any] = {}
+            for i, part in enumerate(parts):
+                separate = part.shape.separate
+                if separate is None:
+                    params[f"p{i}"] = _rows_json(part.rows)
+                else:
+                    params[f"p{i}_{separate}"] = [row[separate] for row in part.rows]
+                    params[f"p{i}"] = _rows_json([{k: v for k, v in row.items() if k != separate} for row in part.rows])
             rows = await fetch_rows(session, _statement(tuple(part.shape for part in parts)), params)
             return [row[0] for row in rows] if parts[-1].shape.returning else []
         returned: list[Any] = []

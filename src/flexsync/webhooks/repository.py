@@ -32,7 +32,9 @@ ClaimedEvent = Row[Any, Any, Any, Any, Any]  # the CLAIM_COLUMNS of one event
 
 def add_events(inserts: Inserts, rows: Sequence[Mapping[str, Any]]) -> None:
     """Add events to `inserts`, last: its write returns the ids of those not stored before."""
-    inserts.add(EVENTS, rows, skip_conflicts_on=("connection_id", "stripe_event_id"), returning="id")
+    inserts.add(
+        EVENTS, rows, skip_conflicts_on=("connection_id", "stripe_event_id"), returning="id", separate="payload"
+    )
 
 
 async def insert_events(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> set[str]:
