@@ -20,7 +20,9 @@ import stripe
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flexsync.connections.settings import effective_settings
 from flexsync.models import CustomerLink
+from flexsync.stripe.inbound import ConnectionView, InboundEvent
 from tests.support import DatabaseUnderTest, LocalStripe, Server, server_env, start_server, wait_for
 from tests.sync_support import StandIn
 from tests.webhook_support import STRIPE_KEY, InboundTenant, inbound_tenant, stripe_customer, stripe_event
@@ -363,6 +365,50 @@ def test_deleting_an_unknown_stripe_customer_is_recorded(inbound: InboundTenant)
     inbound.deliver_ok(event, "applied")
     assert "no customer is linked" in inbound.event_for(event["id"])["note"]
     assert inbound.customers() == []
+
+
+# -- test and live mode ---------------------------------------------------------------------------------------
+
+
+def test_an_event_of_the_other_mode_is_stored_but_never_applied(inbound: InboundTenant) -> None:
+    # The tenant's connection has test-mode keys; a live-mode endpoint's signing secret stored on it by mistake
+    # must not bring live customers into the test environment.
+    obj = stripe_customer(name="Live Customer", livemode=True)
+    live = {**stripe_event("customer.created", obj), "livemode": True}
+
+    inbound.deliver_ok(live, "ignored")
+
+    stored = inbound.event_for(live["id"])
+    assert stored["status"] == "ignored" and stored["livemode"] is True
+    assert "live-mode event" in stored["note"] and "test mode" in stored["note"]
+    assert inbound.customers() == []
+    # Replayed, it is refused again.
+    replayed = inbound.api.post(f"/v1/webhook-events/{stored['id']}/replay")
+    assert replayed.status_code == 200 and replayed.json()["status"] == "ignored", replayed.text
+    assert inbound.customers() == []
+    # The same customer from test mode is applied as usual.
+    inbound.deliver_ok(stripe_event("customer.created", {**obj, "livemode": False}), "applied")
+    assert inbound.customer_for(obj["id"])["name"] == "Live Customer"
+
+
+@pytest.mark.parametrize(
+    ("connection_live", "event_live", "refused"),
+    [(False, True, True), (True, False, True), (True, True, False), (False, False, False), (None, True, False)],
+)
+def test_only_events_of_the_connections_own_mode_are_applied(
+    connection_live: bool | None, event_live: bool | None, refused: bool
+) -> None:
+    # None: a view without a mode (reconciliation reads the connection's own account, so takes every customer).
+    view = ConnectionView("conn_1", "tenant_1", "env_1", effective_settings({}), livemode=connection_live)
+    event = InboundEvent.from_payload(
+        "whevt_1", "conn_1", {"id": "evt_1", "type": "customer.created", "livemode": event_live}
+    )
+    reason = view.other_mode(event)
+    assert (reason is not None) == refused
+    if reason is not None:
+        assert reason.startswith(f"a {'live' if event_live else 'test'}-mode event")
+    # An event that does not say which mode it is from (not Stripe's shape) is not refused for it.
+    assert view.other_mode(InboundEvent.from_payload("whevt_2", "conn_1", {"id": "evt_2", "type": "x"})) is None
 
 
 # -- the webhook-events API -------------------------------------------------------------------------------------

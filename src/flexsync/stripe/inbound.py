@@ -10,7 +10,8 @@ What an event does (CONTRACT "Stripe webhook", seed "Supported Events" and "Dupl
   Stripe id.
 - `customer.updated` for a linked customer: name, email and address are copied.
 - `customer.deleted`: recorded; then `on_stripe_delete`: ignore (link marked deleted), unlink, or archive.
-- Other types, and every event while `inbound_enabled` is off: stored and ignored.
+- Other types, every event while `inbound_enabled` is off, and events of Stripe's other mode (a live-mode
+  event for a test-mode connection, or the reverse): stored and ignored.
 Stripe data that does not fit (a 3-letter country, a bad email) is left out and named in the event's note;
 the event still counts as applied.
 
@@ -119,12 +120,15 @@ class InboundEvent:
     type: str
     created: int
     data_object: Mapping[str, Any] | None
+    # Stripe's `livemode` of the event; None where there is none (reconciliation reads the connection's own mode).
+    livemode: bool | None = None
 
     @classmethod
     def from_payload(cls, event_id: str, connection_id: str, payload: Mapping[str, Any]) -> InboundEvent:
         data = payload.get("data")
         data_object = data.get("object") if isinstance(data, Mapping) else None
         created = payload.get("created")
+        livemode = payload.get("livemode")
         return cls(
             id=event_id,
             connection_id=connection_id,
@@ -132,6 +136,7 @@ class InboundEvent:
             type=str(payload["type"]),
             created=created if isinstance(created, int) else 0,
             data_object=data_object if isinstance(data_object, Mapping) else None,
+            livemode=livemode if isinstance(livemode, bool) else None,
         )
 
     @property
@@ -227,6 +232,8 @@ class ConnectionView:
     tenant_id: str
     environment_id: str
     settings: ConnectionSettings
+    # Whether the connection's keys are live-mode ones; None: events of either mode are taken (reconciliation).
+    livemode: bool | None = None
 
     @classmethod
     def of(cls, connection: StripeConnection | None) -> ConnectionView | None:
@@ -234,7 +241,23 @@ class ConnectionView:
         if connection is None or connection.deleted_at is not None or connection.status != "active":
             return None
         return cls(
-            connection.id, connection.tenant_id, connection.environment_id, effective_settings(connection.settings)
+            connection.id,
+            connection.tenant_id,
+            connection.environment_id,
+            effective_settings(connection.settings),
+            livemode=connection.mode == "live",
+        )
+
+    def other_mode(self, event: InboundEvent) -> str | None:
+        """Why the event is not this connection's to apply, if it comes from Stripe's other mode (test or live):
+        test data must never reach a live environment's customers, nor live data a test one's. Only a signing
+        secret of the other mode's webhook endpoint, stored on this connection, lets such an event in."""
+        if self.livemode is None or event.livemode is None or event.livemode == self.livemode:
+            return None
+        theirs, ours = ("live", "test") if event.livemode else ("test", "live")
+        return (
+            f"a {theirs}-mode event, and this connection is in {ours} mode: not applied (is the webhook signing "
+            f"secret stored here that of a {theirs}-mode endpoint?)"
         )
 
 
@@ -378,7 +401,11 @@ class _Batch:
         whether they still are (the probe switches it off)."""
         if not self.settings.inbound_enabled:
             return planning_for_values
-        customer_events = [e for e in events if e.type in HANDLED_TYPES and e.stripe_object_id and e.data_object]
+        customer_events = [
+            e
+            for e in events
+            if e.type in HANDLED_TYPES and e.stripe_object_id and e.data_object and not self.connection.other_mode(e)
+        ]
         if not customer_events:
             return planning_for_values
         incoming = [self._incoming(e) for e in customer_events]
@@ -453,6 +480,9 @@ class _Batch:
             return Outcome("ignored", f"{event.type} events are not synced")
         if not self.settings.inbound_enabled:
             return Outcome("ignored", "inbound sync is turned off for this connection (settings.inbound_enabled)")
+        other_mode = self.connection.other_mode(event)
+        if other_mode is not None:
+            return Outcome("ignored", other_mode)
         stripe_id = event.stripe_object_id
         if stripe_id is None or event.data_object is None:
             return Outcome("ignored", "the event carries no customer object")
