@@ -367,10 +367,10 @@ def test_deleting_an_unknown_stripe_customer_is_recorded(inbound: InboundTenant)
     assert inbound.customers() == []
 
 
-# -- test and live mode ---------------------------------------------------------------------------------------
+# -- test and live mode, connected accounts ---------------------------------------------------------------------
 
 
-def test_an_event_of_the_other_mode_is_stored_but_never_applied(inbound: InboundTenant) -> None:
+def test_an_event_of_the_other_mode_or_another_account_is_stored_but_never_applied(inbound: InboundTenant) -> None:
     # The tenant's connection has test-mode keys; a live-mode endpoint's signing secret stored on it by mistake
     # must not bring live customers into the test environment.
     obj = stripe_customer(name="Live Customer", livemode=True)
@@ -386,7 +386,12 @@ def test_an_event_of_the_other_mode_is_stored_but_never_applied(inbound: Inbound
     replayed = inbound.api.post(f"/v1/webhook-events/{stored['id']}/replay")
     assert replayed.status_code == 200 and replayed.json()["status"] == "ignored", replayed.text
     assert inbound.customers() == []
-    # The same customer from test mode is applied as usual.
+    # Nor does an event of a connected account (a Stripe Connect endpoint's) get applied.
+    connected = {**stripe_event("customer.created", {**obj, "livemode": False}), "account": "acct_1Connected"}
+    inbound.deliver_ok(connected, "ignored")
+    assert "connected account acct_1Connected" in inbound.event_for(connected["id"])["note"]
+    assert inbound.customers() == []
+    # The same customer from test mode, of the connection's own account, is applied as usual.
     inbound.deliver_ok(stripe_event("customer.created", {**obj, "livemode": False}), "applied")
     assert inbound.customer_for(obj["id"])["name"] == "Live Customer"
 
@@ -403,12 +408,33 @@ def test_only_events_of_the_connections_own_mode_are_applied(
     event = InboundEvent.from_payload(
         "whevt_1", "conn_1", {"id": "evt_1", "type": "customer.created", "livemode": event_live}
     )
-    reason = view.other_mode(event)
+    reason = view.not_ours(event)
     assert (reason is not None) == refused
     if reason is not None:
         assert reason.startswith(f"a {'live' if event_live else 'test'}-mode event")
     # An event that does not say which mode it is from (not Stripe's shape) is not refused for it.
-    assert view.other_mode(InboundEvent.from_payload("whevt_2", "conn_1", {"id": "evt_2", "type": "x"})) is None
+    assert view.not_ours(InboundEvent.from_payload("whevt_2", "conn_1", {"id": "evt_2", "type": "x"})) is None
+
+
+@pytest.mark.parametrize(
+    ("own_account", "event_account", "refused"),
+    [
+        (None, None, False),  # the account's own event, its id not verified yet
+        ("acct_own", None, False),
+        (None, "acct_other", True),  # a connected account's event (a Connect endpoint's)
+        ("acct_own", "acct_other", True),
+        ("acct_own", "acct_own", False),  # keys of a connected account, its events through the platform
+    ],
+)
+def test_only_the_connections_own_accounts_events_are_applied(
+    own_account: str | None, event_account: str | None, refused: bool
+) -> None:
+    view = ConnectionView("conn_1", "tenant_1", "env_1", effective_settings({}), stripe_account_id=own_account)
+    payload = {"id": "evt_1", "type": "customer.created", "livemode": False, "account": event_account}
+    reason = view.not_ours(InboundEvent.from_payload("whevt_1", "conn_1", payload))
+    assert (reason is not None) == refused
+    if reason is not None:
+        assert f"connected account {event_account}" in reason
 
 
 # -- the webhook-events API -------------------------------------------------------------------------------------

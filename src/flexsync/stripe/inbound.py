@@ -10,8 +10,9 @@ What an event does (CONTRACT "Stripe webhook", seed "Supported Events" and "Dupl
   Stripe id.
 - `customer.updated` for a linked customer: name, email and address are copied.
 - `customer.deleted`: recorded; then `on_stripe_delete`: ignore (link marked deleted), unlink, or archive.
-- Other types, every event while `inbound_enabled` is off, and events of Stripe's other mode (a live-mode
-  event for a test-mode connection, or the reverse): stored and ignored.
+- Other types, every event while `inbound_enabled` is off, events of Stripe's other mode (a live-mode event
+  for a test-mode connection, or the reverse) and events of connected accounts (Stripe Connect): stored and
+  ignored.
 Stripe data that does not fit (a 3-letter country, a bad email) is left out and named in the event's note;
 the event still counts as applied.
 
@@ -122,6 +123,8 @@ class InboundEvent:
     data_object: Mapping[str, Any] | None
     # Stripe's `livemode` of the event; None where there is none (reconciliation reads the connection's own mode).
     livemode: bool | None = None
+    # The connected account a Stripe Connect event comes from; None for an account's own events.
+    account: str | None = None
 
     @classmethod
     def from_payload(cls, event_id: str, connection_id: str, payload: Mapping[str, Any]) -> InboundEvent:
@@ -129,6 +132,7 @@ class InboundEvent:
         data_object = data.get("object") if isinstance(data, Mapping) else None
         created = payload.get("created")
         livemode = payload.get("livemode")
+        account = payload.get("account")
         return cls(
             id=event_id,
             connection_id=connection_id,
@@ -137,6 +141,7 @@ class InboundEvent:
             created=created if isinstance(created, int) else 0,
             data_object=data_object if isinstance(data_object, Mapping) else None,
             livemode=livemode if isinstance(livemode, bool) else None,
+            account=account if isinstance(account, str) and account else None,
         )
 
     @property
@@ -234,6 +239,8 @@ class ConnectionView:
     settings: ConnectionSettings
     # Whether the connection's keys are live-mode ones; None: events of either mode are taken (reconciliation).
     livemode: bool | None = None
+    # The Stripe account the keys belong to, once verified (`"verify": true`); None while unknown.
+    stripe_account_id: str | None = None
 
     @classmethod
     def of(cls, connection: StripeConnection | None) -> ConnectionView | None:
@@ -246,19 +253,32 @@ class ConnectionView:
             connection.environment_id,
             effective_settings(connection.settings),
             livemode=connection.mode == "live",
+            stripe_account_id=connection.stripe_account_id,
         )
 
-    def other_mode(self, event: InboundEvent) -> str | None:
-        """Why the event is not this connection's to apply, if it comes from Stripe's other mode (test or live):
-        test data must never reach a live environment's customers, nor live data a test one's. Only a signing
-        secret of the other mode's webhook endpoint, stored on this connection, lets such an event in."""
-        if self.livemode is None or event.livemode is None or event.livemode == self.livemode:
-            return None
-        theirs, ours = ("live", "test") if event.livemode else ("test", "live")
-        return (
-            f"a {theirs}-mode event, and this connection is in {ours} mode: not applied (is the webhook signing "
-            f"secret stored here that of a {theirs}-mode endpoint?)"
-        )
+    def not_ours(self, event: InboundEvent) -> str | None:
+        """Why the event is not this connection's to apply, if it is not; only a signing secret of another
+        webhook endpoint, stored on this connection by mistake, lets such an event in.
+
+        - From Stripe's other mode (test or live): test data must never reach a live environment's customers,
+          nor live data a test one's.
+        - From a connected account (a Stripe Connect endpoint's event, which names its `account`): the
+          connection syncs the customers of its own account, whose events name none (or, for a connected
+          account's own keys, that account).
+        """
+        if self.livemode is not None and event.livemode is not None and event.livemode != self.livemode:
+            theirs, ours = ("live", "test") if event.livemode else ("test", "live")
+            return (
+                f"a {theirs}-mode event, and this connection is in {ours} mode: not applied (is the webhook signing "
+                f"secret stored here that of a {theirs}-mode endpoint?)"
+            )
+        if event.account is not None and event.account != self.stripe_account_id:
+            return (
+                f"an event of the connected account {event.account} (Stripe Connect): not applied; this "
+                "connection syncs its own account's customers (is the webhook signing secret stored here that of "
+                "a Connect endpoint?)"
+            )
+        return None
 
 
 async def apply_batch(
@@ -404,7 +424,7 @@ class _Batch:
         customer_events = [
             e
             for e in events
-            if e.type in HANDLED_TYPES and e.stripe_object_id and e.data_object and not self.connection.other_mode(e)
+            if e.type in HANDLED_TYPES and e.stripe_object_id and e.data_object and not self.connection.not_ours(e)
         ]
         if not customer_events:
             return planning_for_values
@@ -480,9 +500,9 @@ class _Batch:
             return Outcome("ignored", f"{event.type} events are not synced")
         if not self.settings.inbound_enabled:
             return Outcome("ignored", "inbound sync is turned off for this connection (settings.inbound_enabled)")
-        other_mode = self.connection.other_mode(event)
-        if other_mode is not None:
-            return Outcome("ignored", other_mode)
+        not_ours = self.connection.not_ours(event)
+        if not_ours is not None:
+            return Outcome("ignored", not_ours)
         stripe_id = event.stripe_object_id
         if stripe_id is None or event.data_object is None:
             return Outcome("ignored", "the event carries no customer object")
