@@ -423,6 +423,19 @@ def main() -> None:
         summary["end_to_end_ratio"] = round(
             summary["flexsync"]["end_to_end_per_s"] / summary[other]["end_to_end_per_s"], 2
         )
+        # The machine's speed drifts from minute to minute: each round's two runs, back to back, are the fair
+        # comparison. How many rounds flexsync won, and the median of the rounds' ratios.
+        pairs = [
+            mine["end_to_end_per_s"] / theirs["end_to_end_per_s"]
+            for mine, theirs in zip(results["flexsync"], results[other], strict=False)
+        ]
+        summary["rounds_won"] = f"{sum(ratio > 1 for ratio in pairs)} of {len(pairs)}"
+        summary["median_round_ratio"] = round(statistics.median(pairs), 3)
+        print(
+            f"flexsync against {other}, round by round: won {summary['rounds_won']}, "
+            f"ratios {', '.join(f'{ratio:.2f}' for ratio in pairs)}",
+            flush=True,
+        )
     print("medians:", json.dumps(summary), flush=True)
     if args.json:
         print(json.dumps({"runs": results, "medians": summary}, default=str))
