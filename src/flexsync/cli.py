@@ -13,11 +13,12 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from flexsync.config import Settings, get_settings
+from flexsync.config import MIN_WEBHOOK_EVENT_RETENTION_DAYS, Settings, get_settings
 from flexsync.connections import service as connections
 from flexsync.crypto import secret_box
 from flexsync.db import create_engine, is_sqlite_url, migrate, session_factory, transaction
@@ -219,6 +220,60 @@ def events_replay(
 _EVENT_DETAILS = (("customer_id", "customer"), ("note", "note"), ("last_error", "error"))
 
 
+@events_app.command("prune")
+def events_prune(
+    older_than_days: Annotated[
+        int | None,
+        typer.Option(
+            "--older-than-days",
+            help="Days to keep; default FLEXSYNC_WEBHOOK_EVENT_RETENTION_DAYS. At least 7.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Delete stored webhook events received before then that were applied or ignored, as workers do every hour.
+
+    Queued, failed and dead events stay, and so do customer.deleted events (they keep deleted Stripe customers
+    from coming back).
+    """
+
+    from flexsync.deps import Database
+    from flexsync.models import utcnow
+    from flexsync.webhooks.service import Pruned, prune
+
+    settings = get_settings()
+    days = settings.webhook_event_retention_days if older_than_days is None else older_than_days
+    if older_than_days is None and days == 0:
+        err_console.print(
+            "[red]error:[/red] FLEXSYNC_WEBHOOK_EVENT_RETENTION_DAYS is 0 (keep every event): give --older-than-days "
+            "to prune anyway"
+        )
+        raise typer.Exit(code=1)
+    if days < MIN_WEBHOOK_EVENT_RETENTION_DAYS:
+        err_console.print(
+            f"[red]error:[/red] --older-than-days must be at least {MIN_WEBHOOK_EVENT_RETENTION_DAYS}: Stripe "
+            "redelivers an event for up to three days, and a pruned event would be stored and applied again"
+        )
+        raise typer.Exit(code=1)
+
+    async def run() -> Pruned:
+        engine = create_engine(settings.database_url, null_pool=True)
+        db = Database(settings=settings, engine=engine, sessions=session_factory(engine), box=secret_box(settings))
+        try:
+            return await prune(db, days, utcnow())
+        finally:
+            await engine.dispose()
+
+    pruned = asyncio.run(run())
+    before = pruned.received_before.isoformat()
+    _emit(
+        as_json,
+        {"deleted": pruned.deleted, "received_before": before},
+        [f"deleted {pruned.deleted} webhook events received before {before} (applied or ignored)"],
+    )
+
+
 RECONCILE_HELP = (
     "Reconcile a connection's Stripe customers with flexsync's customers, in the foreground.\n\n"
     "Every Stripe customer is linked to the customer it matches (Stripe id, metadata.flexprice_customer_id, email "
@@ -381,9 +436,23 @@ def _database_problem(exc: DBAPIError) -> str:
     return f"database error: {redact(text.splitlines()[0] if text else type(exc).__name__)}"
 
 
+def _settings_problem(exc: ValidationError) -> str:
+    """Which FLEXSYNC_* variables are wrong and why; never their values (one may be a key)."""
+    problems = [
+        f"FLEXSYNC_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg'].removeprefix('Value error, ')}"
+        for error in exc.errors()
+    ]
+    return "invalid configuration: " + "; ".join(problems)
+
+
 def main() -> None:
     try:
         app()
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise
+        err_console.print(f"[red]error:[/red] {_settings_problem(exc)}", highlight=False)
+        raise SystemExit(1) from None
     except DBAPIError as exc:
         err_console.print(f"[red]error:[/red] {_database_problem(exc)}", highlight=False)
         raise SystemExit(1) from None

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Stripe redelivers an event for up to three days; a stored event kept at least this long is never pruned
+# while a copy of it may still arrive (and be applied again).
+MIN_WEBHOOK_EVENT_RETENTION_DAYS = 7
 
 
 class Settings(BaseSettings):
@@ -31,6 +36,18 @@ class Settings(BaseSettings):
     run_worker: bool = True
     # Jobs one worker process runs at once (`flexsync worker --concurrency N` overrides it).
     worker_concurrency: int = 8
+    # Days a stored webhook event that was applied or ignored is kept before workers prune it; 0 keeps them all.
+    webhook_event_retention_days: int = 90
+
+    @field_validator("webhook_event_retention_days")
+    @classmethod
+    def _retention_outlasts_redelivery(cls, days: int) -> int:
+        if days != 0 and days < MIN_WEBHOOK_EVENT_RETENTION_DAYS:
+            raise ValueError(
+                f"must be 0 (keep every event) or at least {MIN_WEBHOOK_EVENT_RETENTION_DAYS} days: Stripe "
+                "redelivers an event for up to three days, and a pruned event would be stored and applied again"
+            )
+        return days
 
     @property
     def is_sqlite(self) -> bool:

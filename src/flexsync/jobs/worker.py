@@ -35,12 +35,16 @@ from flexsync.reconcile import runner
 from flexsync.reconcile import service as reconcile
 from flexsync.stripe import inbound, outbound
 from flexsync.stripe.calls import StripeCaller, StripeCallFailed, retry_delay
+from flexsync.webhooks import service as webhook_events
 
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 5.0
 # How often the worker also retries Stripe webhook events that failed to apply or were left queued.
 INBOUND_RETRY_SECONDS = 2.0
+# How often the worker prunes stored webhook events older than FLEXSYNC_WEBHOOK_EVENT_RETENTION_DAYS (and once
+# when it starts). Several workers may do it at once: each deletes what the others have not.
+PRUNE_INTERVAL_SECONDS = 3600.0
 # Every commit that queues a job wakes every worker. A worker whose last claim found nothing waits this long
 # before claiming again, so under a burst one claim takes several jobs instead of each worker running a mostly
 # empty claim per commit. An idle worker's last claim is older than this: a new job is claimed at once.
@@ -64,6 +68,7 @@ class Worker:
         self._stop_local_wake: Callable[[], None] | None = None
         self._stopping = False
         self._next_inbound_retry = 0.0
+        self._next_prune = 0.0
         self._last_empty_claim = 0.0
 
     def wake(self) -> None:
@@ -106,6 +111,7 @@ class Worker:
         poll interval), so other periodic work of the worker belongs here too.
         """
         await self._retry_inbound_events()
+        await self._prune_webhook_events()
         free = self.concurrency - len(self._running)
         if free <= 0:
             return 0
@@ -126,6 +132,24 @@ class Worker:
             await inbound.apply_due_events(self.db, caller=self._caller)
         except Exception:
             log.exception("retrying Stripe webhook events failed", worker=self.id)
+
+    async def _prune_webhook_events(self) -> None:
+        retention_days = self.settings.webhook_event_retention_days
+        if not retention_days or time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
+        try:
+            pruned = await webhook_events.prune(self.db, retention_days, utcnow())
+        except Exception:
+            log.exception("pruning old webhook events failed", worker=self.id)
+            return
+        if pruned.deleted:
+            log.info(
+                "pruned old webhook events",
+                worker=self.id,
+                deleted=pruned.deleted,
+                received_before=pruned.received_before.isoformat(),
+            )
 
     async def _loop(self) -> None:
         while not self._stopping:

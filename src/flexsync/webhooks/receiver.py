@@ -32,6 +32,7 @@ from flexsync.metrics import WEBHOOK_EVENTS
 from flexsync.stripe.inbound import InboundEvent
 from flexsync.webhooks.ingest import Delivery
 from flexsync.webhooks.pipeline import WebhookPipeline
+from flexsync.webhooks.repository import EVENT_ID_PREFIX
 
 PATH = "/v1/webhooks/stripe/{tenant_id}/{environment_id}"
 PATH_PREFIX = "/v1/webhooks/stripe/"
@@ -107,7 +108,7 @@ async def receive_stripe_webhook(request: Request) -> Response:
     event = _parse_event(body)
     livemode = event.get("livemode")
     delivery = Delivery(
-        event=InboundEvent.from_payload(new_id("whevt"), connection.view.id, event),
+        event=InboundEvent.from_payload(new_id(EVENT_ID_PREFIX), connection.view.id, event),
         connection=connection.view,
         livemode=livemode if isinstance(livemode, bool) else False,
         payload=payload,

@@ -10,10 +10,11 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import Row, Table, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
+from flexsync.ids import ulid_text
 from flexsync.kit.bulk import Inserts
 from flexsync.models import EVENT_PENDING, WebhookEvent
 from flexsync.tenancy.service import Scope
@@ -172,3 +173,34 @@ async def find_by_any_id(session: AsyncSession, event_id: str) -> list[WebhookEv
         .order_by(WebhookEvent.received_at)
     )
     return list((await session.execute(stmt)).scalars().all())
+
+
+# Events pruned once old enough: those whose work is done. Queued, failed and dead events stay until they are
+# applied or replayed; `customer.deleted` events stay for good: they are how a deleted Stripe customer is
+# recognised when a late event for it arrives (see stripe.inbound, the `deleted` lookup).
+PRUNABLE_STATUSES = ("applied", "ignored")
+KEPT_TYPE = "customer.deleted"
+EVENT_ID_PREFIX = "whevt"
+
+
+async def prune_events(session: AsyncSession, received_before: datetime, limit: int) -> int:
+    """Delete up to `limit` of the oldest events received before then whose work is done; returns how many.
+
+    Event ids are ULIDs made when the delivery arrived, so they sort by arrival: `id` below the id of the
+    cutoff's millisecond lets the primary key's index find the oldest ones without reading the rest of the
+    table (`received_at` is checked too; it is the rule)."""
+    milliseconds = int(received_before.timestamp() * 1000)
+    id_bound = f"{EVENT_ID_PREFIX}_{ulid_text(milliseconds, 0)}"
+    oldest = (
+        select(EVENTS.c.id)
+        .where(
+            EVENTS.c.id < id_bound,
+            EVENTS.c.received_at < received_before,
+            EVENTS.c.status.in_(PRUNABLE_STATUSES),
+            EVENTS.c.type != KEPT_TYPE,
+        )
+        .order_by(EVENTS.c.id)
+        .limit(limit)
+    )
+    result = await session.execute(delete(EVENTS).where(EVENTS.c.id.in_(oldest.scalar_subquery())))
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -1,7 +1,9 @@
-"""Webhook events as the API and the CLI show them, and finding one to replay."""
+"""Webhook events as the API and the CLI show them, finding one to replay, and pruning old ones."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -59,3 +61,25 @@ async def replay(db: Database, event_id: str) -> dict[str, Any]:
         if replayed is None:  # its connection was deleted meanwhile, and the event with it
             raise NotFound(f"webhook event {event_id} not found")
         return event_to_dict(replayed)
+
+
+PRUNE_BATCH = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    deleted: int
+    received_before: datetime
+
+
+async def prune(db: Database, retention_days: int, now: datetime) -> Pruned:
+    """Delete the stored events received more than `retention_days` ago whose work is done (applied or
+    ignored; never `customer.deleted` events), a batch per transaction so no lock is held for long."""
+    received_before = now - timedelta(days=retention_days)
+    deleted = 0
+    while True:
+        async with db.transaction() as session:
+            count = await repository.prune_events(session, received_before, PRUNE_BATCH)
+        deleted += count
+        if count < PRUNE_BATCH:
+            return Pruned(deleted, received_before)
