@@ -188,19 +188,19 @@ async def prune_events(session: AsyncSession, received_before: datetime, limit: 
 
     Event ids are ULIDs made when the delivery arrived, so they sort by arrival: `id` below the id of the
     cutoff's millisecond lets the primary key's index find the oldest ones without reading the rest of the
-    table (`received_at` is checked too; it is the rule)."""
+    table (`received_at` is checked too; it is the rule). They are then deleted by id, each found through the
+    index (deleting `WHERE id IN (SELECT ...)` in one statement had PostgreSQL scan the whole table per batch),
+    with the conditions checked again, so an event replayed meanwhile is left alone."""
     milliseconds = int(received_before.timestamp() * 1000)
     id_bound = f"{EVENT_ID_PREFIX}_{ulid_text(milliseconds, 0)}"
-    oldest = (
-        select(EVENTS.c.id)
-        .where(
-            EVENTS.c.id < id_bound,
-            EVENTS.c.received_at < received_before,
-            EVENTS.c.status.in_(PRUNABLE_STATUSES),
-            EVENTS.c.type != KEPT_TYPE,
-        )
-        .order_by(EVENTS.c.id)
-        .limit(limit)
+    prunable = and_(
+        EVENTS.c.received_at < received_before,
+        EVENTS.c.status.in_(PRUNABLE_STATUSES),
+        EVENTS.c.type != KEPT_TYPE,
     )
-    result = await session.execute(delete(EVENTS).where(EVENTS.c.id.in_(oldest.scalar_subquery())))
+    oldest = select(EVENTS.c.id).where(EVENTS.c.id < id_bound, prunable).order_by(EVENTS.c.id).limit(limit)
+    ids = list((await session.execute(oldest)).scalars())
+    if not ids:
+        return 0
+    result = await session.execute(delete(EVENTS).where(EVENTS.c.id.in_(ids), prunable))
     return int(getattr(result, "rowcount", 0) or 0)
