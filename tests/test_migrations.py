@@ -107,48 +107,38 @@ def test_downgrade_to_base_and_upgrade_again(fresh_db: DatabaseUnderTest) -> Non
     assert set(expression_indexes(url)) == set(EXPRESSION_INDEXES)
 
 
-def payload_compression(url: str) -> str:
-    """PostgreSQL: how webhook payloads too large to keep inline are compressed ('' is the server's default)."""
+def scalar(url: str, sql: str) -> Any:
+    """One value read from the database."""
 
-    async def read() -> str:
+    async def read() -> Any:
         engine = create_engine(url, null_pool=True)
         try:
             async with engine.connect() as conn:
-                method = await conn.scalar(
-                    sa.text(
-                        "SELECT CAST(attcompression AS text) FROM pg_attribute "
-                        "WHERE attrelid = CAST('webhook_events' AS regclass) AND attname = 'payload'"
-                    )
-                )
-                return {"l": "lz4", "p": "pglz"}.get(method, "")
+                return await conn.scalar(sa.text(sql))
         finally:
             await engine.dispose()
 
     return asyncio.run(read())
+
+
+def payload_compression(url: str) -> str:
+    """PostgreSQL: how webhook payloads too large to keep inline are compressed ('' is the server's default)."""
+    method = scalar(
+        url,
+        "SELECT CAST(attcompression AS text) FROM pg_attribute "
+        "WHERE attrelid = CAST('webhook_events' AS regclass) AND attname = 'payload'",
+    )
+    return {"l": "lz4", "p": "pglz"}.get(method, "")
 
 
 def lz4_available(url: str) -> bool:
-    async def read() -> bool:
-        engine = create_engine(url, null_pool=True)
-        try:
-            async with engine.connect() as conn:
-                return bool(
-                    await conn.scalar(
-                        sa.text(
-                            "SELECT count(*) FROM pg_settings "
-                            "WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)"
-                        )
-                    )
-                )
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(read())
+    sql = "SELECT count(*) FROM pg_settings WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)"
+    return bool(scalar(url, sql))
 
 
 def test_webhook_payloads_are_compressed_with_lz4_on_postgresql(fresh_db: DatabaseUnderTest) -> None:
     url = fresh_db.url
-    if url.startswith("sqlite"):
+    if fresh_db.backend == "sqlite":
         pytest.skip("PostgreSQL's column compression")
     if not lz4_available(url):
         pytest.skip("this PostgreSQL was built without lz4")

@@ -18,10 +18,11 @@ from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from flexsync.config import MIN_WEBHOOK_EVENT_RETENTION_DAYS, Settings, get_settings
+from flexsync.config import MIN_WEBHOOK_EVENT_RETENTION_DAYS, RETENTION_REASON, Settings, get_settings
 from flexsync.connections import service as connections
 from flexsync.crypto import secret_box
 from flexsync.db import create_engine, is_sqlite_url, migrate, session_factory, transaction
+from flexsync.deps import Database
 from flexsync.kit import runtime
 from flexsync.kit.errors import APIError
 from flexsync.logs import configure_logging, redact
@@ -66,6 +67,20 @@ def _in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable
     except APIError as exc:
         err_console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(code=1) from None
+
+
+def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    """Run `work` with a process's database resources (engine, sessions, secret box), disposed of afterwards."""
+
+    async def runner() -> T:
+        engine = create_engine(settings.database_url, null_pool=True)
+        db = Database(settings=settings, engine=engine, sessions=session_factory(engine), box=secret_box(settings))
+        try:
+            return await work(db)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(runner())
 
 
 def _emit(as_json: bool, data: dict[str, Any], lines: list[str]) -> None:
@@ -191,22 +206,11 @@ def events_replay(
     as_json: JsonFlag = False,
 ) -> None:
     """Apply a stored Stripe webhook event again now and print the outcome (exit 1 if not found or failed)."""
-    from flexsync.deps import Database
     from flexsync.kit.json import dumps
     from flexsync.webhooks.service import replay
 
-    settings = get_settings()
-
-    async def run() -> dict[str, Any]:
-        engine = create_engine(settings.database_url, null_pool=True)
-        db = Database(settings=settings, engine=engine, sessions=session_factory(engine), box=secret_box(settings))
-        try:
-            return await replay(db, event_id)
-        finally:
-            await engine.dispose()
-
     try:
-        event: dict[str, Any] = json.loads(dumps(asyncio.run(run())))
+        event: dict[str, Any] = json.loads(dumps(_with_database(get_settings(), lambda db: replay(db, event_id))))
     except APIError as exc:
         err_console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(code=1) from None
@@ -237,10 +241,8 @@ def events_prune(
     Queued, failed and dead events stay, and so do customer.deleted events (they keep deleted Stripe customers
     from coming back).
     """
-
-    from flexsync.deps import Database
     from flexsync.models import utcnow
-    from flexsync.webhooks.service import Pruned, prune
+    from flexsync.webhooks.service import prune
 
     settings = get_settings()
     days = settings.webhook_event_retention_days if older_than_days is None else older_than_days
@@ -252,20 +254,12 @@ def events_prune(
         raise typer.Exit(code=1)
     if days < MIN_WEBHOOK_EVENT_RETENTION_DAYS:
         err_console.print(
-            f"[red]error:[/red] --older-than-days must be at least {MIN_WEBHOOK_EVENT_RETENTION_DAYS}: Stripe "
-            "redelivers an event for up to three days, and a pruned event would be stored and applied again"
+            f"[red]error:[/red] --older-than-days must be at least {MIN_WEBHOOK_EVENT_RETENTION_DAYS}: "
+            f"{RETENTION_REASON}"
         )
         raise typer.Exit(code=1)
 
-    async def run() -> Pruned:
-        engine = create_engine(settings.database_url, null_pool=True)
-        db = Database(settings=settings, engine=engine, sessions=session_factory(engine), box=secret_box(settings))
-        try:
-            return await prune(db, days, utcnow())
-        finally:
-            await engine.dispose()
-
-    pruned = asyncio.run(run())
+    pruned = _with_database(settings, lambda db: prune(db, days, utcnow()))
     before = pruned.received_before.isoformat()
     _emit(
         as_json,

@@ -10,6 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Stripe redelivers an event for up to three days; a stored event kept at least this long is never pruned
 # while a copy of it may still arrive (and be applied again).
 MIN_WEBHOOK_EVENT_RETENTION_DAYS = 7
+RETENTION_REASON = (
+    "Stripe redelivers an event for up to three days, and a pruned event would be stored and applied again"
+)
 
 
 class Settings(BaseSettings):
@@ -44,8 +47,7 @@ class Settings(BaseSettings):
     def _retention_outlasts_redelivery(cls, days: int) -> int:
         if days != 0 and days < MIN_WEBHOOK_EVENT_RETENTION_DAYS:
             raise ValueError(
-                f"must be 0 (keep every event) or at least {MIN_WEBHOOK_EVENT_RETENTION_DAYS} days: Stripe "
-                "redelivers an event for up to three days, and a pruned event would be stored and applied again"
+                f"must be 0 (keep every event) or at least {MIN_WEBHOOK_EVENT_RETENTION_DAYS} days: {RETENTION_REASON}"
             )
         return days
 

@@ -42,8 +42,9 @@ log = structlog.get_logger(__name__)
 SHUTDOWN_GRACE_SECONDS = 5.0
 # How often the worker also retries Stripe webhook events that failed to apply or were left queued.
 INBOUND_RETRY_SECONDS = 2.0
-# How often the worker prunes stored webhook events older than FLEXSYNC_WEBHOOK_EVENT_RETENTION_DAYS (and once
-# when it starts). Several workers may do it at once: each deletes what the others have not.
+# How often the worker prunes stored webhook events older than FLEXSYNC_WEBHOOK_EVENT_RETENTION_DAYS (first when it
+# starts), in a task of its own: a large first pass must not hold up claiming jobs. Several workers may do it at
+# once: each deletes what the others have not.
 PRUNE_INTERVAL_SECONDS = 3600.0
 # Every commit that queues a job wakes every worker. A worker whose last claim found nothing waits this long
 # before claiming again, so under a burst one claim takes several jobs instead of each worker running a mostly
@@ -68,7 +69,6 @@ class Worker:
         self._stop_local_wake: Callable[[], None] | None = None
         self._stopping = False
         self._next_inbound_retry = 0.0
-        self._next_prune = 0.0
         self._last_empty_claim = 0.0
 
     def wake(self) -> None:
@@ -78,6 +78,8 @@ class Worker:
         self._stop_local_wake = outbox.on_commit_wake(self.wake)
         await self._ensure_listener()
         self._tasks = [asyncio.create_task(self._loop()), asyncio.create_task(self._keep_leases())]
+        if self.settings.webhook_event_retention_days:
+            self._tasks.append(asyncio.create_task(self._prune_webhook_events()))
         if self.db.engine.dialect.name == "sqlite":
             self._tasks.append(asyncio.create_task(self._watch_sqlite_commits()))
         log.info("sync worker started", worker=self.id, concurrency=self.concurrency)
@@ -111,7 +113,6 @@ class Worker:
         poll interval), so other periodic work of the worker belongs here too.
         """
         await self._retry_inbound_events()
-        await self._prune_webhook_events()
         free = self.concurrency - len(self._running)
         if free <= 0:
             return 0
@@ -135,21 +136,20 @@ class Worker:
 
     async def _prune_webhook_events(self) -> None:
         retention_days = self.settings.webhook_event_retention_days
-        if not retention_days or time.monotonic() < self._next_prune:
-            return
-        self._next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
-        try:
-            pruned = await webhook_events.prune(self.db, retention_days, utcnow())
-        except Exception:
-            log.exception("pruning old webhook events failed", worker=self.id)
-            return
-        if pruned.deleted:
-            log.info(
-                "pruned old webhook events",
-                worker=self.id,
-                deleted=pruned.deleted,
-                received_before=pruned.received_before.isoformat(),
-            )
+        while not self._stopping:
+            try:
+                pruned = await webhook_events.prune(self.db, retention_days, utcnow())
+            except Exception:
+                log.exception("pruning old webhook events failed", worker=self.id)
+            else:
+                if pruned.deleted:
+                    log.info(
+                        "pruned old webhook events",
+                        worker=self.id,
+                        deleted=pruned.deleted,
+                        received_before=pruned.received_before.isoformat(),
+                    )
+            await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
 
     async def _loop(self) -> None:
         while not self._stopping:

@@ -51,7 +51,6 @@ REMEMBERED_BATCHES = 8
 class Delivery:
     event: InboundEvent
     connection: ConnectionView
-    livemode: bool
     payload: str
     received_at: datetime = field(default_factory=utcnow)
     answer: asyncio.Future[str] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -71,7 +70,7 @@ class Delivery:
             "type": self.event.type,
             "stripe_object_id": self.event.stripe_object_id,
             "stripe_created": self.event.created,
-            "livemode": self.livemode,
+            "livemode": bool(self.event.livemode),  # stored as false when the event does not say
             "payload": self.payload,
             "status": outcome.status,
             "attempts": 1 if final else 0,

@@ -106,11 +106,9 @@ async def receive_stripe_webhook(request: Request) -> Response:
             )
 
     event = _parse_event(body)
-    livemode = event.get("livemode")
     delivery = Delivery(
         event=InboundEvent.from_payload(new_id(EVENT_ID_PREFIX), connection.view.id, event),
         connection=connection.view,
-        livemode=livemode if isinstance(livemode, bool) else False,
         payload=payload,
     )
     status = await pipeline.ingestor.submit(delivery)
