@@ -30,8 +30,9 @@ come out a few percent ahead on a small machine. Use an even number of rounds.
 `--ceiling` adds, to every round, the reference app's `/webhook-lean` (signature check and JSON parsing, no
 database): the machine's HTTP ceiling, which tells how this machine compares with the issue's (about 13,800/s
 there). `--processes N` runs flexsync with `serve --processes N` (server CPU and memory are summed over its
-processes). `--flush-delay-us US` makes every WAL flush of both receivers' databases wait that long
-(PostgreSQL's `commit_delay`): a disk whose flush is that much slower than this machine's.
+processes). `--flush-delay-us US` runs both receivers on a private PostgreSQL cluster whose every flush to
+disk waits US microseconds first (`slow_disk.py`): a disk that much slower than this machine's (`--pg` is then
+not used); the commit time measured on it is printed first.
 
 Prints one line per run and the medians, and with --json one JSON object at the end.
 """
@@ -58,6 +59,7 @@ import httpx
 from cryptography.fernet import Fernet
 
 from measure import cpu_seconds, free_port, peak_rss_kb, process_tree
+from slow_disk import slow_flush_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 KIT = (ROOT / ".." / "shared" / "bench").resolve()
@@ -109,13 +111,8 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def fresh_database(admin_dsn: str, flush_delay_us: int = 0) -> Iterator[str]:
-    """A new PostgreSQL database for one run, dropped afterwards; yields its asyncpg DSN.
-
-    `flush_delay_us` makes every WAL flush of this database's sessions wait that long first (PostgreSQL's
-    `commit_delay`, with `commit_siblings` 0 so it always applies): a stand-in for a disk whose flush is that
-    much slower than this machine's. Commits that arrive meanwhile join the flush, as they would on such a disk.
-    """
+def fresh_database(admin_dsn: str) -> Iterator[str]:
+    """A new PostgreSQL database for one run, dropped afterwards; yields its asyncpg DSN."""
     name = f"bench_{uuid.uuid4().hex[:10]}"
 
     async def admin(*statements: str) -> None:
@@ -126,13 +123,7 @@ def fresh_database(admin_dsn: str, flush_delay_us: int = 0) -> Iterator[str]:
         finally:
             await conn.close()
 
-    setup = [f'CREATE DATABASE "{name}"']
-    if flush_delay_us:
-        setup += [
-            f'ALTER DATABASE "{name}" SET commit_delay = {int(flush_delay_us)}',
-            f'ALTER DATABASE "{name}" SET commit_siblings = 0',
-        ]
-    asyncio.run(admin(*setup))
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     try:
         # The database name is the DSN's last path segment; a query (e.g. `?host=/var/run/postgresql`, the
         # server's Unix socket) is kept.
@@ -257,7 +248,7 @@ async def _integrity(dsn: str) -> dict[str, int]:
 
 def run_flexsync(args: argparse.Namespace, admin_dsn: str, label: str, src: str | None = None) -> dict[str, Any]:
     """One run of flexsync: this checkout's, or the one whose `src/` is `src`."""
-    with fresh_database(admin_dsn, args.flush_delay_us) as dsn:
+    with fresh_database(admin_dsn) as dsn:
         database_url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
         key = Fernet.generate_key().decode()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXSYNC_")}
@@ -332,7 +323,7 @@ def _serve_reference(args: argparse.Namespace, label: str, route: str, database_
 
 
 def run_reference(args: argparse.Namespace, admin_dsn: str, label: str) -> dict[str, Any]:
-    with fresh_database(admin_dsn, args.flush_delay_us) as dsn:
+    with fresh_database(admin_dsn) as dsn:
         load = _serve_reference(args, label, "/webhook-db-lean", {"DATABASE_URL": dsn})
         rows = asyncio.run(_reference_rows(dsn))
     return {**load, "end_to_end_per_s": load["ok_per_s"], "rows": rows}
@@ -361,7 +352,7 @@ def main() -> None:
         type=int,
         default=0,
         metavar="US",
-        help="make each WAL flush wait this long (commit_delay), for both receivers: a slower disk than this one's",
+        help="run on a private PostgreSQL cluster whose every flush waits this long: a slower disk than this one's",
     )
     parser.add_argument(
         "--ceiling",
@@ -370,6 +361,15 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object at the end")
     args = parser.parse_args()
+    if args.flush_delay_us:
+        with slow_flush_cluster(args.flush_delay_us) as (admin_dsn, commit_ms):
+            print(f"private cluster, each flush delayed {args.flush_delay_us} us: one commit takes {commit_ms:.2f} ms")
+            compare(args, admin_dsn)
+    else:
+        compare(args, args.pg)
+
+
+def compare(args: argparse.Namespace, admin_dsn: str) -> None:
 
     other = "baseline" if args.baseline else "reference"
     results: dict[str, list[dict[str, Any]]] = {"flexsync": [], other: [], "ceiling": []}
@@ -384,7 +384,7 @@ def main() -> None:
         for name in ["ceiling", *order] if args.ceiling else order:
             if args.only and name != args.only:
                 continue
-            result = runners[name](args, args.pg, f"{name}#{round_number + 1}")
+            result = runners[name](args, admin_dsn, f"{name}#{round_number + 1}")
             results[name].append(result)
             line = (
                 f"{result['label']:<12} acked {result['ok_per_s']:>7.0f}/s"
