@@ -182,6 +182,7 @@ def test_webhook_secret_can_be_added_after_creation(api: httpx.Client) -> None:
         ({"api_version": "2024-06-20"}, "api_version"),
         ({"name": None}, "name"),
         ({"name": "   "}, "name"),
+        ({"name": "Stripe\x00"}, "name"),  # PostgreSQL's text cannot hold a NUL character
         ({"verify": "maybe"}, "verify"),
     ],
 )

@@ -71,6 +71,12 @@ def test_create_returns_every_flexprice_field(api: httpx.Client, tenant: TenantC
         ({"external_id": "x", "name": "A", "metadata": ["a"]}, "metadata"),
         ({"external_id": "x", "name": "A", "metadata": {f"k{i}": "v" for i in range(51)}}, "metadata"),
         ({"external_id": "x", "name": "A", "favourite_colour": "blue"}, "favourite_colour"),
+        # PostgreSQL's text and JSON cannot hold a NUL character; SQLite could, but both refuse it alike.
+        ({"external_id": "x", "name": "Ada\x00"}, "name"),
+        ({"external_id": "x\x00", "name": "A"}, "external_id"),
+        ({"external_id": "x", "name": "A", "address_line1": "1 Main St\x00"}, "address_line1"),
+        ({"external_id": "x", "name": "A", "metadata": {"plan": "pro\x00"}}, "metadata"),
+        ({"external_id": "x", "name": "A", "metadata": {"plan\x00": "pro"}}, "metadata"),
         (
             {"external_id": "x", "name": "A", "metadata": {"stripe_customer_id": "cus_1"}},
             "metadata.stripe_customer_id",
@@ -82,6 +88,20 @@ def test_bad_input_is_rejected_and_nothing_written(api: httpx.Client, payload: d
     body = assert_error(response, 400, "validation_error")
     assert field in body["details"]["fields"], body
     assert total(api) == 0
+
+
+def test_a_nul_character_in_a_url_is_refused(api: httpx.Client) -> None:
+    created = create(api, external_id="crm-1")
+    for response in (
+        api.get("/v1/customers/external/crm%00-1"),
+        api.get(f"/v1/customers/{created['id']}%00"),
+        api.get("/v1/customers", params={"external_id": "crm\x00-1"}),
+        api.put("/v1/customers", params={"external_customer_id": "crm-1\x00"}, json={"name": "B"}),
+        api.get("/v1/webhook-events", params={"type": "customer.created\x00"}),
+    ):
+        body = assert_error(response, 400, "validation_error")
+        assert "NUL character" in body["message"] and "url" in body["details"]["fields"], body
+    assert api.get(f"/v1/customers/{created['id']}").json()["name"] == "Ada Lovelace"
 
 
 def test_malformed_json_and_non_object_bodies(api: httpx.Client) -> None:

@@ -367,6 +367,43 @@ def test_deleting_an_unknown_stripe_customer_is_recorded(inbound: InboundTenant)
     assert inbound.customers() == []
 
 
+# -- data no database column can hold ---------------------------------------------------------------------------
+
+
+def test_stripe_text_holding_a_nul_character_is_left_out_and_the_rest_applied(inbound: InboundTenant) -> None:
+    # PostgreSQL's text cannot hold U+0000 (SQLite can): such values are left out on both, with a note, as
+    # other data that does not fit; the event is applied, never lost or retried in vain.
+    address = {"line1": "12 Analytical\x00 Row", "city": "London", "country": "GB"}
+    obj = stripe_customer(name="Ada\x00", address=address, metadata={"flexprice_customer_id": "cust_\x00"})
+    event = stripe_event("customer.created", obj)
+
+    inbound.deliver_ok(event, "applied")
+
+    customer = inbound.customer_for(obj["id"])
+    assert customer["name"] == "ada@example.com"  # the name left out: the email stands in
+    assert customer["address_line1"] is None and customer["address_city"] == "London"
+    note = inbound.event_for(event["id"])["note"]
+    assert "name contains the NUL character" in note and "address_line1 contains the NUL character" in note
+    assert "metadata.flexprice_customer_id contains the NUL character" in note
+
+
+def test_events_whose_ids_no_column_can_hold(inbound: InboundTenant) -> None:
+    # A customer id longer than the columns holding Stripe ids, or holding a NUL character: stored, ignored.
+    for stripe_id in ("cus_" + "x" * 300, "cus_\x00"):
+        event = stripe_event("customer.created", stripe_customer(stripe_id))
+        inbound.deliver_ok(event, "ignored")
+        assert "no usable Stripe id" in inbound.event_for(event["id"])["note"]
+    # A connected account's id holding one is written out in the note.
+    connected = {**stripe_event("customer.created", stripe_customer()), "account": "acct_\x00"}
+    inbound.deliver_ok(connected, "ignored")
+    assert "connected account acct_\\u0000" in inbound.event_for(connected["id"])["note"]
+    # An event id or type holding one is no Stripe event: refused, nothing stored.
+    for broken in ({"id": "evt_\x00"}, {"type": "customer.created\x00"}):
+        response = inbound.deliver({**stripe_event("customer.created", stripe_customer()), **broken})
+        assert response.status_code == 400 and response.json()["details"]["reason"] == "not_an_event", response.text
+    assert len(inbound.events()) == 3 and inbound.customers() == []
+
+
 # -- test and live mode, connected accounts ---------------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from flexsync.jobs.endpoints import router as sync_jobs_router
 from flexsync.jobs.worker import Worker
 from flexsync.kit.errors import error_response, install_error_handlers
 from flexsync.kit.json import JSONResponse
-from flexsync.kit.middleware import BodySizeLimit, DefaultJSONContentType
+from flexsync.kit.middleware import BodySizeLimit, DefaultJSONContentType, NoNulInURL
 from flexsync.metrics import exposition
 from flexsync.reconcile.endpoints import router as reconcile_router
 from flexsync.web.app import install_dashboard
@@ -65,8 +65,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(DefaultJSONContentType)
     app.add_middleware(BodySizeLimit)
-    # Stripe's deliveries, the busiest route, are answered by this outermost middleware (see WebhookRoute).
+    # Stripe's deliveries, the busiest route, are answered by this middleware, ahead of the app's own stack
+    # (see WebhookRoute); only a URL holding a NUL character is turned away before it.
     app.add_middleware(receiver.WebhookRoute)
+    app.add_middleware(NoNulInURL)
     app.add_route(receiver.PATH, receiver.receive_stripe_webhook, methods=["POST"])
     app.include_router(customers_router)
     app.include_router(sync_jobs_router)

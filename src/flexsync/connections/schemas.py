@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, StringConstraints
 
 from flexsync.connections.settings import ConnectionSettings
+from flexsync.kit.schemas import StrictModel
 
 Mode = Literal["test", "live"]
 
@@ -68,10 +69,6 @@ def _check_publishable_key(value: str) -> str:
 
 PublishableKey = Annotated[str, BeforeValidator(_strip), AfterValidator(_check_publishable_key)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class ConnectionCreate(StrictModel):

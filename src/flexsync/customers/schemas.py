@@ -7,7 +7,9 @@ from typing import Annotated, Any, Literal
 
 import pycountry
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
+
+from flexsync.kit.schemas import StrictModel
 
 # Stripe's own limits, since every customer may be pushed there.
 METADATA_MAX_KEYS = 50
@@ -70,10 +72,6 @@ Email = Annotated[
 ]
 Country = Annotated[str | None, BeforeValidator(_blank_to_none), AfterValidator(normalize_country)]
 Metadata = Annotated[dict[str, str] | None, AfterValidator(_check_metadata)]
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class IntegrationEntityMapping(StrictModel):

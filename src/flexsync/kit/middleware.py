@@ -1,10 +1,11 @@
-"""ASGI middleware applied to every request: the body size limit and a default JSON content type."""
+"""ASGI middleware applied to every request: the body size limit, a default JSON content type, no NUL in URLs."""
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flexsync.kit.errors import error_response
+from flexsync.kit.text import NUL, NUL_PROBLEM
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -62,4 +63,20 @@ class DefaultJSONContentType:
                 await self.app(scope, receive, send)
                 return
             scope = dict(scope, headers=[*headers, (b"content-type", b"application/json")])
+        await self.app(scope, receive, send)
+
+
+class NoNulInURL:
+    """A path or query holding a NUL character (%00) names nothing flexsync stores (PostgreSQL's text cannot
+    hold one): refused with 400 before it reaches a route, the webhook route included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (NUL in scope["path"] or b"%00" in scope["query_string"]):
+            message = "the URL must not contain the NUL character (%00)"
+            response = error_response(400, "validation_error", message, {"fields": {"url": NUL_PROBLEM}})
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)

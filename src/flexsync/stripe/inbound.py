@@ -75,6 +75,7 @@ from flexsync.db import (
 )
 from flexsync.ids import new_id
 from flexsync.kit.bulk import Inserts
+from flexsync.kit.text import NUL
 from flexsync.logs import redact
 from flexsync.models import Customer, CustomerLink, StripeConnection, WebhookEvent, utcnow
 from flexsync.stripe import links
@@ -105,6 +106,9 @@ RETRY_CAP_SECONDS = 3600.0
 # A queued event that its receiving process has not applied by then is taken over by the retry sweep.
 RECOVERY_DELAY = timedelta(seconds=30)
 STRIPE_FETCH_CONCURRENCY = 8
+
+# The columns that hold Stripe ids (webhook_events.stripe_object_id, customer_links.stripe_customer_id).
+MAX_STRIPE_ID_LENGTH = 255
 
 OutcomeStatus = Literal["applied", "ignored", "queued"]
 # The Stripe customers re-fetched for a batch: their current object, or None once Stripe no longer has them.
@@ -141,13 +145,17 @@ class InboundEvent:
             created=created if isinstance(created, int) else 0,
             data_object=data_object if isinstance(data_object, Mapping) else None,
             livemode=livemode if isinstance(livemode, bool) else None,
-            account=account if isinstance(account, str) and account else None,
+            # Named in the event's note when refused: a NUL character written out, so the note can be stored.
+            account=account.replace(NUL, "\\u0000") if isinstance(account, str) and account else None,
         )
 
     @property
     def stripe_object_id(self) -> str | None:
+        """The Stripe id of the event's object; None unless it is one the database can hold."""
         object_id = self.data_object.get("id") if self.data_object is not None else None
-        return object_id if isinstance(object_id, str) and object_id else None
+        if isinstance(object_id, str) and 0 < len(object_id) <= MAX_STRIPE_ID_LENGTH and NUL not in object_id:
+            return object_id
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,8 +512,14 @@ class _Batch:
         if not_ours is not None:
             return Outcome("ignored", not_ours)
         stripe_id = event.stripe_object_id
-        if stripe_id is None or event.data_object is None:
+        if event.data_object is None:
             return Outcome("ignored", "the event carries no customer object")
+        if stripe_id is None:
+            return Outcome(
+                "ignored",
+                f"the customer object has no usable Stripe id (a string of 1-{MAX_STRIPE_ID_LENGTH} characters "
+                "without NUL)",
+            )
         if event.type == "customer.deleted":
             return await self._deleted(event, stripe_id)
         link = await self._link_for(stripe_id)

@@ -1,8 +1,9 @@
 """The field mapping between a flexsync customer and a Stripe customer, both ways. Pure: no I/O.
 
 Implements the two tables of the seed document. Stripe data that does not fit a flexsync field
-(a country that is not ISO 3166-1 alpha-2, an over-long value, an invalid email) is dropped from that
-field and reported as a problem, so the rest of the customer is still applied.
+(a country that is not ISO 3166-1 alpha-2, an over-long value, an invalid email, text holding a NUL
+character) is dropped from that field and reported as a problem, so the rest of the customer is still
+applied.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flexsync.customers.schemas import normalize_country
+from flexsync.kit.text import NUL
 
 STRIPE_ID_KEY = "stripe_customer_id"
 FLEXPRICE_ID_KEY = "flexprice_customer_id"
@@ -115,6 +117,9 @@ def from_stripe(customer: Mapping[str, Any]) -> InboundCustomer:
         rejected.add(name)
         fields[name] = None
 
+    for name, value in fields.items():
+        if value is not None and NUL in value:
+            reject(name, f"{name} contains the NUL character (\\u0000); not copied")
     if fields["email"] is not None and not _valid_email(fields["email"]):
         reject("email", f"email {fields['email']!r} is not a valid address; not copied")
     if fields["address_country"] is not None:
@@ -131,6 +136,9 @@ def from_stripe(customer: Mapping[str, Any]) -> InboundCustomer:
 
     metadata = customer.get("metadata") or {}
     flexprice_id = _clean(metadata.get(FLEXPRICE_ID_KEY)) if isinstance(metadata, Mapping) else None
+    if flexprice_id is not None and NUL in flexprice_id:
+        problems.append(f"metadata.{FLEXPRICE_ID_KEY} contains the NUL character (\\u0000); not used")
+        flexprice_id = None
     return InboundCustomer(
         stripe_id=stripe_id,
         fields=fields,

@@ -28,6 +28,7 @@ from flexsync.ids import new_id
 from flexsync.kit.errors import APIError, NotFound, ValidationFailed, error_response
 from flexsync.kit.json import JSONResponse
 from flexsync.kit.middleware import BodySizeLimit
+from flexsync.kit.text import NUL
 from flexsync.metrics import WEBHOOK_EVENTS
 from flexsync.stripe.inbound import InboundEvent
 from flexsync.webhooks.ingest import Delivery
@@ -65,9 +66,9 @@ def _parse_event(body: bytes) -> Mapping[str, Any]:
     if not isinstance(event, dict):
         raise _rejected("not_an_event", "the request body is not a Stripe event")
     event_id, event_type = event.get("id"), event.get("type")
-    if not (isinstance(event_id, str) and 0 < len(event_id) <= MAX_ID_LENGTH):
+    if not (isinstance(event_id, str) and 0 < len(event_id) <= MAX_ID_LENGTH and NUL not in event_id):
         raise _rejected("not_an_event", "the request body is not a Stripe event: no valid `id`")
-    if not (isinstance(event_type, str) and 0 < len(event_type) <= MAX_TYPE_LENGTH):
+    if not (isinstance(event_type, str) and 0 < len(event_type) <= MAX_TYPE_LENGTH and NUL not in event_type):
         raise _rejected("not_an_event", "the request body is not a Stripe event: no valid `type`")
     return event
 
@@ -119,8 +120,9 @@ class WebhookRoute:
     """ASGI middleware that answers Stripe's deliveries itself and hands every other request to the app.
 
     Added as the app's outermost middleware (inside only Starlette's server-error handler, which turns an
-    unexpected exception into the contract's 500), it keeps the body size limit (413) and the error shape,
-    and skips the rest of the stack for the busiest route. Other methods on the path fall through to the
+    unexpected exception into the contract's 500, and the check that refuses a URL holding a NUL character),
+    it keeps the body size limit (413) and the error shape, and skips the rest of the stack for the busiest
+    route. Other methods on the path fall through to the
     app's router, which has the route too and answers them 405.
     """
 
