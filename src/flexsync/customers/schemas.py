@@ -9,6 +9,7 @@ import pycountry
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
 
+from flexsync.kit.pagination import MAX_OFFSET
 from flexsync.kit.schemas import StrictModel
 
 # Stripe's own limits, since every customer may be pushed there.
@@ -134,7 +135,7 @@ class CustomerSearch(StrictModel):
     start_time: datetime | None = None
     end_time: datetime | None = None
     limit: int = Field(default=50, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     order: Literal["asc", "desc"] = "desc"
     sort: list[SortSpec] | None = Field(default=None, max_length=5)
     expand: str | None = None

@@ -10,21 +10,26 @@ from pydantic import BaseModel, Field
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
+# The largest OFFSET both databases take (a signed 64-bit integer); beyond it PostgreSQL fails the query.
+MAX_OFFSET = 2**63 - 1
+# The dashboard's page numbers: far beyond any list, and within MAX_OFFSET at any page size.
+MAX_PAGE_NUMBER = 1_000_000_000
 
 
 class Page(BaseModel):
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
 
 def page_params(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> Page:
     return Page(limit=limit, offset=offset)
 
 
 PageQuery = Annotated[Page, Depends(page_params)]
+PageNumber = Annotated[int, Query(ge=1, le=MAX_PAGE_NUMBER)]
 
 
 def page_count(total: int, size: int) -> int:

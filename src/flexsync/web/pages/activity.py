@@ -15,7 +15,7 @@ from flexsync.deps import DB
 from flexsync.jobs import repository as jobs_repository
 from flexsync.jobs import service as jobs_service
 from flexsync.kit.errors import NotFound
-from flexsync.kit.pagination import page_count
+from flexsync.kit.pagination import PageNumber, page_count
 from flexsync.stripe import inbound
 from flexsync.web.auth import PostedForm, SignedIn, Viewer
 from flexsync.web.render import render
@@ -46,7 +46,7 @@ async def sync_jobs(
     db: DB,
     status: JobStatus | Literal[""] = "",
     customer_id: Annotated[str, Query(max_length=64)] = "",
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: PageNumber = 1,
 ) -> Response:
     async with db.sessions() as session:
         jobs, total = await jobs_repository.list_page(
@@ -90,7 +90,7 @@ async def webhook_events(
     db: DB,
     status: EventStatus | Literal[""] = "",
     type: Annotated[str, Query(max_length=128)] = "",
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: PageNumber = 1,
 ) -> Response:
     async with db.sessions() as session:
         events, total = await events_repository.list_page(

@@ -13,7 +13,7 @@ from flexsync.customers.schemas import SYNC_OWNED_METADATA_KEYS, CustomerCreate,
 from flexsync.deps import DB
 from flexsync.jobs import repository as jobs_repository
 from flexsync.kit.errors import APIError, NotFound
-from flexsync.kit.pagination import page_count
+from flexsync.kit.pagination import PageNumber, page_count
 from flexsync.models import Customer
 from flexsync.stripe import outbound
 from flexsync.web import forms, queries
@@ -34,7 +34,7 @@ async def customer_list(
     db: DB,
     q: Annotated[str, Query(max_length=255)] = "",
     status: Literal["published", "archived", "all"] = "published",
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: PageNumber = 1,
 ) -> Response:
     scope = viewer.scope
     async with db.sessions() as session:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 
 from flexsync.connections import repository as connections_repository
 from flexsync.connections import service as connections_service
 from flexsync.deps import DB
 from flexsync.kit.errors import APIError, ValidationFailed
-from flexsync.kit.pagination import page_count
+from flexsync.kit.pagination import PageNumber, page_count
 from flexsync.reconcile import repository, service
 from flexsync.reconcile.schemas import ReconcileRequest
 from flexsync.web import forms
@@ -64,9 +64,7 @@ async def _runs_page(
 
 
 @router.get(PAGE)
-async def reconciliation_runs(
-    request: Request, viewer: SignedIn, db: DB, page: Annotated[int, Query(ge=1)] = 1
-) -> Response:
+async def reconciliation_runs(request: Request, viewer: SignedIn, db: DB, page: PageNumber = 1) -> Response:
     return await _runs_page(request, viewer, db, page)
 
 
