@@ -110,6 +110,25 @@ def test_an_older_update_after_a_newer_one_changes_nothing(inbound: InboundTenan
     assert (customer["name"], customer["email"]) == ("Third", "third@example.com")
 
 
+def test_events_stamped_after_january_2038_are_stored_and_ordered(inbound: InboundTenant) -> None:
+    # Past 2^31 seconds (2038-01-19) Stripe's `created` no longer fits a 32-bit column (migration 0006).
+    late = 2**31 + 3600
+    obj = stripe_customer(name="First")
+    inbound.deliver_ok(stripe_event("customer.created", obj, created=late - 10), "applied")
+    newer = stripe_event("customer.updated", {**obj, "name": "Third"}, created=late)
+    older = stripe_event("customer.updated", {**obj, "name": "Second"}, created=late - 5)
+    inbound.deliver_ok(newer, "applied")
+    inbound.deliver_ok(older, "applied")
+
+    assert inbound.customer_for(obj["id"])["name"] == "Third"
+    assert inbound.event_for(newer["id"])["stripe_created"] == late
+    # A `created` that is no Unix time (beyond 64 bits, or negative) is stored as unknown (0), never failing.
+    for created in (2**64, -5):
+        odd = stripe_event("customer.created", stripe_customer(name="Odd"), created=created)
+        inbound.deliver_ok(odd, "applied")
+        assert inbound.event_for(odd["id"])["stripe_created"] == 0
+
+
 @pytest.mark.parametrize("arrival", ["newest_first", "oldest_first"])
 def test_two_updates_in_one_second_end_in_stripes_current_state(
     inbound: InboundTenant, stripe_api: stripe.StripeClient, arrival: str

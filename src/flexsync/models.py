@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -25,6 +26,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# A Stripe `created` (Unix seconds): 64 bits, so that times past January 2038 fit (migration 0006). SQLite's
+# INTEGER holds 64 bits already.
+UnixSeconds = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -168,7 +174,7 @@ class CustomerLink(Base):
     stripe_customer_id: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), default="linked")
     # Ordering guard for inbound events: the Stripe `created` second and event id last applied.
-    last_event_created: Mapped[int] = mapped_column(Integer, default=0)
+    last_event_created: Mapped[int] = mapped_column(UnixSeconds, default=0)
     last_event_id: Mapped[str | None] = mapped_column(String(255), default=None)
     # The mapped fields as flexsync last wrote them to Stripe: an echoed webhook equal to this changes nothing.
     pushed_snapshot: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -218,7 +224,7 @@ class WebhookEvent(Base):
     stripe_event_id: Mapped[str] = mapped_column(String(255))
     type: Mapped[str] = mapped_column(String(128))
     stripe_object_id: Mapped[str | None] = mapped_column(String(255), default=None)
-    stripe_created: Mapped[int] = mapped_column(Integer, default=0)
+    stripe_created: Mapped[int] = mapped_column(UnixSeconds, default=0)
     livemode: Mapped[bool] = mapped_column(Boolean, default=False)
     payload: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="received")

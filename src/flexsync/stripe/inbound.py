@@ -109,6 +109,8 @@ STRIPE_FETCH_CONCURRENCY = 8
 
 # The columns that hold Stripe ids (webhook_events.stripe_object_id, customer_links.stripe_customer_id).
 MAX_STRIPE_ID_LENGTH = 255
+# The largest Stripe `created` the columns that hold it take (64-bit, models.UnixSeconds).
+MAX_UNIX_SECONDS = 2**63 - 1
 
 OutcomeStatus = Literal["applied", "ignored", "queued"]
 # The Stripe customers re-fetched for a batch: their current object, or None once Stripe no longer has them.
@@ -142,7 +144,8 @@ class InboundEvent:
             connection_id=connection_id,
             stripe_event_id=str(payload["id"]),
             type=str(payload["type"]),
-            created=created if isinstance(created, int) else 0,
+            # Unix seconds; anything else (a string, a float, a value no 64-bit column holds) counts as unknown.
+            created=created if isinstance(created, int) and 0 <= created <= MAX_UNIX_SECONDS else 0,
             data_object=data_object if isinstance(data_object, Mapping) else None,
             livemode=livemode if isinstance(livemode, bool) else None,
             # Named in the event's note when refused: a NUL character written out, so the note can be stored.
