@@ -403,7 +403,17 @@ def test_stripe_text_holding_a_nul_character_is_left_out_and_the_rest_applied(in
     assert customer["address_line1"] is None and customer["address_city"] == "London"
     note = inbound.event_for(event["id"])["note"]
     assert "name contains the NUL character" in note and "address_line1 contains the NUL character" in note
-    assert "metadata.flexprice_customer_id contains the NUL character" in note
+    assert "metadata.flexprice_customer_id is not a usable customer id" in note
+
+
+def test_a_flexprice_id_longer_than_any_customer_id_is_not_used(inbound: InboundTenant) -> None:
+    # It would become the new customer's external_id, a column of 255 characters: the event failed on every
+    # retry on PostgreSQL until dead, and no customer was made.
+    obj = stripe_customer(name="Long Id", metadata={"flexprice_customer_id": "x" * 300})
+    event = stripe_event("customer.created", obj)
+    inbound.deliver_ok(event, "applied")
+    assert inbound.customer_for(obj["id"])["external_id"] == obj["id"]
+    assert "metadata.flexprice_customer_id is not a usable customer id" in inbound.event_for(event["id"])["note"]
 
 
 def test_events_whose_ids_no_column_can_hold(inbound: InboundTenant) -> None:

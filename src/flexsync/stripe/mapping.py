@@ -40,6 +40,7 @@ FIELD_LIMITS = {
     "address_postal_code": 20,
 }
 MAPPED_FIELDS = ("name", "email", *ADDRESS_MAP)
+MAX_EXTERNAL_ID_LENGTH = 255  # customers.external_id
 
 
 @dataclass(slots=True)
@@ -136,8 +137,12 @@ def from_stripe(customer: Mapping[str, Any]) -> InboundCustomer:
 
     metadata = customer.get("metadata") or {}
     flexprice_id = _clean(metadata.get(FLEXPRICE_ID_KEY)) if isinstance(metadata, Mapping) else None
-    if flexprice_id is not None and NUL in flexprice_id:
-        problems.append(f"metadata.{FLEXPRICE_ID_KEY} contains the NUL character (\\u0000); not used")
+    # It names a customer by id or external_id, and becomes the external_id of a customer created for it.
+    if flexprice_id is not None and (NUL in flexprice_id or len(flexprice_id) > MAX_EXTERNAL_ID_LENGTH):
+        problems.append(
+            f"metadata.{FLEXPRICE_ID_KEY} is not a usable customer id (at most {MAX_EXTERNAL_ID_LENGTH} "
+            "characters, no NUL); not used"
+        )
         flexprice_id = None
     return InboundCustomer(
         stripe_id=stripe_id,
