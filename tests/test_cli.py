@@ -159,6 +159,17 @@ def test_conflicts_and_unknown_ids_fail_with_a_clear_message(cli: CLI) -> None:
     assert "not found" in cli.fails("api-key", "create", "--tenant", "nope", "--environment", "e1")
     assert "not found" in cli.fails("api-key", "create", "--tenant", "t1", "--environment", "nope")
     assert "id must be" in cli.fails("tenant", "create", "Bad", "--id", "has space")
+    # Names that do not fit their column: the same message on both databases, never the database's own.
+    assert "tenant name must be at most 255 characters" in cli.fails("tenant", "create", "T" * 256)
+    assert "environment name must be at most 255 characters" in cli.fails(
+        "environment", "create", "--tenant", "t1", "E" * 256
+    )
+    assert "API key name must be at most 255 characters" in cli.fails(
+        "api-key", "create", "--tenant", "t1", "--environment", "e1", "--name", "K" * 256
+    )
+    # A port no socket can have is refused before anything starts (a port of 99999 had the server bind
+    # another one).
+    assert "65535" in cli.fails("serve", "--port", "99999")
 
 
 def test_only_the_sha256_of_a_key_is_stored(cli: CLI) -> None:

@@ -331,7 +331,7 @@ def _settle_garbage_collector() -> None:
 @app.command("serve")
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default FLEXSYNC_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default FLEXSYNC_PORT).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default FLEXSYNC_PORT).")] = None,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="Do not run the embedded sync worker.")] = False,
     no_migrate: Annotated[bool, typer.Option("--no-migrate", help="Do not apply migrations at start.")] = False,
     processes: Annotated[

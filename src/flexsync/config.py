@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Stripe redelivers an event for up to three days; a stored event kept at least this long is never pruned
@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     # Base URL shown in webhook URLs; when unset, derived from the address `serve` binds to.
     public_url: str | None = None
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=1, le=65535)
     log_level: str = "info"
     log_format: str = "console"
 

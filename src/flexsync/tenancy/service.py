@@ -11,9 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.ids import new_id
 from flexsync.kit.errors import AlreadyExists, NotFound, ValidationFailed
+from flexsync.kit.text import NUL, NUL_PROBLEM
 from flexsync.models import ApiKey, Environment, Tenant, utcnow
 
 API_KEY_PREFIX = "fsk_"
+MAX_NAME_LENGTH = 255  # tenants.name, environments.name, api_keys.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,14 +44,25 @@ def _check_id(value: str, what: str) -> None:
         raise ValidationFailed(f"{what} id must be 1-64 letters, digits, '_' or '-'")
 
 
+def _checked_name(name: str, what: str, *, blank_allowed: bool = False) -> str:
+    """The name trimmed, once it fits its column (255 characters) and holds no NUL character."""
+    trimmed = name.strip()
+    if not trimmed and not blank_allowed:
+        raise ValidationFailed(f"{what} name must not be blank")
+    if len(trimmed) > MAX_NAME_LENGTH:
+        raise ValidationFailed(f"{what} name must be at most {MAX_NAME_LENGTH} characters")
+    if NUL in trimmed:
+        raise ValidationFailed(f"{what} name {NUL_PROBLEM}")
+    return trimmed
+
+
 async def create_tenant(session: AsyncSession, name: str, tenant_id: str | None = None) -> Tenant:
     tenant_id = tenant_id or new_id("tenant")
     _check_id(tenant_id, "tenant")
-    if not name.strip():
-        raise ValidationFailed("tenant name must not be blank")
+    name = _checked_name(name, "tenant")
     if await session.get(Tenant, tenant_id) is not None:
         raise AlreadyExists(f"tenant {tenant_id} already exists")
-    tenant = Tenant(id=tenant_id, name=name.strip())
+    tenant = Tenant(id=tenant_id, name=name)
     session.add(tenant)
     await session.flush()
     return tenant
@@ -60,19 +73,19 @@ async def create_environment(
 ) -> Environment:
     environment_id = environment_id or new_id("env")
     _check_id(environment_id, "environment")
-    if not name.strip():
-        raise ValidationFailed("environment name must not be blank")
+    name = _checked_name(name, "environment")
     if await session.get(Tenant, tenant_id) is None:
         raise NotFound(f"tenant {tenant_id} not found")
     if await session.get(Environment, environment_id) is not None:
         raise AlreadyExists(f"environment {environment_id} already exists")
-    environment = Environment(id=environment_id, tenant_id=tenant_id, name=name.strip())
+    environment = Environment(id=environment_id, tenant_id=tenant_id, name=name)
     session.add(environment)
     await session.flush()
     return environment
 
 
 async def create_api_key(session: AsyncSession, tenant_id: str, environment_id: str, name: str = "") -> IssuedKey:
+    name = _checked_name(name, "API key", blank_allowed=True)
     environment = await session.get(Environment, environment_id)
     if environment is None or environment.tenant_id != tenant_id:
         raise NotFound(f"environment {environment_id} not found in tenant {tenant_id}")
