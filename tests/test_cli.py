@@ -18,7 +18,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.db import alembic_config
-from tests.support import PG_ENV, DatabaseUnderTest, postgres_database, server_env, start_server
+from tests.support import (
+    PG_ENV,
+    TEST_ENCRYPTION_KEY,
+    DatabaseUnderTest,
+    postgres_database,
+    server_env,
+    start_server,
+)
 
 PUBLIC_URL = "https://sync.example.com"
 
@@ -170,6 +177,58 @@ def test_conflicts_and_unknown_ids_fail_with_a_clear_message(cli: CLI) -> None:
     # A port no socket can have is refused before anything starts (a port of 99999 had the server bind
     # another one).
     assert "65535" in cli.fails("serve", "--port", "99999")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("FLEXSYNC_LOG_LEVEL", "loud", "'debug', 'info', 'warning' or 'error'"),
+        ("FLEXSYNC_LOG_FORMAT", "xml", "'console' or 'json'"),
+        ("FLEXSYNC_PORT", "70000", "less than or equal to 65535"),
+        ("FLEXSYNC_JOB_LEASE_SECONDS", "0", "greater than or equal to 1"),
+        ("FLEXSYNC_JOB_POLL_INTERVAL", "0", "greater than 0"),
+        ("FLEXSYNC_JOB_MAX_ATTEMPTS", "0", "greater than or equal to 1"),
+        ("FLEXSYNC_STRIPE_RATE_LIMIT_LIVE", "-1", "greater than 0"),
+        ("FLEXSYNC_STRIPE_TIMEOUT_SECONDS", "0", "greater than 0"),
+        ("FLEXSYNC_WORKER_CONCURRENCY", "0", "greater than or equal to 1"),
+        ("FLEXSYNC_ENCRYPTION_KEYS", f"{TEST_ENCRYPTION_KEY},not-a-key-s3cret", "key 2 is not a Fernet key"),
+        ("FLEXSYNC_DATABASE_URL", "mysql://sync:s3cret@db.example.com/sync", "unsupported database"),
+        ("FLEXSYNC_DATABASE_URL", "s3cret nonsense", "not a database URL"),
+    ],
+)
+def test_a_setting_out_of_range_is_one_line_naming_it_never_its_value(
+    cli: CLI, variable: str, value: str, problem: str
+) -> None:
+    # Before, some were taken (a worker with concurrency 0 ran no job; a lease of -1 s let every worker take
+    # every job) and others ended in a traceback.
+    completed = subprocess.run(
+        [sys.executable, "-m", "flexsync", "worker"],
+        cwd=cli.workdir,
+        env=server_env(cli.db, **{variable: value}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 1
+    message = " ".join(completed.stderr.split())  # the terminal's line breaks undone
+    assert f"invalid configuration: {variable}: " in message and problem in message, completed.stderr
+    assert "Traceback" not in completed.stderr and "s3cret" not in completed.stderr
+
+
+def test_a_database_url_without_its_driver_gets_flexsyncs(cli: CLI) -> None:
+    # postgresql://... and sqlite:///... as most tools write them: flexsync runs them with its own drivers.
+    url = cli.db.url.replace("postgresql+asyncpg://", "postgresql://").replace("sqlite+aiosqlite://", "sqlite://")
+    assert "+" not in url.split("://")[0]
+    completed = subprocess.run(
+        [sys.executable, "-m", "flexsync", "migrate"],
+        cwd=cli.workdir,
+        env=server_env(cli.db, FLEXSYNC_DATABASE_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert cli.json("tenant", "create", "Acme")["tenant_id"]
 
 
 def test_only_the_sha256_of_a_key_is_stored(cli: CLI) -> None:

@@ -18,7 +18,13 @@ from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from flexsync.config import MIN_WEBHOOK_EVENT_RETENTION_DAYS, RETENTION_REASON, Settings, get_settings
+from flexsync.config import (
+    MAX_WORKER_CONCURRENCY,
+    MIN_WEBHOOK_EVENT_RETENTION_DAYS,
+    RETENTION_REASON,
+    Settings,
+    get_settings,
+)
 from flexsync.connections import service as connections
 from flexsync.crypto import secret_box
 from flexsync.db import create_engine, is_sqlite_url, migrate, session_factory, transaction
@@ -411,7 +417,12 @@ def serving_app(settings: Settings | None = None) -> Any:
 def worker_command(
     concurrency: Annotated[
         int | None,
-        typer.Option("--concurrency", min=1, max=256, help="Jobs run at once (default FLEXSYNC_WORKER_CONCURRENCY)."),
+        typer.Option(
+            "--concurrency",
+            min=1,
+            max=MAX_WORKER_CONCURRENCY,
+            help="Jobs run at once (default FLEXSYNC_WORKER_CONCURRENCY).",
+        ),
     ] = None,
 ) -> None:
     """Run the outbound sync worker only (run many of them against PostgreSQL; one on SQLite)."""

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
+from cryptography.fernet import Fernet
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 # Stripe redelivers an event for up to three days; a stored event kept at least this long is never pruned
 # while a copy of it may still arrive (and be applied again).
@@ -13,6 +17,16 @@ MIN_WEBHOOK_EVENT_RETENTION_DAYS = 7
 RETENTION_REASON = (
     "Stripe redelivers an event for up to three days, and a pruned event would be stored and applied again"
 )
+MAX_WORKER_CONCURRENCY = 256
+# Database URL schemes -> the driver flexsync runs them with.
+DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+DATABASE_URL_FORMS = "use postgresql+asyncpg://user:password@host/db or sqlite+aiosqlite:///path/to/file.db"
 
 
 class Settings(BaseSettings):
@@ -26,21 +40,56 @@ class Settings(BaseSettings):
     public_url: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    log_level: str = "info"
-    log_format: str = "console"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["console", "json"] = "console"
 
-    job_lease_seconds: float = 30.0
-    job_poll_interval: float = 1.0
-    job_max_attempts: int = 12
-    stripe_rate_limit_test: float = 25.0
-    stripe_rate_limit_live: float = 100.0
-    stripe_timeout_seconds: float = 20.0
+    job_lease_seconds: float = Field(30.0, ge=1)
+    job_poll_interval: float = Field(1.0, gt=0)
+    job_max_attempts: int = Field(12, ge=1)
+    stripe_rate_limit_test: float = Field(25.0, gt=0, le=1000)
+    stripe_rate_limit_live: float = Field(100.0, gt=0, le=1000)
+    stripe_timeout_seconds: float = Field(20.0, gt=0)
     # Whether `serve` runs the outbound worker inside the API process (`serve --no-worker` turns it off).
     run_worker: bool = True
     # Jobs one worker process runs at once (`flexsync worker --concurrency N` overrides it).
-    worker_concurrency: int = 8
+    worker_concurrency: int = Field(8, ge=1, le=MAX_WORKER_CONCURRENCY)
     # Days a stored webhook event that was applied or ignored is kept before workers prune it; 0 keeps them all.
     webhook_event_retention_days: int = 90
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, url: str) -> str:
+        """A URL of one of the two supported drivers; `postgresql://` and `sqlite:///` get them filled in.
+        Messages never repeat the URL (it may hold a password)."""
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise ValueError(f"not a database URL; {DATABASE_URL_FORMS}") from None
+        driver = DRIVERS.get(parsed.drivername, parsed.drivername)
+        if driver not in DRIVERS.values():
+            raise ValueError(f"unsupported database; {DATABASE_URL_FORMS}")
+        if driver == parsed.drivername:
+            return url
+        return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case(cls, level: object) -> object:
+        return level.lower() if isinstance(level, str) else level
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _fernet_keys(cls, keys: str) -> str:
+        """Never repeats a key: the message names only the position of the first bad one."""
+        for position, key in enumerate((k.strip() for k in keys.split(",") if k.strip()), start=1):
+            try:
+                Fernet(key.encode())
+            except ValueError:
+                raise ValueError(
+                    f"key {position} is not a Fernet key (32 url-safe base64-encoded bytes, as "
+                    "Fernet.generate_key() makes); give the keys newest first, separated by commas"
+                ) from None
+        return keys
 
     @field_validator("webhook_event_retention_days")
     @classmethod
