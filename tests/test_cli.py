@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -213,6 +214,19 @@ def test_a_setting_out_of_range_is_one_line_naming_it_never_its_value(
     message = " ".join(completed.stderr.split())  # the terminal's line breaks undone
     assert f"invalid configuration: {variable}: " in message and problem in message, completed.stderr
     assert "Traceback" not in completed.stderr and "s3cret" not in completed.stderr
+
+
+def test_long_running_commands_refuse_a_database_behind_their_migrations(cli: CLI) -> None:
+    # A worker or server on such a database would only log the same error on every tick.
+    assert "run `flexsync migrate` first" in cli.fails("worker")
+    assert cli.run("migrate").returncode == 0
+    head = ScriptDirectory.from_config(alembic_config(cli.db.url)).get_current_head()
+    previous = ScriptDirectory.from_config(alembic_config(cli.db.url)).get_revision(head).down_revision
+    assert isinstance(previous, str)
+    command.downgrade(alembic_config(cli.db.url), previous)
+    for args in (["worker"], ["serve", "--no-migrate", "--port", "1"]):
+        problem = " ".join(cli.fails(*args).split())
+        assert f"schema is at migration {previous}, this flexsync needs {head}: run `flexsync migrate`" in problem
 
 
 def test_a_database_url_without_its_driver_gets_flexsyncs(cli: CLI) -> None:

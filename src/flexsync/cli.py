@@ -27,7 +27,7 @@ from flexsync.config import (
 )
 from flexsync.connections import service as connections
 from flexsync.crypto import secret_box
-from flexsync.db import create_engine, is_sqlite_url, migrate, session_factory, transaction
+from flexsync.db import create_engine, is_sqlite_url, migrate, session_factory, transaction, unmigrated_schema
 from flexsync.deps import Database
 from flexsync.kit import runtime
 from flexsync.kit.errors import APIError
@@ -364,7 +364,9 @@ def serve(
             highlight=False,
         )
         raise typer.Exit(code=1)
-    if not no_migrate:
+    if no_migrate:
+        _refuse_unmigrated(settings)
+    else:
         migrate(settings.database_url)
     first = _in_transaction(settings, lambda s: tenancy.bootstrap(s, new_key_when_present=False))
     if first is not None:
@@ -430,8 +432,17 @@ def worker_command(
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+    _refuse_unmigrated(settings)
     _settle_garbage_collector()
     runtime.run(run_worker(settings, concurrency or settings.worker_concurrency))
+
+
+def _refuse_unmigrated(settings: Settings) -> None:
+    """A long-running process on a database it cannot use would only log the same error forever."""
+    problem = unmigrated_schema(settings.database_url)
+    if problem is not None:
+        err_console.print(f"[red]error:[/red] {problem}", highlight=False)
+        raise typer.Exit(code=1)
 
 
 def _database_problem(exc: DBAPIError) -> str:

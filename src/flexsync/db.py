@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
@@ -10,6 +11,8 @@ from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Executable, Result, TextClause, event, text
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import CursorResult, make_url
@@ -170,3 +173,27 @@ def alembic_config(url: str) -> Config:
 def migrate(url: str, revision: str = "head") -> None:
     """Apply migrations up to `revision`. Safe to call from several processes at once on PostgreSQL."""
     command.upgrade(alembic_config(url), revision)
+
+
+def unmigrated_schema(url: str) -> str | None:
+    """Why this version of flexsync cannot run on the database yet, or None: no tables, or a schema behind this
+    version's migrations. A schema ahead of them (a newer flexsync migrated it) is not refused: migrations
+    add, so an older process keeps working during a rolling deploy."""
+
+    async def current() -> str | None:
+        engine = create_engine(url, null_pool=True)
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
+        finally:
+            await engine.dispose()
+
+    revision = asyncio.run(current())
+    if revision is None:
+        return "the database has no flexsync tables yet: run `flexsync migrate` first"
+    scripts = ScriptDirectory.from_config(alembic_config(url))
+    head = scripts.get_current_head()
+    known = {script.revision for script in scripts.walk_revisions()}
+    if revision != head and revision in known:
+        return f"the database schema is at migration {revision}, this flexsync needs {head}: run `flexsync migrate`"
+    return None
