@@ -313,6 +313,7 @@ def test_other_tenants_and_environments_are_invisible(
 def test_operations_endpoints(anonymous: httpx.Client, database: DatabaseUnderTest) -> None:
     assert anonymous.get("/healthz").json() == {"status": "ok"}
     assert anonymous.get("/readyz").json() == {"status": "ready", "database": database.backend}
+    assert anonymous.head("/healthz").status_code == 200 and anonymous.head("/readyz").status_code == 200
     assert "/v1/customers" in anonymous.get("/openapi.json").json()["paths"]
     assert anonymous.get("/docs").status_code == 200
     metrics = anonymous.get("/metrics")

@@ -76,11 +76,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhook_events_router)
     app.include_router(reconcile_router)
 
-    @app.get("/healthz", tags=["operations"])
+    # HEAD too: some load balancers probe with it.
+    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["operations"])
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz", tags=["operations"])
+    @app.api_route("/readyz", methods=["GET", "HEAD"], tags=["operations"])
     async def readyz() -> Response:
         db: Database = app.state.db
         try:
