@@ -187,6 +187,21 @@ def test_search_with_flexprice_filter(api: httpx.Client) -> None:
     assert_error(api.post("/v1/customers/search", json={"colour": "red"}), 400, "validation_error")
 
 
+def test_search_by_creation_time_takes_any_time_there_is(api: httpx.Client) -> None:
+    create(api, external_id="t1")
+    for times in (
+        {"start_time": "0001-01-01T00:00:00"},  # no offset: UTC
+        {"start_time": "0001-01-01T00:00:00+05:00"},  # before the first UTC time there is: from the start
+        {"end_time": "9999-12-31T23:59:59-05:00"},  # after the last: to the end
+        {"start_time": "2000-01-01", "end_time": "9999-12-31T23:59:59"},
+    ):
+        response = api.post("/v1/customers/search", json=times)
+        assert response.status_code == 200, (times, response.text)
+        assert response.json()["pagination"]["total"] == 1, times
+    later = api.post("/v1/customers/search", json={"start_time": "9999-01-01T00:00:00"}).json()
+    assert later["pagination"]["total"] == 0
+
+
 def test_partial_update_by_path_and_query(api: httpx.Client) -> None:
     customer = create(api, external_id="u1", email="old@example.com", address_city="Paris", metadata={"a": "1"})
     updated = api.put(f"/v1/customers/{customer['id']}", json={"name": "New Name"}).json()

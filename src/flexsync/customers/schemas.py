@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import pycountry
@@ -43,6 +43,17 @@ def normalize_country(value: str | None) -> str | None:
     return code
 
 
+def _in_utc(value: datetime) -> datetime:
+    """A filter's time in UTC: without an offset it is UTC; one that UTC cannot express (0001-01-01 at +05:00)
+    becomes the first or last time there is, which filters the same."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        return (datetime.min if value.year == datetime.min.year else datetime.max).replace(tzinfo=UTC)
+
+
 def _check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
     if value is None:
         return None
@@ -73,6 +84,7 @@ Email = Annotated[
 ]
 Country = Annotated[str | None, BeforeValidator(_blank_to_none), AfterValidator(normalize_country)]
 Metadata = Annotated[dict[str, str] | None, AfterValidator(_check_metadata)]
+UTCTime = Annotated[datetime, AfterValidator(_in_utc)]
 
 
 class IntegrationEntityMapping(StrictModel):
@@ -132,8 +144,8 @@ class CustomerSearch(StrictModel):
     external_id: str | None = None
     email: str | None = None
     status: CustomerStatusFilter | None = None
-    start_time: datetime | None = None
-    end_time: datetime | None = None
+    start_time: UTCTime | None = None
+    end_time: UTCTime | None = None
     limit: int = Field(default=50, ge=1, le=1000)
     offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     order: Literal["asc", "desc"] = "desc"
