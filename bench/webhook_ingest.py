@@ -370,7 +370,7 @@ def main() -> None:
 
 
 def compare(args: argparse.Namespace, admin_dsn: str) -> None:
-
+    """The rounds, each receiver's line, and the medians, against the PostgreSQL at `admin_dsn`."""
     other = "baseline" if args.baseline else "reference"
     results: dict[str, list[dict[str, Any]]] = {"flexsync": [], other: [], "ceiling": []}
     runners: dict[str, Callable[[argparse.Namespace, str, str], dict[str, Any]]] = {

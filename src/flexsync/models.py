@@ -31,6 +31,15 @@ def utcnow() -> datetime:
 # A Stripe `created` (Unix seconds): 64 bits, so that times past January 2038 fit (migration 0006). SQLite's
 # INTEGER holds 64 bits already.
 UnixSeconds = BigInteger().with_variant(Integer(), "sqlite")
+# The largest integer both databases hold (signed 64 bits): in a BigInteger column, or as an OFFSET.
+MAX_INT64 = 2**63 - 1
+
+
+def max_length(column: Any) -> int:
+    """How many characters a String column (`Model.attribute`) holds: input checks read it here, so they
+    follow the schema."""
+    length: int = column.type.length
+    return length
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from flexsync.kit.schemas import StrictModel
 
 
-class ConnectionSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ConnectionSettings(StrictModel):
     inbound_enabled: bool = True
     outbound_enabled: bool = True
     push_updates: bool = True

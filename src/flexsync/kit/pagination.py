@@ -8,10 +8,12 @@ from typing import Annotated, Any
 from fastapi import Depends, Query
 from pydantic import BaseModel, Field
 
+from flexsync.models import MAX_INT64
+
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
-# The largest OFFSET both databases take (a signed 64-bit integer); beyond it PostgreSQL fails the query.
-MAX_OFFSET = 2**63 - 1
+# The largest OFFSET both databases take; beyond it PostgreSQL fails the query.
+MAX_OFFSET = MAX_INT64
 # The dashboard's page numbers: far beyond any list, and within MAX_OFFSET at any page size.
 MAX_PAGE_NUMBER = 1_000_000_000
 

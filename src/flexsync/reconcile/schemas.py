@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, StrictBool
+from pydantic import StrictBool
 
+from flexsync.kit.schemas import StrictModel
 from flexsync.stripe.reconcile import Direction
 
 
-class ReconcileRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ReconcileRequest(StrictModel):
     dry_run: StrictBool = False
     direction: Direction = "both"
     # Start from the beginning even when the connection's last run stopped unfinished (it is closed instead).

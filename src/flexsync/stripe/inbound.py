@@ -77,7 +77,7 @@ from flexsync.ids import new_id
 from flexsync.kit.bulk import Inserts
 from flexsync.kit.text import NUL
 from flexsync.logs import redact
-from flexsync.models import Customer, CustomerLink, StripeConnection, WebhookEvent, utcnow
+from flexsync.models import MAX_INT64, Customer, CustomerLink, StripeConnection, WebhookEvent, max_length, utcnow
 from flexsync.stripe import links
 from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed
 from flexsync.stripe.mapping import (
@@ -108,9 +108,7 @@ RECOVERY_DELAY = timedelta(seconds=30)
 STRIPE_FETCH_CONCURRENCY = 8
 
 # The columns that hold Stripe ids (webhook_events.stripe_object_id, customer_links.stripe_customer_id).
-MAX_STRIPE_ID_LENGTH = 255
-# The largest Stripe `created` the columns that hold it take (64-bit, models.UnixSeconds).
-MAX_UNIX_SECONDS = 2**63 - 1
+MAX_STRIPE_ID_LENGTH = min(max_length(WebhookEvent.stripe_object_id), max_length(CustomerLink.stripe_customer_id))
 
 OutcomeStatus = Literal["applied", "ignored", "queued"]
 # The Stripe customers re-fetched for a batch: their current object, or None once Stripe no longer has them.
@@ -145,7 +143,7 @@ class InboundEvent:
             stripe_event_id=str(payload["id"]),
             type=str(payload["type"]),
             # Unix seconds; anything else (a string, a float, a value no 64-bit column holds) counts as unknown.
-            created=created if isinstance(created, int) and 0 <= created <= MAX_UNIX_SECONDS else 0,
+            created=created if isinstance(created, int) and 0 <= created <= MAX_INT64 else 0,
             data_object=data_object if isinstance(data_object, Mapping) else None,
             livemode=livemode if isinstance(livemode, bool) else None,
             # Named in the event's note when refused: a NUL character written out, so the note can be stored.

@@ -15,6 +15,7 @@ from typing import Any
 
 from flexsync.customers.schemas import normalize_country
 from flexsync.kit.text import NUL
+from flexsync.models import Customer, max_length
 
 STRIPE_ID_KEY = "stripe_customer_id"
 FLEXPRICE_ID_KEY = "flexprice_customer_id"
@@ -40,7 +41,7 @@ FIELD_LIMITS = {
     "address_postal_code": 20,
 }
 MAPPED_FIELDS = ("name", "email", *ADDRESS_MAP)
-MAX_EXTERNAL_ID_LENGTH = 255  # customers.external_id
+MAX_EXTERNAL_ID_LENGTH = max_length(Customer.external_id)
 
 
 @dataclass(slots=True)

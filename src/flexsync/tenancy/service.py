@@ -12,10 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flexsync.ids import new_id
 from flexsync.kit.errors import AlreadyExists, NotFound, ValidationFailed
 from flexsync.kit.text import NUL, NUL_PROBLEM
-from flexsync.models import ApiKey, Environment, Tenant, utcnow
+from flexsync.models import ApiKey, Environment, Tenant, max_length, utcnow
 
 API_KEY_PREFIX = "fsk_"
-MAX_NAME_LENGTH = 255  # tenants.name, environments.name, api_keys.name
+MAX_NAME_LENGTH = min(max_length(Tenant.name), max_length(Environment.name), max_length(ApiKey.name))
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from flexsync.kit.json import JSONResponse
 from flexsync.kit.middleware import BodySizeLimit
 from flexsync.kit.text import NUL
 from flexsync.metrics import WEBHOOK_EVENTS
+from flexsync.models import WebhookEvent, max_length
 from flexsync.stripe.inbound import InboundEvent
 from flexsync.webhooks.ingest import Delivery
 from flexsync.webhooks.pipeline import WebhookPipeline
@@ -39,8 +40,8 @@ PATH = "/v1/webhooks/stripe/{tenant_id}/{environment_id}"
 PATH_PREFIX = "/v1/webhooks/stripe/"
 TOLERANCE_SECONDS = 300
 # Column sizes of webhook_events: anything longer is not a Stripe event.
-MAX_ID_LENGTH = 255
-MAX_TYPE_LENGTH = 128
+MAX_ID_LENGTH = max_length(WebhookEvent.stripe_event_id)
+MAX_TYPE_LENGTH = max_length(WebhookEvent.type)
 
 
 def _verifies(payload: str, header: str, secrets: tuple[str, ...], tolerance: int | None) -> bool:
