@@ -49,12 +49,12 @@ class CLI:
         self.db = db
         self.workdir = workdir
 
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         # In a directory of its own, so no `.env` or `.flexsync-key` of the checkout is read.
         return subprocess.run(
             [sys.executable, "-m", "flexsync", *args],
             cwd=self.workdir,
-            env=server_env(self.db, FLEXSYNC_PUBLIC_URL=PUBLIC_URL),
+            env=server_env(self.db, FLEXSYNC_PUBLIC_URL=PUBLIC_URL, **env),
             capture_output=True,
             text=True,
             timeout=120,
@@ -66,9 +66,9 @@ class CLI:
         data: dict[str, Any] = json.loads(completed.stdout)
         return data
 
-    def fails(self, *args: str) -> str:
+    def fails(self, *args: str, **env: str) -> str:
         """Runs a command that must fail; returns what it printed on stderr."""
-        completed = self.run(*args)
+        completed = self.run(*args, **env)
         assert completed.returncode != 0, completed.stdout
         assert completed.stdout == "", "a failed command must print nothing a script could take for a result"
         assert "Traceback" not in completed.stderr, completed.stderr
@@ -227,6 +227,39 @@ def test_long_running_commands_refuse_a_database_behind_their_migrations(cli: CL
     for args in (["worker"], ["serve", "--no-migrate", "--port", "1"]):
         problem = " ".join(cli.fails(*args).split())
         assert f"schema is at migration {previous}, this flexsync needs {head}: run `flexsync migrate`" in problem
+
+
+def test_a_damaged_development_key_file_is_named_and_never_replaced(cli: CLI) -> None:
+    # Without FLEXSYNC_ENCRYPTION_KEYS the key lives in ./.flexsync-key. A damaged file used to end `serve` and
+    # `worker` in a traceback that blamed the variable; replacing it would strand every secret stored under it.
+    dev_key = {"FLEXSYNC_ENCRYPTION_KEYS": ""}
+    key_file = cli.workdir / ".flexsync-key"
+    key_file.write_text("damaged-s3cret\n")
+    assert cli.run("migrate").returncode == 0
+    commands = (
+        ["serve", "--port", "1"],
+        ["worker"],
+        ["rotate-keys"],
+        ["events", "replay", "whevt_unknown"],
+        ["reconcile", "--connection", "conn_unknown"],
+    )
+    for args in commands:
+        problem = " ".join(cli.fails(*args, **dev_key).split())
+        assert f"the development key file {key_file.resolve()} does not hold a Fernet key" in problem, args
+        assert "s3cret" not in problem
+    assert key_file.read_text() == "damaged-s3cret\n"
+
+    key_file.unlink()
+    key_file.mkdir()
+    assert f"{key_file.resolve()} cannot be used: Is a directory" in " ".join(cli.fails("worker", **dev_key).split())
+    key_file.rmdir()
+
+    # With no file, the first command makes the key (readable by its owner only) and the next ones use it.
+    assert cli.run("rotate-keys", **dev_key).returncode == 0
+    made = key_file.read_text()
+    assert len(made.strip()) == 44 and key_file.stat().st_mode & 0o777 == 0o600
+    assert cli.run("rotate-keys", **dev_key).returncode == 0
+    assert key_file.read_text() == made
 
 
 def test_a_database_url_without_its_driver_gets_flexsyncs(cli: CLI) -> None:

@@ -26,7 +26,7 @@ from flexsync.config import (
     get_settings,
 )
 from flexsync.connections import service as connections
-from flexsync.crypto import secret_box
+from flexsync.crypto import EncryptionKeyError, SecretBox, secret_box
 from flexsync.db import create_engine, is_sqlite_url, migrate, session_factory, transaction, unmigrated_schema
 from flexsync.deps import Database
 from flexsync.kit import runtime
@@ -77,10 +77,11 @@ def _in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable
 
 def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
     """Run `work` with a process's database resources (engine, sessions, secret box), disposed of afterwards."""
+    box = _usable_secret_box(settings)
 
     async def runner() -> T:
         engine = create_engine(settings.database_url, null_pool=True)
-        db = Database(settings=settings, engine=engine, sessions=session_factory(engine), box=secret_box(settings))
+        db = Database(settings=settings, engine=engine, sessions=session_factory(engine), box=box)
         try:
             return await work(db)
         finally:
@@ -190,11 +191,7 @@ def rotate_keys_command(as_json: JsonFlag = False) -> None:
     OLD can be dropped from the list.
     """
     settings = get_settings()
-    try:
-        box = secret_box(settings)
-    except ValueError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=1) from None
+    box = _usable_secret_box(settings)
     report = _in_transaction(settings, lambda s: connections.rotate_encryption_keys(s, box))
     _emit(
         as_json,
@@ -309,6 +306,7 @@ def reconcile_command(
 
     settings = get_settings()
     configure_logging("error", settings.log_format)
+    _usable_secret_box(settings)
     code = reconcile_in_terminal(
         settings,
         connection,
@@ -364,6 +362,7 @@ def serve(
             highlight=False,
         )
         raise typer.Exit(code=1)
+    _usable_secret_box(settings)
     if no_migrate:
         _refuse_unmigrated(settings)
     else:
@@ -432,9 +431,19 @@ def worker_command(
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+    _usable_secret_box(settings)
     _refuse_unmigrated(settings)
     _settle_garbage_collector()
     runtime.run(run_worker(settings, concurrency or settings.worker_concurrency))
+
+
+def _usable_secret_box(settings: Settings) -> SecretBox:
+    """The process's secret box; a key that cannot be used ends the command with one line saying why."""
+    try:
+        return secret_box(settings)
+    except EncryptionKeyError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1) from None
 
 
 def _refuse_unmigrated(settings: Settings) -> None:

@@ -12,6 +12,10 @@ from flexsync.config import Settings
 log = structlog.get_logger(__name__)
 
 
+class EncryptionKeyError(ValueError):
+    """The configured encryption keys cannot be used. The message says where they come from, never a key."""
+
+
 class SecretBox:
     """Encrypts with the newest key; decrypts with any. `rotate` re-encrypts under the newest key."""
 
@@ -21,7 +25,7 @@ class SecretBox:
         try:
             fernets = [Fernet(key.encode()) for key in keys]
         except ValueError as exc:
-            raise ValueError("FLEXSYNC_ENCRYPTION_KEYS must hold Fernet keys (32 url-safe base64 bytes)") from exc
+            raise EncryptionKeyError("encryption keys must be Fernet keys (32 url-safe base64 bytes)") from exc
         self._newest = fernets[0]
         self._fernet = MultiFernet(fernets)
 
@@ -55,14 +59,31 @@ def configured_keys(settings: Settings) -> list[str]:
     if keys:
         return keys
     path = Path(settings.encryption_key_file)
-    if not path.exists():
-        path.write_text(Fernet.generate_key().decode() + "\n")
-        path.chmod(0o600)
-        log.warning(
-            "FLEXSYNC_ENCRYPTION_KEYS is not set: generated a development key; set the variable in production",
-            key_file=str(path),
-        )
-    return [path.read_text().strip()]
+    try:
+        if not path.exists():
+            path.write_text(Fernet.generate_key().decode() + "\n")
+            path.chmod(0o600)
+            log.warning(
+                "FLEXSYNC_ENCRYPTION_KEYS is not set: generated a development key; set the variable in production",
+                key_file=str(path),
+            )
+        key = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not text"
+        raise EncryptionKeyError(
+            f"FLEXSYNC_ENCRYPTION_KEYS is not set and the development key file {path.resolve()} cannot be used: "
+            f"{reason}"
+        ) from None
+    try:
+        Fernet(key.encode())
+    except ValueError:
+        # Replacing the file on our own would strand every secret stored under the old key.
+        raise EncryptionKeyError(
+            f"FLEXSYNC_ENCRYPTION_KEYS is not set and the development key file {path.resolve()} does not hold a "
+            "Fernet key: restore the file, or set FLEXSYNC_ENCRYPTION_KEYS (removing the file makes a new key, "
+            "and Stripe secrets stored under the old one can then no longer be read)"
+        ) from None
+    return [key]
 
 
 def secret_box(settings: Settings) -> SecretBox:
