@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import httpx
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.db import alembic_config
@@ -23,9 +25,13 @@ from tests.support import (
     PG_ENV,
     TEST_ENCRYPTION_KEY,
     DatabaseUnderTest,
+    Process,
+    free_port,
     postgres_database,
     server_env,
     start_server,
+    wait_for,
+    wait_for_http,
 )
 
 PUBLIC_URL = "https://sync.example.com"
@@ -298,3 +304,101 @@ def test_only_the_sha256_of_a_key_is_stored(cli: CLI) -> None:
 
 def test_an_unmigrated_database_is_named_not_dumped(cli: CLI) -> None:
     assert "run `flexsync migrate` first" in cli.fails("tenant", "create", "Too early")
+
+
+class LateDatabase:
+    """A port in front of the test's PostgreSQL where nothing listens until `open()`: a database that comes up
+    after flexsync (as when both start together) or is away for a while (a restart, a failover)."""
+
+    def __init__(self, db_url: str) -> None:
+        target = make_url(db_url)
+        self.target = (target.host or "127.0.0.1", target.port or 5432)
+        self.port = free_port()
+        self.url = target.set(host="127.0.0.1", port=self.port).render_as_string(hide_password=False)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def open(self) -> None:
+        async def listen() -> asyncio.Server:
+            return await asyncio.start_server(self._forward, "127.0.0.1", self.port)
+
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(listen(), self.loop).result(10)
+
+    def close(self) -> None:
+        async def shut_down() -> None:
+            self.server.close()
+            others = asyncio.all_tasks() - {asyncio.current_task()}
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+        if self.thread.is_alive():
+            asyncio.run_coroutine_threadsafe(shut_down(), self.loop).result(10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+        self.loop.close()
+
+    async def _forward(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(*self.target)
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except OSError:
+                pass
+            finally:
+                writer.close()
+
+        await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
+
+
+def test_serve_and_worker_wait_for_a_database_that_comes_up_after_them(cli: CLI) -> None:
+    if cli.db.backend != "postgresql":
+        pytest.skip("a SQLite database is a file: there is nothing to wait for")
+    assert cli.run("migrate").returncode == 0
+    late = LateDatabase(cli.db.url)
+    port = free_port()
+    started: list[Process] = []
+    try:
+        for args in (["worker"], ["serve", "--port", str(port), "--no-worker"]):
+            log_path = cli.workdir / f"{args[0]}.log"
+            with log_path.open("wb") as log_file:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "flexsync", *args],
+                    cwd=cli.workdir,
+                    env=server_env(cli.db, FLEXSYNC_DATABASE_URL=late.url),
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                )
+            started.append(Process(process, log_path))
+        for waiting in started:
+            wait_for(lambda p=waiting: "the database cannot be reached yet" in p.log(), what="a retry")  # type: ignore[misc]
+            assert waiting.process.poll() is None
+        late.open()
+        worker, server = started
+        wait_for(lambda: "sync worker started" in worker.log(), timeout=30, what="the worker to start")
+        wait_for_http(f"http://127.0.0.1:{port}/readyz", process=server.process)
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()["status"] == "ready"
+    finally:
+        for process in started:
+            process.stop()
+        late.close()
+
+
+def test_a_database_that_refuses_is_not_waited_for_and_one_away_for_good_is_given_up_on(cli: CLI) -> None:
+    if cli.db.backend != "postgresql":
+        pytest.skip("a SQLite database is a file: there is nothing to wait for")
+    missing = make_url(cli.db.url).set(database="flexsync_no_such_database").render_as_string(hide_password=False)
+    refused = " ".join(cli.fails("worker", FLEXSYNC_DATABASE_URL=missing).split())
+    assert 'database "flexsync_no_such_database" does not exist' in refused and "trying again" not in refused
+    away = LateDatabase(cli.db.url)  # never opened
+    try:
+        given_up = cli.fails("worker", FLEXSYNC_DATABASE_URL=away.url, FLEXSYNC_DATABASE_WAIT_SECONDS="1")
+    finally:
+        away.close()
+    given_up = " ".join(given_up.split())
+    assert given_up.count("the database cannot be reached yet; trying again") >= 2
+    assert "error: cannot reach the database" in given_up

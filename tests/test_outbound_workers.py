@@ -9,14 +9,18 @@ that reached localstripe for each flexsync customer.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import make_url, text
 
+from flexsync.db import create_engine
 from tests.support import (
     DatabaseUnderTest,
     Server,
@@ -152,3 +156,68 @@ def test_workers_together_keep_to_the_connections_rate_limit(
     busiest = max(bisect.bisect_right(arrivals, start + window) - i for i, start in enumerate(arrivals))
     # `window` seconds hold rate * window slots, one more at the edges, and one for network jitter.
     assert busiest <= rate * window + 2, arrivals
+
+
+def _drop_every_connection(db_url: str) -> int:
+    """What a PostgreSQL failover does to the processes' connections: every one of them ends."""
+
+    async def terminate() -> int:
+        outsider = create_engine(db_url, null_pool=True)
+        try:
+            async with outsider.connect() as connection:
+                terminated = await connection.scalar(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = :database AND pid <> pg_backend_pid()"
+                    ),
+                    {"database": make_url(db_url).database},
+                )
+                return int(terminated or 0)
+        finally:
+            await outsider.dispose()
+
+    return asyncio.run(terminate())
+
+
+def test_connections_dropped_again_and_again_mid_push_never_make_a_second_stripe_customer(
+    module_db: DatabaseUnderTest, env: SyncTenant, workers: Any, standin: StandIn
+) -> None:
+    """While two workers push 60 new customers, PostgreSQL drops every connection every 0.2 s: a job whose
+    create reached Stripe but whose result was not recorded runs again and gets Stripe's stored answer."""
+    if module_db.backend != "postgresql":
+        pytest.skip("connections to drop are PostgreSQL's")
+    ids = [env.create(external_id=f"failover-{n}")["id"] for n in range(60)]
+    # Each create takes a while in Stripe, so the drops land before, during and after the calls.
+    standin.faults({"method": "POST", "path": "/v1/customers", "action": "delay", "seconds": 0.1, "count": 200})
+    stop = threading.Event()
+    dropped: list[int] = []
+
+    def drop_until_stopped() -> None:
+        while not stop.wait(0.2):
+            dropped.append(_drop_every_connection(module_db.url))
+
+    dropper = threading.Thread(target=drop_until_stopped)
+    dropper.start()
+    try:
+        pushing = [workers("--concurrency", "4", FLEXSYNC_JOB_LEASE_SECONDS="2") for _ in range(2)]
+        wait_for(
+            lambda: len(standin.stats()["creates"]) == len(ids) and len(dropped) >= 10,
+            timeout=90,
+            what="every create to reach Stripe while the connections are dropped",
+        )
+    finally:
+        stop.set()
+        dropper.join()
+    assert sum(dropped) > 0
+
+    def all_succeeded() -> bool:
+        answer = env.api.get("/v1/sync-jobs", params={"status": "succeeded", "limit": 1})
+        # The API server's own connections were dropped too: its next request on each may fail once.
+        return answer.status_code == 200 and answer.json()["pagination"]["total"] == len(ids)
+
+    wait_for(all_succeeded, timeout=120, what="every create job to succeed")
+    assert [worker.process.poll() for worker in pushing] == [None, None], "the workers ride out the drops"
+    stats = standin.stats()
+    assert sorted(stats["creates"]) == sorted(ids) and set(stats["creates"].values()) == {1}
+    customers = env.api.get("/v1/customers", params={"limit": 1000}).json()["items"]
+    assert len({c["metadata"]["stripe_customer_id"] for c in customers}) == len(ids)

@@ -8,10 +8,12 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
+import structlog
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -27,7 +29,15 @@ from flexsync.config import (
 )
 from flexsync.connections import service as connections
 from flexsync.crypto import EncryptionKeyError, SecretBox, secret_box
-from flexsync.db import create_engine, is_sqlite_url, migrate, session_factory, transaction, unmigrated_schema
+from flexsync.db import (
+    create_engine,
+    is_sqlite_url,
+    is_unavailable,
+    migrate,
+    session_factory,
+    transaction,
+    unmigrated_schema,
+)
 from flexsync.deps import Database
 from flexsync.kit import runtime
 from flexsync.kit.errors import APIError
@@ -35,6 +45,7 @@ from flexsync.logs import configure_logging, redact
 from flexsync.tenancy import service as tenancy
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 # Allocations between collections of the youngest generation in long-running processes (Python's default: 700).
 GC_YOUNG_THRESHOLD = 50_000
@@ -363,11 +374,15 @@ def serve(
         )
         raise typer.Exit(code=1)
     _usable_secret_box(settings)
-    if no_migrate:
-        _refuse_unmigrated(settings)
-    else:
-        migrate(settings.database_url)
-    first = _in_transaction(settings, lambda s: tenancy.bootstrap(s, new_key_when_present=False))
+
+    def prepare_database() -> tenancy.Bootstrap | None:
+        if no_migrate:
+            _refuse_unmigrated(settings)
+        else:
+            migrate(settings.database_url)
+        return _in_transaction(settings, lambda s: tenancy.bootstrap(s, new_key_when_present=False))
+
+    first = _once_database_answers(settings, prepare_database)
     if first is not None:
         console.print("[bold]First start: created a default tenant, environment and API key[/bold]")
         for line in _bootstrap_lines(settings, first):
@@ -432,7 +447,7 @@ def worker_command(
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     _usable_secret_box(settings)
-    _refuse_unmigrated(settings)
+    _once_database_answers(settings, lambda: _refuse_unmigrated(settings))
     _settle_garbage_collector()
     runtime.run(run_worker(settings, concurrency or settings.worker_concurrency))
 
@@ -444,6 +459,28 @@ def _usable_secret_box(settings: Settings) -> SecretBox:
     except EncryptionKeyError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
+
+
+def _once_database_answers(settings: Settings, start: Callable[[], T]) -> T:
+    """Run a long-running command's first database work; while PostgreSQL cannot be reached (it is starting
+    beside us, restarting or failing over), try again with growing pauses, for FLEXSYNC_DATABASE_WAIT_SECONDS.
+    Any other error, or the last one, goes to the caller."""
+    deadline = time.monotonic() + settings.database_wait_seconds
+    pause = 0.25
+    while True:
+        try:
+            return start()
+        except Exception as exc:
+            if is_sqlite_url(settings.database_url) or not is_unavailable(exc) or time.monotonic() >= deadline:
+                raise
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            log.warning(
+                "the database cannot be reached yet; trying again",
+                error=redact(f"{type(exc).__name__}: {first_line}"),
+                retry_in_seconds=pause,
+            )
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, 5.0)
 
 
 def _refuse_unmigrated(settings: Settings) -> None:

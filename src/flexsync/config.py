@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(8, ge=1, le=MAX_WORKER_CONCURRENCY)
     # Days a stored webhook event that was applied or ignored is kept before workers prune it; 0 keeps them all.
     webhook_event_retention_days: int = 90
+    # How long `serve` and `worker` keep trying, at start, a PostgreSQL that cannot be reached yet (starting up
+    # beside them, restarting, failing over) before giving up; 0: give up at once.
+    database_wait_seconds: float = Field(30.0, ge=0)
 
     @field_validator("database_url")
     @classmethod

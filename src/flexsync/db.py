@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
 
+import asyncpg  # type: ignore[import-untyped]
 from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
@@ -168,6 +169,32 @@ def alembic_config(url: str) -> Config:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
+
+
+# PostgreSQL's answers meaning "not now" rather than "no": it is starting, shutting down, out of connection slots,
+# or it dropped the connection (class 08).
+_UNAVAILABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database could not be reached or went away (it may be starting, restarting or
+    failing over), as opposed to refusing what was asked (no such database, a wrong password, bad SQL)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _UNAVAILABLE):
+            return True
+        # SQLAlchemy keeps the driver's error as `orig`; its asyncpg adapter chains asyncpg's own as the cause.
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return False
 
 
 def migrate(url: str, revision: str = "head") -> None:
