@@ -32,7 +32,9 @@ database): the machine's HTTP ceiling, which tells how this machine compares wit
 there). `--processes N` runs flexsync with `serve --processes N` (server CPU and memory are summed over its
 processes). `--flush-delay-us US` runs both receivers on a private PostgreSQL cluster whose every flush to
 disk waits US microseconds first (`slow_disk.py`): a disk that much slower than this machine's (`--pg` is then
-not used); the commit time measured on it is printed first.
+not used); the commit time measured on it is printed first. `--sqlite` runs flexsync on a temporary SQLite
+file instead (the embedded default; with `--baseline`, or `--only flexsync`, since the reference has no SQLite
+route).
 
 Prints one line per run and the medians, and with --json one JSON object at the end.
 """
@@ -44,9 +46,11 @@ import asyncio
 import json
 import os
 import resource
+import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -133,6 +137,30 @@ def fresh_database(admin_dsn: str) -> Iterator[str]:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@contextmanager
+def fresh_sqlite() -> Iterator[str]:
+    """A new SQLite file for one run, removed afterwards; yields its `sqlite:///` path."""
+    with tempfile.TemporaryDirectory(prefix="bench-sqlite-") as folder:
+        yield f"sqlite:///{folder}/flexsync.db"
+
+
+def _rows(dsn: str, sql: str) -> list[Any]:
+    """Rows of `sql` on the run's database, PostgreSQL (asyncpg) or SQLite."""
+    if dsn.startswith("sqlite:///"):
+        with sqlite3.connect(dsn.removeprefix("sqlite:///")) as conn:
+            conn.row_factory = sqlite3.Row
+            return conn.execute(sql).fetchall()
+
+    async def fetch() -> list[Any]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return list(await conn.fetch(sql))
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
 def run_load(args: argparse.Namespace, url: str, label: str, extra: list[str], server_pid: int) -> dict[str, Any]:
     """Run the load generator; adds the server's and PostgreSQL's CPU time per event (warm-up included, from
     /proc; PostgreSQL counts all its processes on this machine)."""
@@ -214,42 +242,39 @@ def seed_flexsync(database_url: str, encryption_key: str, env: dict[str, str]) -
     return asyncio.run(seed())
 
 
-async def _event_counts(dsn: str) -> dict[str, int]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows = await conn.fetch("SELECT status, count(*) AS n FROM webhook_events GROUP BY status")
-        return {row["status"]: row["n"] for row in rows}
-    finally:
-        await conn.close()
+def _event_counts(dsn: str) -> dict[str, int]:
+    return {
+        row["status"]: row["n"]
+        for row in _rows(dsn, "SELECT status, count(*) AS n FROM webhook_events GROUP BY status")
+    }
 
 
-async def _integrity(dsn: str) -> dict[str, int]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        row = await conn.fetchrow(
-            """
-            SELECT
-              (SELECT count(*) FROM webhook_events) AS events,
-              (SELECT count(DISTINCT stripe_event_id) FROM webhook_events) AS distinct_events,
-              (SELECT count(DISTINCT stripe_object_id) FROM webhook_events) AS stripe_customers,
-              (SELECT count(*) FROM customers) AS customers,
-              (SELECT count(*) FROM customer_links) AS links,
-              (SELECT count(*) FROM webhook_events
-                WHERE status = 'applied' AND customer_id IS NULL) AS applied_without_customer,
-              (SELECT count(*) FROM webhook_events WHERE attempts > 1) AS applied_more_than_once,
-              (SELECT count(*) FROM (SELECT stripe_customer_id FROM customer_links
-                                     GROUP BY stripe_customer_id HAVING count(*) > 1) AS d) AS duplicate_links
-            """
-        )
-        return dict(row)
-    finally:
-        await conn.close()
+def _integrity(dsn: str) -> dict[str, int]:
+    (row,) = _rows(
+        dsn,
+        """
+        SELECT
+          (SELECT count(*) FROM webhook_events) AS events,
+          (SELECT count(DISTINCT stripe_event_id) FROM webhook_events) AS distinct_events,
+          (SELECT count(DISTINCT stripe_object_id) FROM webhook_events) AS stripe_customers,
+          (SELECT count(*) FROM customers) AS customers,
+          (SELECT count(*) FROM customer_links) AS links,
+          (SELECT count(*) FROM webhook_events
+            WHERE status = 'applied' AND customer_id IS NULL) AS applied_without_customer,
+          (SELECT count(*) FROM webhook_events WHERE attempts > 1) AS applied_more_than_once,
+          (SELECT count(*) FROM (SELECT stripe_customer_id FROM customer_links
+                                 GROUP BY stripe_customer_id HAVING count(*) > 1) AS d) AS duplicate_links
+        """,
+    )
+    return dict(row)
 
 
 def run_flexsync(args: argparse.Namespace, admin_dsn: str, label: str, src: str | None = None) -> dict[str, Any]:
     """One run of flexsync: this checkout's, or the one whose `src/` is `src`."""
-    with fresh_database(admin_dsn) as dsn:
-        database_url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+    with fresh_sqlite() if args.sqlite else fresh_database(admin_dsn) as dsn:
+        database_url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1).replace(
+            "sqlite:", "sqlite+aiosqlite:", 1
+        )
         key = Fernet.generate_key().decode()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXSYNC_")}
         env.update(
@@ -276,14 +301,14 @@ def run_flexsync(args: argparse.Namespace, admin_dsn: str, label: str, src: str 
             load_ended = time.perf_counter()
             expected = args.count + args.warmup
             while True:
-                counts = asyncio.run(_event_counts(dsn))
+                counts = _event_counts(dsn)
                 if sum(counts.get(status, 0) for status in SETTLED) >= expected:
                     break
                 if time.perf_counter() - load_ended > 60:
                     raise RuntimeError(f"events not applied within 60 s: {counts}")
                 time.sleep(0.005)
             drain = time.perf_counter() - load_ended
-            integrity = asyncio.run(_integrity(dsn))
+            integrity = _integrity(dsn)
         finally:
             stop(server)
     end_to_end = load["count"] / (load["elapsed_s"] + drain)
@@ -359,8 +384,15 @@ def main() -> None:
         action="store_true",
         help="also run the reference's no-database route each round: the machine's HTTP ceiling",
     )
+    parser.add_argument(
+        "--sqlite",
+        action="store_true",
+        help="run flexsync on a SQLite file (with --baseline: the reference has no SQLite route)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object at the end")
     args = parser.parse_args()
+    if args.sqlite and not (args.baseline or args.only == "flexsync"):
+        parser.error("--sqlite compares flexsync with itself: give --baseline SRC, or --only flexsync")
     if args.flush_delay_us:
         with slow_flush_cluster(args.flush_delay_us) as (admin_dsn, commit_ms):
             print(f"private cluster, each flush delayed {args.flush_delay_us} us: one commit takes {commit_ms:.2f} ms")
