@@ -40,6 +40,9 @@ MAX_BATCH = 256
 # Batches in flight at once. Two overlap one batch's round trips to PostgreSQL with the next one's Python
 # work: +15-25% events/s on 2 cores at 32 concurrent deliveries; three made smaller batches and no gain.
 COMMITTERS = 2
+# SQLite has one writer: a second committer only waits for the first in SQLite's busy handler, which polls with
+# sleeps of up to 100 ms. One committer: 1.29x the events/s, p99 36 ms instead of 85 (BENCHMARKS.md).
+SQLITE_COMMITTERS = 1
 STOP_TIMEOUT_SECONDS = 10.0
 # How long a batch about to start may wait for more deliveries, and how many batches it remembers the sizes
 # of (see Ingestor._run).
@@ -93,11 +96,13 @@ class Ingestor:
         db: Database,
         on_queued: Callable[[Sequence[str]], None],
         max_batch: int = MAX_BATCH,
-        committers: int = COMMITTERS,
+        committers: int | None = None,
     ) -> None:
         self._db = db
         self._on_queued = on_queued
         self._max_batch = max_batch
+        if committers is None:
+            committers = SQLITE_COMMITTERS if db.engine.dialect.name == "sqlite" else COMMITTERS
         self._committers = committers
         self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
         self._queued = asyncio.Event()
