@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -69,8 +70,14 @@ def error_body(status: int, code: str, message: str, details: dict[str, Any]) ->
     }
 
 
-def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, code, message, details or {}), status_code=status)
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(status, code, message, details or {}), status_code=status, headers=headers)
 
 
 def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -107,7 +114,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = CODES_BY_STATUS.get(exc.status_code, "internal_error" if exc.status_code >= 500 else "validation_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        # Starlette's own headers, such as a 405's Allow (which methods the path takes), are part of the answer.
+        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
