@@ -115,6 +115,13 @@ def test_body_over_one_mebibyte_is_refused(api: httpx.Client) -> None:
     assert_error(api.post("/v1/customers", json=big), 413, "payload_too_large")
 
 
+def test_a_method_a_path_does_not_take_is_refused_with_the_methods_it_does(api: httpx.Client) -> None:
+    response = api.get("/v1/sync-jobs/job_1/retry")
+    assert_error(response, 405, "validation_error")
+    assert response.headers["allow"] == "POST"
+    assert set(api.request("TRACE", "/healthz").headers["allow"].split(", ")) == {"GET", "HEAD"}
+
+
 def test_duplicate_published_external_id_conflicts_until_archived(api: httpx.Client) -> None:
     first = create(api, external_id="dup")
     assert_error(api.post("/v1/customers", json={"external_id": "dup", "name": "B"}), 409, "already_exists")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from flexsync import __version__
 from flexsync.config import Settings, get_settings
@@ -19,15 +20,26 @@ from flexsync.db import create_engine, session_factory
 from flexsync.deps import Database
 from flexsync.jobs.endpoints import router as sync_jobs_router
 from flexsync.jobs.worker import Worker
+from flexsync.kit import openapi
 from flexsync.kit.errors import error_response, install_error_handlers
 from flexsync.kit.json import JSONResponse
 from flexsync.kit.middleware import BodySizeLimit, DefaultJSONContentType, NoNulInURL
+from flexsync.kit.schemas import ResponseModel
 from flexsync.metrics import exposition
 from flexsync.reconcile.endpoints import router as reconcile_router
 from flexsync.web.app import install_dashboard
 from flexsync.webhooks import receiver
 from flexsync.webhooks.endpoints import router as webhook_events_router
 from flexsync.webhooks.pipeline import WebhookPipeline
+
+
+class Health(ResponseModel):
+    status: Literal["ok"]
+
+
+class Readiness(ResponseModel):
+    status: Literal["ready"]
+    database: Literal["sqlite", "postgresql"]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -63,13 +75,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
+    openapi.install(app)
     app.add_middleware(DefaultJSONContentType)
     app.add_middleware(BodySizeLimit)
     # Stripe's deliveries, the busiest route, are answered by this middleware, ahead of the app's own stack
     # (see WebhookRoute); only a URL holding a NUL character is turned away before it.
     app.add_middleware(receiver.WebhookRoute)
     app.add_middleware(NoNulInURL)
-    app.add_route(receiver.PATH, receiver.receive_stripe_webhook, methods=["POST"])
+    app.include_router(receiver.router)
     app.include_router(customers_router)
     app.include_router(sync_jobs_router)
     app.include_router(connections_router)
@@ -77,11 +90,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(reconcile_router)
 
     # HEAD too: some load balancers probe with it.
-    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["operations"])
+    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["operations"], response_model=Health)
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    @app.api_route("/readyz", methods=["GET", "HEAD"], tags=["operations"])
+    @app.api_route(
+        "/readyz",
+        methods=["GET", "HEAD"],
+        tags=["operations"],
+        response_model=Readiness,
+        responses=openapi.errors((503, "internal_error: the database is unreachable")),
+    )
     async def readyz() -> Response:
         db: Database = app.state.db
         try:
@@ -91,7 +110,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return error_response(503, "internal_error", f"database unreachable: {type(exc).__name__}")
         return JSONResponse({"status": "ready", "database": db.engine.dialect.name})
 
-    @app.get("/metrics", tags=["operations"])
+    # Documented as text (Prometheus' format); the answer's content type also names the format's version.
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     async def metrics() -> Response:
         return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 

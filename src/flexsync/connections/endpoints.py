@@ -9,12 +9,13 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from flexsync.connections import repository, secrets, service
-from flexsync.connections.schemas import ConnectionCreate, ConnectionUpdate
+from flexsync.connections.schemas import Connection, ConnectionCreate, ConnectionList, ConnectionUpdate
 from flexsync.deps import DB, AuthScope
 from flexsync.kit.json import JSONResponse
+from flexsync.kit.openapi import API_KEY_REQUIRED, errors
 from flexsync.kit.pagination import PageQuery, page_body
 
-router = APIRouter(prefix="/v1/connections", tags=["connections"])
+router = APIRouter(prefix="/v1/connections", tags=["connections"], responses=API_KEY_REQUIRED)
 
 WEBHOOK_SECRETS_GUIDE = """
 Webhook signing secrets, newest first:
@@ -34,6 +35,8 @@ One of these three per request. Secrets are write-only: responses show `webhook_
 @router.post(
     "",
     status_code=201,
+    response_model=Connection,
+    responses=errors((409, "already_exists: the environment has a Stripe connection already")),
     summary="Add the environment's Stripe connection (at most one per environment: a second answers 409)",
     description=WEBHOOK_SECRETS_GUIDE,
 )
@@ -47,14 +50,14 @@ async def create_connection(body: ConnectionCreate, scope: AuthScope, db: DB) ->
     return JSONResponse(payload, status_code=201)
 
 
-@router.get("")
+@router.get("", response_model=ConnectionList)
 async def list_connections(scope: AuthScope, db: DB, page: PageQuery) -> JSONResponse:
     async with db.sessions() as session:
         items, total = await repository.list_page(session, scope, page.limit, page.offset)
         return JSONResponse(page_body([service.connection_to_dict(c, db.settings) for c in items], total, page))
 
 
-@router.get("/{connection_id}")
+@router.get("/{connection_id}", response_model=Connection, responses=errors(404))
 async def get_connection(connection_id: str, scope: AuthScope, db: DB) -> JSONResponse:
     async with db.sessions() as session:
         connection = await service.find(session, scope, connection_id)
@@ -63,6 +66,8 @@ async def get_connection(connection_id: str, scope: AuthScope, db: DB) -> JSONRe
 
 @router.put(
     "/{connection_id}",
+    response_model=Connection,
+    responses=errors(404),
     summary="Partial update: name, keys, settings (merged), status, webhook secrets",
     description=WEBHOOK_SECRETS_GUIDE,
 )
@@ -82,7 +87,7 @@ async def update_connection(connection_id: str, body: ConnectionUpdate, scope: A
     return JSONResponse(payload)
 
 
-@router.delete("/{connection_id}", status_code=204)
+@router.delete("/{connection_id}", status_code=204, responses=errors(404))
 async def delete_connection(connection_id: str, scope: AuthScope, db: DB) -> Response:
     """Delete the connection and its secrets; the environment is free for a new connection."""
     async with db.transaction() as session:

@@ -1,4 +1,5 @@
-"""Request bodies of the connection API: key formats checked before anything is stored.
+"""Request bodies of the connection API (key formats checked before anything is stored), and its answers for
+/openapi.json.
 
 Secrets arrive as `SecretStr`, so a stray repr or log line shows `**********`, never the key. Validation
 messages describe the expected format and never repeat the value that was sent.
@@ -7,12 +8,14 @@ messages describe the expected format and never repeat the value that was sent.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, StringConstraints
 
 from flexsync.connections.settings import ConnectionSettings
-from flexsync.kit.schemas import StrictModel
+from flexsync.kit.pagination import ListPage
+from flexsync.kit.schemas import ResponseModel, StrictModel
 
 Mode = Literal["test", "live"]
 
@@ -119,3 +122,28 @@ class ConnectionUpdate(StrictModel):
         default=False,
         description="Check the secret key (the new one if given, else the stored one) with Stripe before saving.",
     )
+
+
+class Connection(ResponseModel):
+    """The public connection object (`service.connection_to_dict`): every field at the top level, never a secret."""
+
+    id: str
+    name: str
+    provider: Literal["stripe"]
+    status: Literal["active", "disabled"]
+    mode: Mode
+    secret_key_last4: str
+    publishable_key: str
+    webhook_secret_set: bool
+    webhook_secrets_count: int
+    webhook_url: str = Field(description="Where Stripe sends this environment's events.")
+    settings: ConnectionSettings = Field(description="The effective settings, defaults included.")
+    stripe_account_id: str | None = Field(description="Known once `verify` has read it from Stripe.")
+    tenant_id: str
+    environment_id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConnectionList(ListPage[Connection]):
+    pass

@@ -7,17 +7,33 @@ from starlette.responses import Response
 
 from flexsync.customers import repository, service
 from flexsync.customers.repository import CustomerQuery
-from flexsync.customers.schemas import CustomerCreate, CustomerSearch, CustomerStatusFilter, CustomerUpdate
+from flexsync.customers.schemas import (
+    Customer,
+    CustomerCreate,
+    CustomerList,
+    CustomerSearch,
+    CustomerStatusFilter,
+    CustomerSyncStatus,
+    CustomerUpdate,
+    SyncRequested,
+)
 from flexsync.deps import DB, AuthScope
 from flexsync.kit.errors import NotFound, ValidationFailed
 from flexsync.kit.json import JSONResponse
+from flexsync.kit.openapi import API_KEY_REQUIRED, errors
 from flexsync.kit.pagination import Page, PageQuery, page_body
 from flexsync.stripe import outbound
 
-router = APIRouter(prefix="/v1/customers", tags=["customers"])
+router = APIRouter(prefix="/v1/customers", tags=["customers"], responses=API_KEY_REQUIRED)
+
+ALREADY_EXISTS = (
+    409,
+    "already_exists: another published customer has this external_id, or the Stripe customer named in "
+    "integration_entity_mapping is linked to another customer",
+)
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, response_model=Customer, responses=errors(ALREADY_EXISTS))
 async def create_customer(body: CustomerCreate, scope: AuthScope, db: DB) -> JSONResponse:
     async with db.transaction() as session:
         customer = await service.create_customer(session, scope, body, actor=scope.api_key_id)
@@ -25,7 +41,7 @@ async def create_customer(body: CustomerCreate, scope: AuthScope, db: DB) -> JSO
     return JSONResponse(payload, status_code=201)
 
 
-@router.get("")
+@router.get("", response_model=CustomerList)
 async def list_customers(
     scope: AuthScope,
     db: DB,
@@ -44,7 +60,7 @@ async def list_customers(
         return JSONResponse(page_body([service.customer_to_dict(c) for c in items], total, page))
 
 
-@router.post("/search")
+@router.post("/search", response_model=CustomerList)
 async def search_customers(body: CustomerSearch, scope: AuthScope, db: DB) -> JSONResponse:
     external_ids = list(body.external_ids or [])
     if body.external_id is not None:
@@ -66,7 +82,7 @@ async def search_customers(body: CustomerSearch, scope: AuthScope, db: DB) -> JS
         return JSONResponse(page_body([service.customer_to_dict(c) for c in items], total, page))
 
 
-@router.get("/external/{external_id}")
+@router.get("/external/{external_id}", response_model=Customer, responses=errors(404))
 async def get_customer_by_external_id(external_id: str, scope: AuthScope, db: DB) -> JSONResponse:
     async with db.sessions() as session:
         customer = await repository.get_published_by_external_id(session, scope, external_id)
@@ -75,7 +91,7 @@ async def get_customer_by_external_id(external_id: str, scope: AuthScope, db: DB
         return JSONResponse(service.customer_to_dict(customer))
 
 
-@router.get("/{customer_id}")
+@router.get("/{customer_id}", response_model=Customer, responses=errors(404))
 async def get_customer(customer_id: str, scope: AuthScope, db: DB) -> JSONResponse:
     async with db.sessions() as session:
         customer = await repository.get(session, scope, customer_id)
@@ -94,12 +110,12 @@ async def _update(
     return JSONResponse(payload)
 
 
-@router.put("/{customer_id}")
+@router.put("/{customer_id}", response_model=Customer, responses=errors(404, ALREADY_EXISTS))
 async def update_customer(customer_id: str, body: CustomerUpdate, scope: AuthScope, db: DB) -> JSONResponse:
     return await _update(db, scope, body, customer_id=customer_id, external_id=None)
 
 
-@router.put("")
+@router.put("", response_model=Customer, responses=errors(404, ALREADY_EXISTS))
 async def update_customer_by_query(
     body: CustomerUpdate,
     scope: AuthScope,
@@ -112,7 +128,7 @@ async def update_customer_by_query(
     return await _update(db, scope, body, customer_id=id, external_id=external_customer_id)
 
 
-@router.post("/{customer_id}/sync-to-stripe", status_code=202)
+@router.post("/{customer_id}/sync-to-stripe", status_code=202, response_model=SyncRequested, responses=errors(404))
 async def sync_customer_to_stripe(customer_id: str, scope: AuthScope, db: DB) -> JSONResponse:
     """Create the customer in Stripe if unlinked, else update it there; runs as a job (202)."""
     async with db.transaction() as session:
@@ -122,7 +138,7 @@ async def sync_customer_to_stripe(customer_id: str, scope: AuthScope, db: DB) ->
     return JSONResponse(body, status_code=202)
 
 
-@router.get("/{customer_id}/sync")
+@router.get("/{customer_id}/sync", response_model=CustomerSyncStatus, responses=errors(404))
 async def get_customer_sync(customer_id: str, scope: AuthScope, db: DB) -> JSONResponse:
     """The customer's Stripe link and outbound sync state: Stripe id, last synced, last error, pending jobs."""
     async with db.sessions() as session:
@@ -132,7 +148,7 @@ async def get_customer_sync(customer_id: str, scope: AuthScope, db: DB) -> JSONR
         return JSONResponse(await outbound.sync_status(session, customer))
 
 
-@router.delete("/{customer_id}", status_code=204)
+@router.delete("/{customer_id}", status_code=204, responses=errors(404))
 async def delete_customer(customer_id: str, scope: AuthScope, db: DB) -> Response:
     async with db.transaction() as session:
         customer = await service.find_for_update(session, scope, customer_id=customer_id)

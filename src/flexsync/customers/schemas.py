@@ -1,4 +1,4 @@
-"""Request bodies of the customer API, with every input rule in one place."""
+"""Request bodies of the customer API, with every input rule in one place, and its answers for /openapi.json."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pycountry
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
 
-from flexsync.kit.pagination import MAX_OFFSET
-from flexsync.kit.schemas import StrictModel
+from flexsync.jobs.schemas import JobStatus, SyncJob
+from flexsync.kit.pagination import MAX_OFFSET, ListPage
+from flexsync.kit.schemas import ResponseModel, StrictModel
 
 # Stripe's own limits, since every customer may be pushed there.
 METADATA_MAX_KEYS = 50
@@ -124,6 +125,7 @@ class CustomerUpdate(CustomerFields):
     integration_entity_mapping: list[IntegrationEntityMapping] | None = Field(default=None, max_length=1)
 
 
+CustomerStatus = Literal["published", "archived"]
 CustomerStatusFilter = Literal["published", "archived", "all"]
 
 
@@ -152,3 +154,49 @@ class CustomerSearch(StrictModel):
     sort: list[SortSpec] | None = Field(default=None, max_length=5)
     expand: str | None = None
     filters: list[Any] | None = Field(default=None, max_length=0)
+
+
+class Customer(ResponseModel):
+    """FlexPrice's customer object (`service.customer_to_dict`): every key always present."""
+
+    id: str
+    external_id: str
+    name: str
+    email: str | None
+    address_line1: str | None
+    address_line2: str | None
+    address_city: str | None
+    address_state: str | None
+    address_postal_code: str | None
+    address_country: str | None = Field(description="ISO 3166-1 alpha-2, upper case.")
+    metadata: dict[str, str] = Field(description="`stripe_customer_id` holds the linked Stripe customer's id.")
+    status: CustomerStatus
+    tenant_id: str
+    environment_id: str
+    parent_customer_id: str | None
+    parent_customer: None
+    created_at: datetime
+    updated_at: datetime
+    created_by: str = Field(description="The API key's id, or `stripe` / `system` for the sync's changes.")
+    updated_by: str
+
+
+class CustomerList(ListPage[Customer]):
+    pass
+
+
+class SyncRequested(ResponseModel):
+    job_id: str
+    status: JobStatus
+
+
+class CustomerSyncStatus(ResponseModel):
+    """The customer's Stripe link and outbound sync state (`stripe.outbound.sync_statuses`)."""
+
+    customer_id: str
+    connection_id: str | None
+    stripe_customer_id: str | None
+    link_status: Literal["linked", "deleted_in_stripe", "pending", "not_linked"]
+    last_synced_at: datetime | None
+    last_error: str | None
+    pending_jobs: list[SyncJob]

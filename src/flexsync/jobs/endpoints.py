@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import APIRouter
 
 from flexsync.deps import DB, AuthScope
 from flexsync.jobs import repository, service
+from flexsync.jobs.schemas import JobStatus, SyncJob, SyncJobList
 from flexsync.kit.errors import NotFound
 from flexsync.kit.json import JSONResponse
+from flexsync.kit.openapi import API_KEY_REQUIRED, errors
 from flexsync.kit.pagination import PageQuery, page_body
 
-router = APIRouter(prefix="/v1/sync-jobs", tags=["sync jobs"])
-
-JobStatus = Literal["pending", "running", "succeeded", "failed"]
+router = APIRouter(prefix="/v1/sync-jobs", tags=["sync jobs"], responses=API_KEY_REQUIRED)
 
 
-@router.get("")
+@router.get("", response_model=SyncJobList)
 async def list_sync_jobs(
     scope: AuthScope,
     db: DB,
@@ -33,7 +31,7 @@ async def list_sync_jobs(
         return JSONResponse(page_body([service.job_to_dict(job) for job in items], total, page))
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", response_model=SyncJob, responses=errors(404))
 async def get_sync_job(job_id: str, scope: AuthScope, db: DB) -> JSONResponse:
     async with db.sessions() as session:
         job = await repository.get(session, scope, job_id)
@@ -42,9 +40,9 @@ async def get_sync_job(job_id: str, scope: AuthScope, db: DB) -> JSONResponse:
         return JSONResponse(service.job_to_dict(job))
 
 
-@router.post("/{job_id}/retry", status_code=202)
+@router.post("/{job_id}/retry", status_code=202, response_model=SyncJob, responses=errors(404))
 async def retry_sync_job(job_id: str, scope: AuthScope, db: DB) -> JSONResponse:
-    """Run a failed job again now."""
+    """Run a failed job again now (400 unless it failed)."""
     async with db.transaction() as session:
         job = await service.retry_failed(session, scope, job_id)
         body = service.job_to_dict(job)

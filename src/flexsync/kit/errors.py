@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import structlog
 from fastapi import FastAPI, Request
@@ -13,7 +14,18 @@ from flexsync.kit.json import JSONResponse
 
 log = structlog.get_logger(__name__)
 
-CODES_BY_STATUS = {
+ErrorCode = Literal[
+    "validation_error",
+    "unauthorized",
+    "permission_denied",
+    "not_found",
+    "already_exists",
+    "payload_too_large",
+    "too_many_requests",
+    "internal_error",
+]
+
+CODES_BY_STATUS: dict[int, ErrorCode] = {
     400: "validation_error",
     401: "unauthorized",
     403: "permission_denied",
@@ -29,10 +41,12 @@ CODES_BY_STATUS = {
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, *, code: str | None = None, details: dict[str, Any] | None = None):
+    def __init__(
+        self, status: int, message: str, *, code: ErrorCode | None = None, details: dict[str, Any] | None = None
+    ):
         super().__init__(message)
         self.status = status
-        self.code = code or CODES_BY_STATUS.get(status, "internal_error")
+        self.code: ErrorCode = code or CODES_BY_STATUS.get(status, "internal_error")
         self.message = message
         self.details = details or {}
 
@@ -57,7 +71,7 @@ class Unauthorized(APIError):
         super().__init__(401, message)
 
 
-def error_body(status: int, code: str, message: str, details: dict[str, Any]) -> dict[str, Any]:
+def error_body(status: int, code: ErrorCode, message: str, details: dict[str, Any]) -> dict[str, Any]:
     # `success` and `error` repeat the message in FlexPrice's own error shape, which its SDK parses.
     return {
         "code": code,
@@ -69,8 +83,14 @@ def error_body(status: int, code: str, message: str, details: dict[str, Any]) ->
     }
 
 
-def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, code, message, details or {}), status_code=status)
+def error_response(
+    status: int,
+    code: ErrorCode,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(status, code, message, details or {}), status_code=status, headers=headers)
 
 
 def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -106,8 +126,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = CODES_BY_STATUS.get(exc.status_code, "internal_error" if exc.status_code >= 500 else "validation_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        fallback: ErrorCode = "internal_error" if exc.status_code >= 500 else "validation_error"
+        code = CODES_BY_STATUS.get(exc.status_code, fallback)
+        # Starlette's own headers, such as a 405's Allow (which methods the path takes), are part of the answer.
+        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Query
 from pydantic import BaseModel, Field
 
+from flexsync.kit.schemas import ResponseModel
 from flexsync.models import MAX_INT64
+
+Item = TypeVar("Item", bound=BaseModel)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
@@ -37,6 +40,19 @@ PageNumber = Annotated[int, Query(ge=1, le=MAX_PAGE_NUMBER)]
 def page_count(total: int, size: int) -> int:
     """How many pages of `size` hold `total` items (at least one, for an empty list)."""
     return max(1, -(-total // size))
+
+
+class Pagination(ResponseModel):
+    total: int = Field(description="How many items match, on every page.")
+    limit: int
+    offset: int
+
+
+class ListPage(ResponseModel, Generic[Item]):
+    """The documented shape of `page_body`: subclass it once per item type, to give the list its own name."""
+
+    items: list[Item]
+    pagination: Pagination
 
 
 def page_body(items: Sequence[Any], total: int, page: Page) -> dict[str, Any]:

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Body
 
 from flexsync.connections import service as connections
 from flexsync.deps import DB, AuthScope
 from flexsync.kit.json import JSONResponse
+from flexsync.kit.openapi import API_KEY_REQUIRED, errors
 from flexsync.kit.pagination import PageQuery, page_body
 from flexsync.reconcile import repository, service
-from flexsync.reconcile.schemas import ReconcileRequest
+from flexsync.reconcile.schemas import ReconcileRequest, Reconciliation, ReconciliationList, RunStatus
 
-router = APIRouter(tags=["reconciliation"])
-
-RunStatus = Literal["pending", "running", "succeeded", "failed"]
+router = APIRouter(tags=["reconciliation"], responses=API_KEY_REQUIRED)
 
 START_GUIDE = """
 Runs as a background job (a worker carries it out) and answers at once with the run; follow it with
@@ -35,6 +34,8 @@ Runs as a background job (a worker carries it out) and answers at once with the 
 @router.post(
     "/v1/connections/{connection_id}/reconcile",
     status_code=202,
+    response_model=Reconciliation,
+    responses=errors(404, (409, "already_exists: another run of the connection is queued or running")),
     summary="Reconcile the connection's Stripe customers with flexsync's customers",
     description=START_GUIDE,
 )
@@ -54,7 +55,7 @@ async def start_reconciliation(
     return JSONResponse(payload, status_code=202)
 
 
-@router.get("/v1/reconciliations")
+@router.get("/v1/reconciliations", response_model=ReconciliationList)
 async def list_reconciliations(
     scope: AuthScope,
     db: DB,
@@ -70,7 +71,7 @@ async def list_reconciliations(
         return JSONResponse(page_body([service.run_to_dict(run) for run in runs], total, page))
 
 
-@router.get("/v1/reconciliations/{run_id}")
+@router.get("/v1/reconciliations/{run_id}", response_model=Reconciliation, responses=errors(404))
 async def get_reconciliation(run_id: str, scope: AuthScope, db: DB) -> JSONResponse:
     """Status, progress (`phase`, `cursor`, `processed`) and the report (`counts`, `conflicts`)."""
     async with db.sessions() as session:

@@ -1,11 +1,17 @@
-"""The request body of `POST /v1/connections/{id}/reconcile`."""
+"""The request body of `POST /v1/connections/{id}/reconcile`, and runs as the API shows them (for /openapi.json)."""
 
 from __future__ import annotations
 
-from pydantic import StrictBool
+from datetime import datetime
+from typing import Literal
 
-from flexsync.kit.schemas import StrictModel
-from flexsync.stripe.reconcile import Direction
+from pydantic import Field, StrictBool
+
+from flexsync.kit.pagination import ListPage
+from flexsync.kit.schemas import ResponseModel, StrictModel
+from flexsync.stripe.reconcile import Direction, Phase
+
+RunStatus = Literal["pending", "running", "succeeded", "failed"]
 
 
 class ReconcileRequest(StrictModel):
@@ -13,3 +19,51 @@ class ReconcileRequest(StrictModel):
     direction: Direction = "both"
     # Start from the beginning even when the connection's last run stopped unfinished (it is closed instead).
     restart: StrictBool = False
+
+
+class ReconciliationProgress(ResponseModel):
+    phase: Phase = Field(description="`stripe` (Stripe's customers), then `customers` (unlinked ones), then `done`.")
+    cursor: str | None = Field(description="The last item of the last page done in this phase.")
+    processed: int
+
+
+class ReconciliationCounts(ResponseModel):
+    """stripe.reconcile.COUNT_KEYS."""
+
+    linked: int
+    imported: int
+    updated: int
+    pushed: int
+    unchanged: int
+    conflicts: int
+
+
+class ReconciliationConflict(ResponseModel):
+    kind: Literal["already_linked", "ambiguous_email", "archived_customer"]
+    stripe_customer_ids: list[str]
+    customer_ids: list[str]
+    message: str
+
+
+class Reconciliation(ResponseModel):
+    """A run (`service.run_to_dict`): where it stands (`progress`) and its report (`counts`, `conflicts`)."""
+
+    id: str
+    connection_id: str
+    direction: Direction
+    dry_run: bool
+    status: RunStatus
+    progress: ReconciliationProgress
+    counts: ReconciliationCounts
+    conflicts: list[ReconciliationConflict]
+    error: str | None
+    job_id: str | None
+    tenant_id: str
+    environment_id: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+class ReconciliationList(ListPage[Reconciliation]):
+    pass

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from flexsync.deps import DB, AuthScope
 from flexsync.kit.errors import NotFound
 from flexsync.kit.json import JSONResponse
+from flexsync.kit.openapi import API_KEY_REQUIRED, errors
 from flexsync.kit.pagination import PageQuery, page_body
 from flexsync.stripe import inbound
 from flexsync.tenancy.service import Scope
 from flexsync.webhooks import repository
+from flexsync.webhooks.schemas import EventStatus, WebhookEvent, WebhookEventList, WebhookEventWithPayload
 from flexsync.webhooks.service import event_to_dict
 
-router = APIRouter(prefix="/v1/webhook-events", tags=["webhook events"])
-
-EventStatus = Literal["queued", "applied", "ignored", "failed", "dead"]
+router = APIRouter(prefix="/v1/webhook-events", tags=["webhook events"], responses=API_KEY_REQUIRED)
 
 
-@router.get("")
+@router.get("", response_model=WebhookEventList)
 async def list_webhook_events(
     scope: AuthScope,
     db: DB,
@@ -42,12 +42,12 @@ async def _get(db: DB, scope: Scope, event_id: str, *, with_payload: bool) -> JS
         return JSONResponse(event_to_dict(event, with_payload=with_payload))
 
 
-@router.get("/{event_id}")
+@router.get("/{event_id}", response_model=WebhookEventWithPayload, responses=errors(404))
 async def get_webhook_event(event_id: str, scope: AuthScope, db: DB) -> JSONResponse:
     return await _get(db, scope, event_id, with_payload=True)
 
 
-@router.post("/{event_id}/replay")
+@router.post("/{event_id}/replay", response_model=WebhookEvent, responses=errors(404))
 async def replay_webhook_event(event_id: str, scope: AuthScope, db: DB) -> JSONResponse:
     """Apply the stored event again now; the answer shows its new status."""
     async with db.sessions() as session:

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
@@ -28,6 +29,7 @@ from flexsync.ids import new_id
 from flexsync.kit.errors import APIError, NotFound, ValidationFailed, error_response
 from flexsync.kit.json import JSONResponse
 from flexsync.kit.middleware import BodySizeLimit
+from flexsync.kit.openapi import errors
 from flexsync.kit.text import NUL
 from flexsync.metrics import WEBHOOK_EVENTS
 from flexsync.models import WebhookEvent, max_length
@@ -35,6 +37,7 @@ from flexsync.stripe.inbound import InboundEvent
 from flexsync.webhooks.ingest import Delivery
 from flexsync.webhooks.pipeline import WebhookPipeline
 from flexsync.webhooks.repository import EVENT_ID_PREFIX
+from flexsync.webhooks.schemas import WebhookReceived
 
 PATH = "/v1/webhooks/stripe/{tenant_id}/{environment_id}"
 PATH_PREFIX = "/v1/webhooks/stripe/"
@@ -115,6 +118,62 @@ async def receive_stripe_webhook(request: Request) -> Response:
     )
     status = await pipeline.ingestor.submit(delivery)
     return JSONResponse({"received": True, "event_id": delivery.event.stripe_event_id, "status": status})
+
+
+def _path_parameter(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+# The route takes the Request as it is (WebhookRoute calls it directly), so FastAPI cannot see its parameters and
+# body: they are described here.
+OPENAPI_EXTRA = {
+    "parameters": [
+        _path_parameter("tenant_id"),
+        _path_parameter("environment_id"),
+        {
+            "name": "Stripe-Signature",
+            "in": "header",
+            "required": True,
+            "description": f"Stripe's signature of the body, checked with the connection's webhook signing "
+            f"secrets; at most {TOLERANCE_SECONDS} s old.",
+            "schema": {"type": "string"},
+        },
+    ],
+    "requestBody": {
+        "required": True,
+        "description": "A Stripe event, exactly as Stripe signed it.",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["id", "type"],
+                    "properties": {"id": {"type": "string"}, "type": {"type": "string"}},
+                }
+            }
+        },
+    },
+}
+
+router = APIRouter(tags=["stripe webhook"])
+router.add_api_route(
+    PATH,
+    receive_stripe_webhook,
+    methods=["POST"],
+    summary="Receive a Stripe event (no API key: the Stripe-Signature proves it)",
+    description="Handled: `customer.created`, `customer.updated`, `customer.deleted`; other event types are stored "
+    "and answered `ignored`. An event is stored once by its id: a repeat answers `duplicate` and changes nothing.",
+    response_model=WebhookReceived,
+    responses=errors(
+        (
+            400,
+            "validation_error: a bad or missing signature, a stale timestamp, or a body that is not a Stripe event "
+            "(`details.reason` says which); nothing stored",
+        ),
+        (404, "not_found: no active Stripe connection with a webhook secret for this tenant and environment"),
+        413,
+    ),
+    openapi_extra=OPENAPI_EXTRA,
+)
 
 
 class WebhookRoute:
