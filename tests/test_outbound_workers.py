@@ -182,13 +182,19 @@ def _drop_every_connection(db_url: str) -> int:
 def test_connections_dropped_again_and_again_mid_push_never_make_a_second_stripe_customer(
     module_db: DatabaseUnderTest, env: SyncTenant, workers: Any, standin: StandIn
 ) -> None:
-    """While two workers push 60 new customers, PostgreSQL drops every connection every 0.2 s: a job whose
-    create reached Stripe but whose result was not recorded runs again and gets Stripe's stored answer."""
+    """Two running workers push 60 new customers while PostgreSQL drops every connection every 0.2 s (a restart
+    or failover, again and again). The first eight creates reach Stripe and their answers are held until the
+    drops have begun, so their results meet dead connections; a job whose result was not recorded runs again
+    and gets Stripe's stored answer. Every customer reaches Stripe once; no worker exits."""
     if module_db.backend != "postgresql":
         pytest.skip("connections to drop are PostgreSQL's")
+    create = {"method": "POST", "path": "/v1/customers"}
+    standin.faults(
+        {**create, "action": "hold", "count": 8}, {**create, "action": "delay", "seconds": 0.1, "count": 200}
+    )
+    pushing = [workers("--concurrency", "4", FLEXSYNC_JOB_LEASE_SECONDS="2") for _ in range(2)]
     ids = [env.create(external_id=f"failover-{n}")["id"] for n in range(60)]
-    # Each create takes a while in Stripe, so the drops land before, during and after the calls.
-    standin.faults({"method": "POST", "path": "/v1/customers", "action": "delay", "seconds": 0.1, "count": 200})
+    wait_for(lambda: standin.stats()["held"] == 8, what="eight creates to reach Stripe and wait")
     stop = threading.Event()
     dropped: list[int] = []
 
@@ -199,7 +205,8 @@ def test_connections_dropped_again_and_again_mid_push_never_make_a_second_stripe
     dropper = threading.Thread(target=drop_until_stopped)
     dropper.start()
     try:
-        pushing = [workers("--concurrency", "4", FLEXSYNC_JOB_LEASE_SECONDS="2") for _ in range(2)]
+        wait_for(lambda: len(dropped) >= 3, what="the drops to begin")
+        standin.release()
         wait_for(
             lambda: len(standin.stats()["creates"]) == len(ids) and len(dropped) >= 10,
             timeout=90,

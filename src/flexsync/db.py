@@ -17,6 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Executable, Result, TextClause, event, text
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import CursorResult, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -190,7 +191,9 @@ def is_unavailable(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, _UNAVAILABLE):
+        # SQLAlchemy marks an error after which it found the driver's connection closed, whatever the driver said
+        # (asyncpg, cut off mid-handshake, can report a confused protocol state instead).
+        if isinstance(current, _UNAVAILABLE) or (isinstance(current, DBAPIError) and current.connection_invalidated):
             return True
         # SQLAlchemy keeps the driver's error as `orig`; its asyncpg adapter chains asyncpg's own as the cause.
         current = getattr(current, "orig", None) or current.__cause__ or current.__context__
