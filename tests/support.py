@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -329,3 +330,21 @@ def start_localstripe(log_dir: Path) -> LocalStripe:
         process.kill()
         raise
     return LocalStripe(base_url=base_url, process=process)
+
+
+async def drop_every_connection(db_url: str) -> int:
+    """What a PostgreSQL restart or failover does to the processes using the database: every connection to it
+    ends (but this one's, made for the purpose). Returns how many were ended."""
+    outsider = create_engine(db_url, null_pool=True)
+    try:
+        async with outsider.connect() as connection:
+            terminated = await connection.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = :database AND pid <> pg_backend_pid()"
+                ),
+                {"database": make_url(db_url).database},
+            )
+            return int(terminated or 0)
+    finally:
+        await outsider.dispose()

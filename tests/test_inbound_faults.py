@@ -19,17 +19,23 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import event, func, select, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from flexsync.api import create_app
 from flexsync.config import Settings
-from flexsync.db import create_engine
 from flexsync.deps import Database
 from flexsync.ids import new_id
 from flexsync.models import Customer, CustomerLink, WebhookEvent, utcnow
-from tests.support import TEST_ENCRYPTION_KEY, DatabaseUnderTest, LocalStripe, free_port, new_tenant, wait_for
+from tests.support import (
+    TEST_ENCRYPTION_KEY,
+    DatabaseUnderTest,
+    LocalStripe,
+    drop_every_connection,
+    free_port,
+    new_tenant,
+    wait_for,
+)
 from tests.sync_support import start_worker
 from tests.webhook_support import add_stripe_connection, sign, stripe_customer, stripe_event
 
@@ -184,7 +190,6 @@ def test_deliveries_after_the_database_dropped_every_connection_are_stored_and_a
     add_stripe_connection(module_db, tenant)
     settings = Settings(database_url=module_db.url, encryption_keys=TEST_ENCRYPTION_KEY, run_worker=False)
     app = create_app(settings)
-    database = make_url(module_db.url).database
     events = [stripe_event("customer.created", stripe_customer(name=f"Wave {n}")) for n in range(24)]
 
     async def scenario() -> None:
@@ -200,17 +205,7 @@ def test_deliveries_after_the_database_dropped_every_connection_are_stored_and_a
                     return await client.post(path, content=body, headers={"Stripe-Signature": sign(body)})
 
                 first = await asyncio.gather(*(deliver(e) for e in events[:8]))
-                outsider = create_engine(module_db.url, null_pool=True)  # not one of the app's connections
-                async with outsider.connect() as connection:
-                    terminated = await connection.scalar(
-                        text(
-                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                            "WHERE datname = :database AND pid <> pg_backend_pid()"
-                        ),
-                        {"database": database},
-                    )
-                await outsider.dispose()
-                assert terminated and terminated > 0
+                assert await drop_every_connection(module_db.url) > 0
                 later = [await asyncio.gather(*(deliver(e) for e in events[n : n + 8])) for n in (8, 16)]
 
             responses = [*first, *later[0], *later[1]]

@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import make_url, text
 
-from flexsync.db import create_engine
 from tests.support import (
     DatabaseUnderTest,
     Server,
+    drop_every_connection,
     start_server,
     wait_for,
 )
@@ -158,27 +157,6 @@ def test_workers_together_keep_to_the_connections_rate_limit(
     assert busiest <= rate * window + 2, arrivals
 
 
-def _drop_every_connection(db_url: str) -> int:
-    """What a PostgreSQL failover does to the processes' connections: every one of them ends."""
-
-    async def terminate() -> int:
-        outsider = create_engine(db_url, null_pool=True)
-        try:
-            async with outsider.connect() as connection:
-                terminated = await connection.scalar(
-                    text(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                        "WHERE datname = :database AND pid <> pg_backend_pid()"
-                    ),
-                    {"database": make_url(db_url).database},
-                )
-                return int(terminated or 0)
-        finally:
-            await outsider.dispose()
-
-    return asyncio.run(terminate())
-
-
 def test_connections_dropped_again_and_again_mid_push_never_make_a_second_stripe_customer(
     module_db: DatabaseUnderTest, env: SyncTenant, workers: Any, standin: StandIn
 ) -> None:
@@ -200,7 +178,7 @@ def test_connections_dropped_again_and_again_mid_push_never_make_a_second_stripe
 
     def drop_until_stopped() -> None:
         while not stop.wait(0.2):
-            dropped.append(_drop_every_connection(module_db.url))
+            dropped.append(asyncio.run(drop_every_connection(module_db.url)))
 
     dropper = threading.Thread(target=drop_until_stopped)
     dropper.start()

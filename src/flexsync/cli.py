@@ -41,7 +41,7 @@ from flexsync.db import (
 from flexsync.deps import Database
 from flexsync.kit import runtime
 from flexsync.kit.errors import APIError
-from flexsync.logs import configure_logging, redact
+from flexsync.logs import configure_logging, describe_error, redact
 from flexsync.tenancy import service as tenancy
 
 T = TypeVar("T")
@@ -446,10 +446,10 @@ def worker_command(
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    _usable_secret_box(settings)
+    box = _usable_secret_box(settings)
     _once_database_answers(settings, lambda: _refuse_unmigrated(settings))
     _settle_garbage_collector()
-    runtime.run(run_worker(settings, concurrency or settings.worker_concurrency))
+    runtime.run(run_worker(settings, concurrency or settings.worker_concurrency, box))
 
 
 def _usable_secret_box(settings: Settings) -> SecretBox:
@@ -473,11 +473,8 @@ def _once_database_answers(settings: Settings, start: Callable[[], T]) -> T:
         except Exception as exc:
             if is_sqlite_url(settings.database_url) or not is_unavailable(exc) or time.monotonic() >= deadline:
                 raise
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             log.warning(
-                "the database cannot be reached yet; trying again",
-                error=redact(f"{type(exc).__name__}: {first_line}"),
-                retry_in_seconds=pause,
+                "the database cannot be reached yet; trying again", error=describe_error(exc), retry_in_seconds=pause
             )
         time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         pause = min(pause * 2, 5.0)

@@ -17,6 +17,14 @@ def redact(text: str) -> str:
     return SECRET_PATTERN.sub(lambda m: f"{m.group(1)}_{m.group(2) or ''}[redacted]", text)
 
 
+def describe_error(exc: BaseException) -> str:
+    """An error for a log line or an event's last_error: the driver's own message (SQLAlchemy's `orig`), its first
+    line only (without the statement or values), redacted."""
+    origin = getattr(exc, "orig", None) or exc
+    message = str(origin).strip().splitlines()[0] if str(origin).strip() else ""
+    return redact(f"{type(origin).__name__}: {message}"[:500])
+
+
 def _scrub(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event_dict.items():
         if isinstance(value, str):

@@ -24,7 +24,7 @@ import structlog
 from sqlalchemy.engine import make_url
 
 from flexsync.config import Settings
-from flexsync.crypto import secret_box
+from flexsync.crypto import SecretBox
 from flexsync.db import create_engine, session_factory
 from flexsync.deps import Database
 from flexsync.jobs import outbox, repository
@@ -276,10 +276,10 @@ class Worker:
         log.warning("sync job " + outcome, job_id=job.id, kind=job.kind, attempts=job.attempts, error=message)
 
 
-async def run_worker(settings: Settings, concurrency: int) -> None:
+async def run_worker(settings: Settings, concurrency: int, box: SecretBox) -> None:
     """`flexsync worker`: run until SIGINT or SIGTERM, then shut down gracefully."""
     engine = create_engine(settings.database_url, pool_size=concurrency + 2)
-    db = Database(settings=settings, engine=engine, sessions=session_factory(engine), box=secret_box(settings))
+    db = Database(settings=settings, engine=engine, sessions=session_factory(engine), box=box)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -76,7 +76,7 @@ from flexsync.db import (
 from flexsync.ids import new_id
 from flexsync.kit.bulk import Inserts
 from flexsync.kit.text import NUL
-from flexsync.logs import redact
+from flexsync.logs import describe_error
 from flexsync.models import MAX_INT64, Customer, CustomerLink, StripeConnection, WebhookEvent, max_length, utcnow
 from flexsync.stripe import links
 from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed
@@ -747,13 +747,6 @@ def retry_delay(attempts: int) -> timedelta:
     """Exponential backoff with jitter: about 2 s after the first failure, doubling, at most an hour."""
     seconds = min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** max(0, attempts - 1))
     return timedelta(seconds=seconds * random.uniform(0.8, 1.2))
-
-
-def describe_error(exc: BaseException) -> str:
-    """An error for the event's last_error: the database's own message, without the statement or values."""
-    origin = getattr(exc, "orig", None) or exc
-    message = str(origin).strip().splitlines()[0] if str(origin).strip() else ""
-    return redact(f"{type(origin).__name__}: {message}"[:500])
 
 
 async def apply_due_events(db: Database, *, limit: int = 200, caller: StripeCaller | None = None) -> int:

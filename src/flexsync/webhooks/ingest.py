@@ -28,6 +28,7 @@ import structlog
 
 from flexsync.deps import Database
 from flexsync.kit.bulk import Inserts
+from flexsync.logs import describe_error
 from flexsync.metrics import WEBHOOK_BATCH, WEBHOOK_EVENTS
 from flexsync.models import utcnow
 from flexsync.stripe import inbound
@@ -194,9 +195,7 @@ class Ingestor:
         try:
             results = await self._store_and_apply(fresh)
         except Exception as exc:
-            log.warning(
-                "applying webhook events failed; storing them to apply later", error=inbound.describe_error(exc)
-            )
+            log.warning("applying webhook events failed; storing them to apply later", error=describe_error(exc))
             results = await self._store_only(fresh)
         for delivery in fresh:
             _answer(delivery, results[delivery.event.id])
@@ -248,7 +247,7 @@ class Ingestor:
                     inserted = await repository.insert_events(session, [d.row(queued) for d in pending])
             except Exception as exc:
                 if len(pending) == 1:
-                    log.error("storing a webhook event failed", error=inbound.describe_error(exc))
+                    log.error("storing a webhook event failed", error=describe_error(exc))
                     results[pending[0].event.id] = exc
                 continue
             results.update({d.event.id: "queued" if d.event.id in inserted else "duplicate" for d in pending})

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import structlog
 
 from flexsync.deps import Database
+from flexsync.logs import describe_error
 from flexsync.stripe import inbound
 from flexsync.stripe.calls import StripeCaller
 from flexsync.webhooks.connection_cache import ConnectionCache
@@ -79,7 +80,7 @@ class QueuedEventApplier:
             try:
                 await inbound.apply_queued_events(self._db, batch, caller=self._caller)
             except Exception as exc:  # the sweep retries them; this loop must keep going
-                log.warning("applying queued webhook events failed", error=inbound.describe_error(exc))
+                log.warning("applying queued webhook events failed", error=describe_error(exc))
 
     async def _sweep(self) -> None:
         while not self._stopping.is_set():
@@ -91,7 +92,7 @@ class QueuedEventApplier:
                 while await inbound.apply_due_events(self._db, limit=SWEEP_LIMIT, caller=self._caller) == SWEEP_LIMIT:
                     pass
             except Exception as exc:  # e.g. the database is down: try again next time
-                log.warning("webhook retry sweep failed", error=inbound.describe_error(exc))
+                log.warning("webhook retry sweep failed", error=describe_error(exc))
 
 
 class WebhookPipeline:
