@@ -120,6 +120,11 @@ def test_a_method_a_path_does_not_take_is_refused_with_the_methods_it_does(api: 
     assert_error(response, 405, "validation_error")
     assert response.headers["allow"] == "POST"
     assert set(api.request("TRACE", "/healthz").headers["allow"].split(", ")) == {"GET", "HEAD"}
+    # Paths that several routes share name all their methods, not only the first route's.
+    one = api.patch("/v1/customers/cust_1", json={"name": "A"})
+    assert_error(one, 405, "validation_error")
+    assert one.headers["allow"] == "DELETE, GET, PUT"
+    assert api.delete("/v1/customers").headers["allow"] == "GET, POST, PUT"
 
 
 def test_duplicate_published_external_id_conflicts_until_archived(api: httpx.Client) -> None:

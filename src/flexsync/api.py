@@ -16,14 +16,14 @@ from flexsync.config import Settings, get_settings
 from flexsync.connections.endpoints import router as connections_router
 from flexsync.crypto import secret_box
 from flexsync.customers.endpoints import router as customers_router
-from flexsync.db import create_engine, session_factory
+from flexsync.db import create_engine, temporary_failure
 from flexsync.deps import Database
 from flexsync.jobs.endpoints import router as sync_jobs_router
 from flexsync.jobs.worker import Worker
 from flexsync.kit import openapi
 from flexsync.kit.errors import error_response, install_error_handlers
 from flexsync.kit.json import JSONResponse
-from flexsync.kit.middleware import BodySizeLimit, DefaultJSONContentType, NoNulInURL
+from flexsync.kit.middleware import BodySizeLimit, DefaultJSONContentType, NoNulInURL, UnexpectedErrors
 from flexsync.kit.schemas import ResponseModel
 from flexsync.metrics import exposition
 from flexsync.reconcile.endpoints import router as reconcile_router
@@ -48,9 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url)
-        app.state.db = Database(
-            settings=settings, engine=engine, sessions=session_factory(engine), box=secret_box(settings)
-        )
+        app.state.db = Database(settings=settings, engine=engine, box=secret_box(settings))
         worker = Worker(app.state.db, concurrency=settings.worker_concurrency) if settings.run_worker else None
         webhooks = app.state.webhooks = WebhookPipeline(app.state.db)
         try:
@@ -82,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # (see WebhookRoute); only a URL holding a NUL character is turned away before it.
     app.add_middleware(receiver.WebhookRoute)
     app.add_middleware(NoNulInURL)
+    app.add_middleware(UnexpectedErrors, temporary=temporary_failure)
     app.include_router(receiver.router)
     app.include_router(customers_router)
     app.include_router(sync_jobs_router)

@@ -92,7 +92,7 @@ def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]])
 
     async def runner() -> T:
         engine = create_engine(settings.database_url, null_pool=True)
-        db = Database(settings=settings, engine=engine, sessions=session_factory(engine), box=box)
+        db = Database(settings=settings, engine=engine, box=box)
         try:
             return await work(db)
         finally:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +24,10 @@ from sqlalchemy.pool import NullPool
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+# The execution option that marks the engine behind read sessions (read_session_factory), and the key in a pooled
+# SQLite connection's info telling whether its PRAGMA query_only is on.
+READ_ONLY = "flexsync_read_only"
+_QUERY_ONLY = "flexsync_query_only"
 _ASYNCPG = asyncpg_dialect()  # type: ignore[no-untyped-call]
 
 
@@ -54,7 +59,8 @@ def create_engine(url: str, *, pool_size: int = 20, null_pool: bool = False) -> 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        record.info[_QUERY_ONLY] = False
         # Let SQLAlchemy, not the driver, decide when a transaction begins, so BEGIN IMMEDIATE below works.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -66,13 +72,30 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        # Every transaction takes the write lock up front: a reader that later writes would otherwise fail
-        # with SQLITE_BUSY instead of waiting, when another process writes in between.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A unit of work takes the write lock up front: one that read first and wrote later would otherwise fail
+        # with SQLITE_BUSY instead of waiting, when another process writes in between. A read session's
+        # transaction takes no lock (WAL: it reads the last commit, whatever is being written meanwhile), and
+        # runs with query_only, so a write in it fails at once rather than only when another writer interferes.
+        read_only = bool(connection.get_execution_options().get(READ_ONLY))
+        info = connection.connection.info
+        if info.get(_QUERY_ONLY, False) != read_only:
+            connection.exec_driver_sql(f"PRAGMA query_only={int(read_only)}")
+            info[_QUERY_ONLY] = read_only
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+def read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for reading only, never committed (closing one ends its transaction).
+
+    SQLite: their transactions neither take nor wait for the write lock, so an API read or a dashboard page
+    answers while webhook batches and the worker write (a GET's p99 during ingest: 360 ms with the write lock,
+    60 ms without; BENCHMARKS.md), and a write in one fails (PRAGMA query_only). PostgreSQL: plain sessions,
+    whose reads take no locks anyway; a write in one would be rolled back when it closes."""
+    return async_sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False, autoflush=False)
 
 
 @asynccontextmanager
@@ -184,20 +207,47 @@ _UNAVAILABLE = (
 )
 
 
-def is_unavailable(exc: BaseException) -> bool:
-    """Whether `exc` says the database could not be reached or went away (it may be starting, restarting or
-    failing over), as opposed to refusing what was asked (no such database, a wrong password, bad SQL)."""
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and the errors behind it: SQLAlchemy keeps the driver's error as `orig`; its asyncpg adapter chains
+    asyncpg's own as the cause."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        # SQLAlchemy marks an error after which it found the driver's connection closed, whatever the driver said
-        # (asyncpg, cut off mid-handshake, can report a confused protocol state instead).
-        if isinstance(current, _UNAVAILABLE) or (isinstance(current, DBAPIError) and current.connection_invalidated):
-            return True
-        # SQLAlchemy keeps the driver's error as `orig`; its asyncpg adapter chains asyncpg's own as the cause.
+        yield current
         current = getattr(current, "orig", None) or current.__cause__ or current.__context__
-    return False
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database could not be reached or went away (it may be starting, restarting or
+    failing over), as opposed to refusing what was asked (no such database, a wrong password, bad SQL)."""
+    # SQLAlchemy marks an error after which it found the driver's connection closed, whatever the driver said
+    # (asyncpg, cut off mid-handshake, can report a confused protocol state instead).
+    return any(
+        isinstance(cause, _UNAVAILABLE) or (isinstance(cause, DBAPIError) and cause.connection_invalidated)
+        for cause in _causes(exc)
+    )
+
+
+def is_busy(exc: BaseException) -> bool:
+    """SQLite: whether `exc` says another connection held the write lock for longer than the busy timeout."""
+    return any(
+        isinstance(cause, sqlite3.OperationalError) and str(cause) in ("database is locked", "database is busy")
+        for cause in _causes(exc)
+    )
+
+
+def temporary_failure(exc: BaseException) -> str | None:
+    """What to tell a client whose request failed only because the database was away or busy, and may succeed
+    when tried again; None for any other failure."""
+    if is_busy(exc):
+        return (
+            f"the database is busy: another process held SQLite's write lock for more than "
+            f"{SQLITE_BUSY_TIMEOUT_MS // 1000} s; nothing was changed, try again"
+        )
+    if is_unavailable(exc):
+        return "the database is unreachable; try again"
+    return None
 
 
 def migrate(url: str, revision: str = "head") -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -12,19 +12,31 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from flexsync.config import Settings
 from flexsync.crypto import SecretBox
-from flexsync.db import driver_transaction, transaction
+from flexsync.db import driver_transaction, read_session_factory, session_factory, transaction
 from flexsync.kit.errors import Unauthorized
 from flexsync.tenancy.service import Scope, resolve_api_key
 
 
 @dataclass(slots=True)
 class Database:
-    """The process's shared resources: settings, the engine and session factory, the secret box."""
+    """The process's shared resources: settings, the engine and its session factories, the secret box."""
 
     settings: Settings
     engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
     box: SecretBox
+    # Sessions for units of work (`transaction`, or begun and ended by the caller) and for reading (`read`).
+    sessions: async_sessionmaker[AsyncSession] = field(init=False)
+    reads: async_sessionmaker[AsyncSession] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sessions = session_factory(self.engine)
+        self.reads = read_session_factory(self.engine)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session that only reads (db.read_session_factory): on SQLite it never waits for a writer."""
+        async with self.reads() as session:
+            yield session
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -62,7 +74,7 @@ async def require_scope(request: Request, db: Annotated[Database, Depends(get_db
     key = presented_api_key(request)
     if not key:
         raise Unauthorized("missing API key: send it in the x-api-key header or as a Bearer token")
-    async with db.sessions() as session:
+    async with db.read() as session:
         scope = await resolve_api_key(session, key)
     if scope is None:
         raise Unauthorized("invalid or revoked API key")

@@ -52,14 +52,14 @@ async def create_connection(body: ConnectionCreate, scope: AuthScope, db: DB) ->
 
 @router.get("", response_model=ConnectionList)
 async def list_connections(scope: AuthScope, db: DB, page: PageQuery) -> JSONResponse:
-    async with db.sessions() as session:
+    async with db.read() as session:
         items, total = await repository.list_page(session, scope, page.limit, page.offset)
         return JSONResponse(page_body([service.connection_to_dict(c, db.settings) for c in items], total, page))
 
 
 @router.get("/{connection_id}", response_model=Connection, responses=errors(404))
 async def get_connection(connection_id: str, scope: AuthScope, db: DB) -> JSONResponse:
-    async with db.sessions() as session:
+    async with db.read() as session:
         connection = await service.find(session, scope, connection_id)
         return JSONResponse(service.connection_to_dict(connection, db.settings))
 
@@ -77,7 +77,7 @@ async def update_connection(connection_id: str, body: ConnectionUpdate, scope: A
         if body.secret_key is not None:
             key = body.secret_key.get_secret_value()
         else:
-            async with db.sessions() as session:
+            async with db.read() as session:
                 key = secrets.secret_key(db.box, await service.find(session, scope, connection_id))
         verified = await service.verify_with_stripe(key, db.settings)
     async with db.transaction() as session:

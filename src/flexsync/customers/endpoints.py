@@ -55,7 +55,7 @@ async def list_customers(
         external_ids=[external_id] if external_id is not None else None,
         email=email,
     )
-    async with db.sessions() as session:
+    async with db.read() as session:
         items, total = await repository.list_page(session, scope, query, page.limit, page.offset)
         return JSONResponse(page_body([service.customer_to_dict(c) for c in items], total, page))
 
@@ -76,7 +76,7 @@ async def search_customers(body: CustomerSearch, scope: AuthScope, db: DB) -> JS
         sort=[(s.field, s.direction) for s in body.sort or []],
         order=body.order,
     )
-    async with db.sessions() as session:
+    async with db.read() as session:
         items, total = await repository.list_page(session, scope, query, body.limit, body.offset)
         page = Page(limit=body.limit, offset=body.offset)
         return JSONResponse(page_body([service.customer_to_dict(c) for c in items], total, page))
@@ -84,7 +84,7 @@ async def search_customers(body: CustomerSearch, scope: AuthScope, db: DB) -> JS
 
 @router.get("/external/{external_id}", response_model=Customer, responses=errors(404))
 async def get_customer_by_external_id(external_id: str, scope: AuthScope, db: DB) -> JSONResponse:
-    async with db.sessions() as session:
+    async with db.read() as session:
         customer = await repository.get_published_by_external_id(session, scope, external_id)
         if customer is None:
             raise NotFound(f"customer with external_id {external_id!r} not found")
@@ -93,7 +93,7 @@ async def get_customer_by_external_id(external_id: str, scope: AuthScope, db: DB
 
 @router.get("/{customer_id}", response_model=Customer, responses=errors(404))
 async def get_customer(customer_id: str, scope: AuthScope, db: DB) -> JSONResponse:
-    async with db.sessions() as session:
+    async with db.read() as session:
         customer = await repository.get(session, scope, customer_id)
         if customer is None:
             raise NotFound(f"customer {customer_id} not found")
@@ -141,7 +141,7 @@ async def sync_customer_to_stripe(customer_id: str, scope: AuthScope, db: DB) ->
 @router.get("/{customer_id}/sync", response_model=CustomerSyncStatus, responses=errors(404))
 async def get_customer_sync(customer_id: str, scope: AuthScope, db: DB) -> JSONResponse:
     """The customer's Stripe link and outbound sync state: Stripe id, last synced, last error, pending jobs."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         customer = await repository.get(session, scope, customer_id)
         if customer is None:
             raise NotFound(f"customer {customer_id} not found")

@@ -24,7 +24,7 @@ async def list_sync_jobs(
     customer_id: str | None = None,
 ) -> JSONResponse:
     """Newest first."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         items, total = await repository.list_page(
             session, scope, status=status, customer_id=customer_id, limit=page.limit, offset=page.offset
         )
@@ -33,7 +33,7 @@ async def list_sync_jobs(
 
 @router.get("/{job_id}", response_model=SyncJob, responses=errors(404))
 async def get_sync_job(job_id: str, scope: AuthScope, db: DB) -> JSONResponse:
-    async with db.sessions() as session:
+    async with db.read() as session:
         job = await repository.get(session, scope, job_id)
         if job is None:
             raise NotFound(f"sync job {job_id} not found")

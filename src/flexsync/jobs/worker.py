@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 
 from flexsync.config import Settings
 from flexsync.crypto import SecretBox
-from flexsync.db import create_engine, session_factory
+from flexsync.db import create_engine
 from flexsync.deps import Database
 from flexsync.jobs import outbox, repository
 from flexsync.jobs.service import fail, retry_later, succeed
@@ -279,7 +279,7 @@ class Worker:
 async def run_worker(settings: Settings, concurrency: int, box: SecretBox) -> None:
     """`flexsync worker`: run until SIGINT or SIGTERM, then shut down gracefully."""
     engine = create_engine(settings.database_url, pool_size=concurrency + 2)
-    db = Database(settings=settings, engine=engine, sessions=session_factory(engine), box=box)
+    db = Database(settings=settings, engine=engine, box=box)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -9,10 +10,13 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from flexsync.kit.json import JSONResponse
 
 log = structlog.get_logger(__name__)
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
 ErrorCode = Literal[
     "validation_error",
@@ -114,6 +118,24 @@ def describe_validation_errors(errors: list[Any]) -> tuple[str, dict[str, Any]]:
     return message, {"fields": fields}
 
 
+def _allowed_methods(request: Request, starlettes: str) -> str:
+    """Every method the request's path takes. Starlette names only those of the first route matching the path,
+    where several routes share it (GET and PUT /v1/customers/{id} are two routes); the API's OpenAPI document
+    knows them all (paths it leaves out, the dashboard's, keep Starlette's answer)."""
+    methods = set(filter(None, (method.strip() for method in starlettes.split(","))))
+    app: FastAPI = request.app
+    table: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "allowed_methods", None)
+    if table is None:
+        table = app.state.allowed_methods = [
+            (compile_path(path)[0], {method.upper() for method in operations if method.upper() in HTTP_METHODS})
+            for path, operations in app.openapi().get("paths", {}).items()
+        ]
+    for pattern, path_methods in table:
+        if pattern.match(request.url.path):
+            methods |= path_methods
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
@@ -129,8 +151,13 @@ def install_error_handlers(app: FastAPI) -> None:
         fallback: ErrorCode = "internal_error" if exc.status_code >= 500 else "validation_error"
         code = CODES_BY_STATUS.get(exc.status_code, fallback)
         # Starlette's own headers, such as a 405's Allow (which methods the path takes), are part of the answer.
-        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed_methods(_request, (headers or {}).get("Allow", ""))}
+        return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
+    # The last resort, should kit.middleware.UnexpectedErrors itself fail: Starlette's server-error handler
+    # answers with this, then closes the connection.
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", path=request.url.path, error_type=type(exc).__name__)

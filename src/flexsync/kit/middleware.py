@@ -1,11 +1,17 @@
-"""ASGI middleware applied to every request: the body size limit, a default JSON content type, no NUL in URLs."""
+"""ASGI middleware applied to every request: the body size limit, a default JSON content type, no NUL in URLs,
+and an answer in the contract's shape for any failure no route answered."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flexsync.kit.errors import error_response
 from flexsync.kit.text import NUL, NUL_PROBLEM
+
+log = structlog.get_logger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -80,3 +86,44 @@ class NoNulInURL:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class UnexpectedErrors:
+    """An exception no route turned into an answer: logged, and answered in the contract's shape: 503 with
+    Retry-After when `temporary` has a message for it (a condition that passes, such as the database being
+    away), else 500 `internal error`.
+
+    Starlette's own last-resort handler answers and then raises the exception on to the server, which then
+    closes the connection: a client's next request on that keep-alive connection failed with a reset. Here the
+    exception ends with the answer, and the connection stays usable. An exception after the answer has begun
+    cannot be answered any more: it goes on to the server, as before.
+    """
+
+    def __init__(self, app: ASGIApp, temporary: Callable[[BaseException], str | None]) -> None:
+        self.app = app
+        self.temporary = temporary
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except Exception as exc:
+            if started:
+                raise
+            message = self.temporary(exc)
+            if message is None:
+                log.exception("unhandled error", path=scope["path"], error_type=type(exc).__name__)
+                response = error_response(500, "internal_error", "internal error")
+            else:
+                log.warning("request failed for now", path=scope["path"], reason=message)
+                response = error_response(503, "internal_error", message, headers={"Retry-After": "1"})
+            await response(scope, receive, send)

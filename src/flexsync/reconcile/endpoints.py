@@ -64,7 +64,7 @@ async def list_reconciliations(
     status: RunStatus | None = None,
 ) -> JSONResponse:
     """Newest first."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         runs, total = await repository.list_page(
             session, scope, connection_id=connection_id, status=status, limit=page.limit, offset=page.offset
         )
@@ -74,5 +74,5 @@ async def list_reconciliations(
 @router.get("/v1/reconciliations/{run_id}", response_model=Reconciliation, responses=errors(404))
 async def get_reconciliation(run_id: str, scope: AuthScope, db: DB) -> JSONResponse:
     """Status, progress (`phase`, `cursor`, `processed`) and the report (`counts`, `conflicts`)."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         return JSONResponse(service.run_to_dict(await service.find(session, scope, run_id)))

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.config import Settings
 from flexsync.crypto import secret_box
-from flexsync.db import create_engine, session_factory
+from flexsync.db import create_engine
 from flexsync.deps import Database
 from flexsync.jobs import repository as jobs
 from flexsync.jobs.service import fail, retry_later, succeed
@@ -253,7 +253,7 @@ async def run_in_foreground(
 
     Raises APIError when the run cannot start (unknown connection, another run in progress)."""
     engine = create_engine(settings.database_url, pool_size=4)
-    db = Database(settings=settings, engine=engine, sessions=session_factory(engine), box=secret_box(settings))
+    db = Database(settings=settings, engine=engine, box=secret_box(settings))
     holder = f"cli:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
     caller = StripeCaller(db)
     try:

@@ -856,7 +856,7 @@ async def _apply_with_stripe_state(
             caller = StripeCaller(db)
             own.push_async_callback(caller.aclose)
         for connection_id, stripe_ids in by_connection.items():
-            async with db.sessions() as session:
+            async with db.read() as session:
                 connection = await session.get(StripeConnection, connection_id)
             if connection is None or not connection.secret_key_encrypted:
                 continue  # deleted meanwhile: applying ignores its events

@@ -90,7 +90,7 @@ async def require_viewer(request: Request, db: DB) -> Viewer:
         next_path += f"?{request.url.query}"
     if session is None or not session.signed_in:
         raise SignInRequired(next_path)
-    async with db.sessions() as db_session:
+    async with db.read() as db_session:
         key = await queries.active_key(db_session, session.api_key_id)
     if key is None:
         raise SignInRequired(next_path, notice="key-revoked")

@@ -70,7 +70,7 @@ class ConnectionCache:
         return entry
 
     async def _read(self, tenant_id: str, environment_id: str) -> ReceivingConnection | None:
-        async with self._db.sessions() as session:
+        async with self._db.read() as session:
             connection = await get_live_connection(session, tenant_id, environment_id)
         view = ConnectionView.of(connection)
         if view is None or connection is None or not connection.webhook_secrets_encrypted:

@@ -28,14 +28,14 @@ async def list_webhook_events(
     status: EventStatus | None = None,
     event_type: Annotated[str | None, Query(alias="type", max_length=128)] = None,
 ) -> JSONResponse:
-    async with db.sessions() as session:
+    async with db.read() as session:
         events, total = await repository.list_page(session, scope, status, event_type, page.limit, page.offset)
         items = [event_to_dict(event) for event in events]
     return JSONResponse(page_body(items, total, page))
 
 
 async def _get(db: DB, scope: Scope, event_id: str, *, with_payload: bool) -> JSONResponse:
-    async with db.sessions() as session:
+    async with db.read() as session:
         event = await repository.get(session, scope, event_id)
         if event is None:
             raise NotFound(f"webhook event {event_id} not found")
@@ -50,7 +50,7 @@ async def get_webhook_event(event_id: str, scope: AuthScope, db: DB) -> JSONResp
 @router.post("/{event_id}/replay", response_model=WebhookEvent, responses=errors(404))
 async def replay_webhook_event(event_id: str, scope: AuthScope, db: DB) -> JSONResponse:
     """Apply the stored event again now; the answer shows its new status."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         if await repository.get(session, scope, event_id) is None:
             raise NotFound(f"webhook event {event_id} not found")
     await inbound.replay_event(db, event_id)

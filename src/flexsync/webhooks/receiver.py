@@ -179,8 +179,8 @@ router.add_api_route(
 class WebhookRoute:
     """ASGI middleware that answers Stripe's deliveries itself and hands every other request to the app.
 
-    Added as the app's outermost middleware (inside only Starlette's server-error handler, which turns an
-    unexpected exception into the contract's 500, and the check that refuses a URL holding a NUL character),
+    Added as the app's outermost middleware but two (kit.middleware's UnexpectedErrors, which answers an
+    unexpected exception in the contract's shape, and the check that refuses a URL holding a NUL character),
     it keeps the body size limit (413) and the error shape, and skips the rest of the stack for the busiest
     route. Other methods on the path fall through to the
     app's router, which has the route too and answers them 405.

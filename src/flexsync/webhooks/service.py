@@ -53,10 +53,10 @@ async def find_for_replay(session: AsyncSession, event_id: str) -> WebhookEvent:
 
 async def replay(db: Database, event_id: str) -> dict[str, Any]:
     """`flexsync events replay`: apply the event again now; returns it as the API shows it."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         event = await find_for_replay(session, event_id)
     await inbound.replay_event(db, event.id)
-    async with db.sessions() as session:
+    async with db.read() as session:
         replayed = await session.get(WebhookEvent, event.id)
         if replayed is None:  # its connection was deleted meanwhile, and the event with it
             raise NotFound(f"webhook event {event_id} not found")

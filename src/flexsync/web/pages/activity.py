@@ -48,7 +48,7 @@ async def sync_jobs(
     customer_id: Annotated[str, Query(max_length=64)] = "",
     page: PageNumber = 1,
 ) -> Response:
-    async with db.sessions() as session:
+    async with db.read() as session:
         jobs, total = await jobs_repository.list_page(
             session,
             viewer.scope,
@@ -92,7 +92,7 @@ async def webhook_events(
     type: Annotated[str, Query(max_length=128)] = "",
     page: PageNumber = 1,
 ) -> Response:
-    async with db.sessions() as session:
+    async with db.read() as session:
         events, total = await events_repository.list_page(
             session, viewer.scope, status or None, type or None, PAGE_SIZE, (page - 1) * PAGE_SIZE
         )
@@ -118,7 +118,7 @@ async def webhook_events(
 
 @router.get("/webhook-events/{event_id}")
 async def webhook_event(request: Request, event_id: str, viewer: SignedIn, db: DB) -> Response:
-    async with db.sessions() as session:
+    async with db.read() as session:
         event = await events_repository.get(session, viewer.scope, event_id)
         if event is None:
             raise NotFound(f"webhook event {event_id} not found")
@@ -136,7 +136,7 @@ async def webhook_event(request: Request, event_id: str, viewer: SignedIn, db: D
 @router.post("/webhook-events/{event_id}/replay")
 async def replay_webhook_event(event_id: str, viewer: SignedIn, _form: PostedForm, db: DB) -> Response:
     """The API's replay: apply the stored event again now."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         if await events_repository.get(session, viewer.scope, event_id) is None:
             raise NotFound(f"webhook event {event_id} not found")
     await inbound.replay_event(db, event_id)

@@ -37,7 +37,7 @@ async def customer_list(
     page: PageNumber = 1,
 ) -> Response:
     scope = viewer.scope
-    async with db.sessions() as session:
+    async with db.read() as session:
         customers, total = await queries.search_customers(session, scope, q, status, PAGE_SIZE, (page - 1) * PAGE_SIZE)
         connection = await get_live_connection(session, scope.tenant_id, scope.environment_id)
         states = await queries.sync_states(session, customers)
@@ -102,7 +102,7 @@ async def create_customer(request: Request, viewer: SignedIn, form: PostedForm, 
 
 
 async def _load(db: DB, viewer: Viewer, customer_id: str) -> Customer:
-    async with db.sessions() as session:
+    async with db.read() as session:
         customer = await repository.get(session, viewer.scope, customer_id)
     if customer is None:
         raise NotFound(f"customer {customer_id} not found")
@@ -112,7 +112,7 @@ async def _load(db: DB, viewer: Viewer, customer_id: str) -> Customer:
 @router.get("/customers/{customer_id}")
 async def customer_page(request: Request, customer_id: str, viewer: SignedIn, db: DB) -> Response:
     scope = viewer.scope
-    async with db.sessions() as session:
+    async with db.read() as session:
         customer = await repository.get(session, scope, customer_id)
         if customer is None:
             raise NotFound(f"customer {customer_id} not found")

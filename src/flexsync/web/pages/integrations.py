@@ -34,7 +34,7 @@ async def _page(
     status_code: int = 200,
 ) -> Response:
     scope = viewer.scope
-    async with db.sessions() as session:
+    async with db.read() as session:
         connection = await repository.get_live_connection(session, scope.tenant_id, scope.environment_id)
         health = await queries.health(session, scope)
     if state is None:
@@ -92,7 +92,7 @@ async def add_connection(request: Request, viewer: SignedIn, form: PostedForm, d
 
 
 async def _stored_key(db: DB, viewer: Viewer, connection_id: str) -> str:
-    async with db.sessions() as session:
+    async with db.read() as session:
         connection: StripeConnection = await service.find(session, viewer.scope, connection_id)
         return secrets.secret_key(db.box, connection)
 
@@ -146,7 +146,7 @@ async def test_connection(
         await _update(db, viewer, connection_id, ConnectionUpdate(verify=True))
     except ValidationFailed as exc:
         return await _page(request, viewer, db, test_result=(False, exc.message))
-    async with db.sessions() as session:
+    async with db.read() as session:
         connection = await service.find(session, viewer.scope, connection_id)
     account = f" (account {connection.stripe_account_id})" if connection.stripe_account_id else ""
     return await _page(request, viewer, db, test_result=(True, f"Stripe accepted the secret key{account}."))

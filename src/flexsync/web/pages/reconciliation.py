@@ -39,7 +39,7 @@ async def _runs_page(
     status_code: int = 200,
 ) -> Response:
     scope = viewer.scope
-    async with db.sessions() as session:
+    async with db.read() as session:
         connection = await connections_repository.get_live_connection(session, scope.tenant_id, scope.environment_id)
         runs, total = await repository.list_page(
             session, scope, connection_id=None, status=None, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
@@ -96,7 +96,7 @@ async def start_reconciliation(request: Request, viewer: SignedIn, form: PostedF
 
 @router.get(PAGE + "/{run_id}")
 async def reconciliation_run(request: Request, run_id: str, viewer: SignedIn, db: DB) -> Response:
-    async with db.sessions() as session:
+    async with db.read() as session:
         run = service.run_to_dict(await service.find(session, viewer.scope, run_id))
     return render(
         request,

@@ -50,7 +50,7 @@ def _sign_in_page(request: Request, next_path: str, error: str | None = None, st
 async def sign_in_form(request: Request, db: DB, next: Annotated[str | None, Query()] = None) -> Response:
     session = current_session(request)
     if session is not None and session.signed_in:
-        async with db.sessions() as db_session:
+        async with db.read() as db_session:
             if await active_key(db_session, session.api_key_id) is not None:
                 return RedirectResponse(safe_next(next), status_code=303)
     return _sign_in_page(request, safe_next(next))
@@ -63,7 +63,7 @@ async def sign_in(request: Request, db: DB) -> Response:
     presented = str(form.get("api_key") or "").strip()
     scope = None
     if presented:
-        async with db.sessions() as session:
+        async with db.read() as session:
             scope = await resolve_api_key(session, presented)
     if scope is None:
         message = "Enter an API key." if not presented else "That API key is not valid, or it has been revoked."
