@@ -154,9 +154,10 @@ def main() -> None:
     medians = {
         name: {
             "during_ingest": {
-                key: statistics.median(r["during_ingest"][key] for r in runs) for key in runs[0]["during_ingest"]
+                key: round(statistics.median(r["during_ingest"][key] for r in runs), 1)
+                for key in runs[0]["during_ingest"]
             },
-            "idle": {key: statistics.median(r["idle"][key] for r in runs) for key in runs[0]["idle"]},
+            "idle": {key: round(statistics.median(r["idle"][key] for r in runs), 1) for key in runs[0]["idle"]},
             "ingest_per_s": statistics.median(r["ingest_per_s"] for r in runs),
         }
         for name, runs in results.items()
