@@ -155,6 +155,35 @@ def test_deletions_are_answered_without_a_body(
         api("GET", "/v1/connections/{connection_id}", 404, connection_id=connection["id"])
 
 
+def test_the_documented_formats_are_the_ones_the_api_takes(database: DatabaseUnderTest, openapi_server: Server) -> None:
+    """The key and country formats the document states, against what the API accepts and refuses."""
+    tenant = new_tenant(database, openapi_server.base_url)
+    with tenant.client() as client:
+        schemas = client.get("/openapi.json").json()["components"]["schemas"]
+        connection, customer = schemas["ConnectionCreate"]["properties"], schemas["CustomerCreate"]["properties"]
+        keys = {"name": "Stripe", "secret_key": "sk_test_fmt1", "publishable_key": "pk_test_fmt1"}
+        cases = [
+            (connection, "secret_key", "rk_test_fmt2", "pk_test_fmt2"),
+            (connection, "publishable_key", "pk_test_fmt3", "sk_test_fmt3"),
+            (connection, "webhook_secret", "whsec_fmt+4/=", "wh_fmt4"),
+            (customer, "address_country", "de", "DEU"),
+        ]
+        for properties, field, accepted, refused in cases:
+            pattern = properties[field].get("pattern") or properties[field]["anyOf"][0]["pattern"]
+            assert re.search(pattern, accepted) and not re.search(pattern, refused), field
+            if properties is connection:
+                good = client.post("/v1/connections", json={**keys, field: accepted})
+                bad = client.post("/v1/connections", json={**keys, field: refused})
+                if good.status_code == 201:
+                    client.delete(f"/v1/connections/{good.json()['id']}")
+            else:
+                good = client.post("/v1/customers", json={"external_id": f"fmt-{field}", "name": "A", field: accepted})
+                bad = client.post("/v1/customers", json={"external_id": "fmt-bad", "name": "A", field: refused})
+            assert good.status_code == 201, (field, good.text)
+            assert_error(bad, 400, "validation_error")
+            assert field in bad.json()["details"]["fields"], (field, bad.text)
+
+
 def test_the_api_key_is_required_where_documented_and_only_there(openapi_server: Server) -> None:
     with httpx.Client(base_url=openapi_server.base_url, timeout=30) as anonymous:
         document = anonymous.get("/openapi.json").json()

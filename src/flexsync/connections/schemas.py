@@ -40,6 +40,11 @@ def _strip(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
 
 
+def _documented(pattern: re.Pattern[str]) -> Any:
+    """The format in /openapi.json (the check itself is _format_check's: it also strips surrounding spaces)."""
+    return Field(json_schema_extra={"pattern": f"^{pattern.pattern}$", "maxLength": MAX_KEY_LENGTH})
+
+
 def _format_check(pattern: re.Pattern[str], expected: str) -> Any:
     def check(value: SecretStr) -> SecretStr:
         plain = value.get_secret_value()
@@ -56,11 +61,13 @@ SecretKey = Annotated[
     AfterValidator(
         _format_check(SECRET_KEY_FORMAT, "a Stripe secret or restricted key: sk_test_, sk_live_, rk_test_ or rk_live_…")
     ),
+    _documented(SECRET_KEY_FORMAT),
 ]
 WebhookSecret = Annotated[
     SecretStr,
     BeforeValidator(_strip),
     AfterValidator(_format_check(WEBHOOK_SECRET_FORMAT, "a Stripe webhook signing secret: whsec_…")),
+    _documented(WEBHOOK_SECRET_FORMAT),
 ]
 
 
@@ -70,7 +77,9 @@ def _check_publishable_key(value: str) -> str:
     return value
 
 
-PublishableKey = Annotated[str, BeforeValidator(_strip), AfterValidator(_check_publishable_key)]
+PublishableKey = Annotated[
+    str, BeforeValidator(_strip), AfterValidator(_check_publishable_key), _documented(PUBLISHABLE_KEY_FORMAT)
+]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
 
 

@@ -83,7 +83,13 @@ Email = Annotated[
     BeforeValidator(_blank_to_none),
     AfterValidator(_check_email),
 ]
-Country = Annotated[str | None, BeforeValidator(_blank_to_none), AfterValidator(normalize_country)]
+# The format in /openapi.json; normalize_country checks it (surrounding spaces allowed) and that the code exists.
+Country = Annotated[
+    str | None,
+    BeforeValidator(_blank_to_none),
+    AfterValidator(normalize_country),
+    Field(json_schema_extra={"pattern": "^[A-Za-z]{2}$", "description": "ISO 3166-1 alpha-2 (any case; stored upper)"}),
+]
 Metadata = Annotated[dict[str, str] | None, AfterValidator(_check_metadata)]
 UTCTime = Annotated[datetime, AfterValidator(_in_utc)]
 
