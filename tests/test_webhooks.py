@@ -4,6 +4,7 @@ on SQLite and PostgreSQL: what is accepted, what is refused, and that each event
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import DatabaseUnderTest, Server, assert_error, new_tenant
+from tests.support import DatabaseUnderTest, Server, assert_error, new_tenant, wait_for
 from tests.webhook_support import (
     WEBHOOK_SECRET,
     InboundTenant,
@@ -296,3 +297,25 @@ def test_only_post_is_served_on_the_webhook_path(inbound: InboundTenant) -> None
     response = httpx.get(inbound.webhook_url, timeout=10)
     assert_refused(response, 405, "validation_error")
     assert inbound.events() == []
+
+
+def test_a_delivery_cut_off_mid_body_stores_nothing_and_is_no_error(
+    inbound: InboundTenant, inbound_server: Server
+) -> None:
+    body = json.dumps(stripe_event("customer.created", stripe_customer()), indent=2).encode()
+    head = (
+        f"POST {inbound.webhook_path} HTTP/1.1\r\nHost: flexsync\r\nContent-Type: application/json\r\n"
+        f"Stripe-Signature: {sign(body)}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    url = httpx.URL(inbound.tenant.base_url)
+    log_before = len(inbound_server.log())
+    with socket.create_connection((url.host, url.port or 80), timeout=10) as client:
+        client.sendall(head + body[: len(body) // 2])
+    # The server notices the closed connection while it waits for the rest of the body.
+    wait_for(lambda: "client went away" in inbound_server.log()[log_before:], what="the cut-off to be logged")
+
+    assert inbound.events() == []
+    log = inbound_server.log()[log_before:]
+    assert "unhandled error" not in log and "Traceback" not in log
+    # Stripe sends it again, whole: applied as usual.
+    inbound.deliver_ok(json.loads(body), expected_status="applied")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import structlog
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flexsync.kit.errors import error_response
@@ -116,6 +117,10 @@ class UnexpectedErrors:
 
         try:
             await self.app(scope, receive, watched_send)
+        except ClientDisconnect:
+            # The client went away before its request was read: there is no one to answer, and nothing went wrong
+            # here (a Stripe delivery so cut off is sent again).
+            log.info("client went away before its request was read", path=scope["path"])
         except Exception as exc:
             if started:
                 raise
