@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
@@ -374,6 +375,7 @@ def serve(
         )
         raise typer.Exit(code=1)
     _usable_secret_box(settings)
+    _usable_tls_files(settings)
 
     def prepare_database() -> tenancy.Bootstrap | None:
         if no_migrate:
@@ -411,10 +413,45 @@ def serve(
             port=settings.port,
             log_level=settings.log_level,
             access_log=False,
+            ssl_certfile=settings.tls_cert_file,
+            ssl_keyfile=settings.tls_key_file,
         )
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _usable_tls_files(settings: Settings) -> None:
+    """With HTTPS configured, the certificate and key must load together; else one line says why, and exit 1."""
+    if not settings.serves_https:
+        return
+    import ssl
+
+    files = {"FLEXSYNC_TLS_CERT_FILE": str(settings.tls_cert_file), "FLEXSYNC_TLS_KEY_FILE": str(settings.tls_key_file)}
+    problem = None
+    for variable, path in files.items():
+        try:
+            Path(path).read_bytes()
+        except OSError as exc:
+            problem = f"{variable}: {exc.strerror or type(exc).__name__} ({path})"
+            break
+    if problem is None:
+        try:
+            # An encrypted key would make OpenSSL ask for its password on the terminal: answering none refuses it.
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                files["FLEXSYNC_TLS_CERT_FILE"], files["FLEXSYNC_TLS_KEY_FILE"], password=lambda: b""
+            )
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                problem = "the private key in FLEXSYNC_TLS_KEY_FILE does not belong to the certificate"
+            else:
+                problem = (
+                    "FLEXSYNC_TLS_CERT_FILE must hold a PEM certificate (or chain) and FLEXSYNC_TLS_KEY_FILE its "
+                    f"unencrypted PEM private key ({exc.reason or exc})"
+                )
+    if problem is not None:
+        err_console.print(f"[red]error:[/red] cannot serve HTTPS: {problem}", highlight=False)
+        raise typer.Exit(code=1)
 
 
 def serving_app(settings: Settings | None = None) -> Any:
@@ -498,7 +535,9 @@ def _database_problem(exc: DBAPIError) -> str:
 def _settings_problem(exc: ValidationError) -> str:
     """Which FLEXSYNC_* variables are wrong and why; never their values (one may be a key)."""
     problems = [
-        f"FLEXSYNC_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg'].removeprefix('Value error, ')}"
+        # An error of several variables together has no location: its message names them.
+        (f"FLEXSYNC_{'_'.join(str(part) for part in error['loc']).upper()}: " if error["loc"] else "")
+        + error["msg"].removeprefix("Value error, ")
         for error in exc.errors()
     ]
     return "invalid configuration: " + "; ".join(problems)

@@ -6,7 +6,7 @@ from functools import lru_cache
 from typing import Literal
 
 from cryptography.fernet import Fernet
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     stripe_api_base: str = "https://api.stripe.com"
     # Base URL shown in webhook URLs; when unset, derived from the address `serve` binds to.
     public_url: str | None = None
+    # HTTPS served by flexsync itself, from a certificate (chain) and its private key, both PEM files: Stripe sends
+    # live-mode events only to https:// endpoints. Unset: plain HTTP, for a TLS-terminating proxy in front.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -103,13 +107,26 @@ class Settings(BaseSettings):
             )
         return days
 
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> Settings:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError(
+                "FLEXSYNC_TLS_CERT_FILE and FLEXSYNC_TLS_KEY_FILE go together: set both to serve HTTPS, or neither"
+            )
+        return self
+
+    @property
+    def serves_https(self) -> bool:
+        return bool(self.tls_cert_file and self.tls_key_file)
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
     @property
     def base_url(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        scheme = "https" if self.serves_https else "http"
+        return (self.public_url or f"{scheme}://{self.host}:{self.port}").rstrip("/")
 
     def webhook_url(self, tenant_id: str, environment_id: str) -> str:
         return f"{self.base_url}/v1/webhooks/stripe/{tenant_id}/{environment_id}"
