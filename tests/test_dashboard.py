@@ -304,6 +304,24 @@ def signed_in(dashboard: Server, tenant: TenantContext) -> Iterator[httpx.Client
         yield client
 
 
+def test_a_live_connection_with_a_plain_http_webhook_url_is_warned_about(
+    dashboard: Server, tenant: TenantContext
+) -> None:
+    # The dashboard server's public URL is http://127.0.0.1:PORT: fine for test mode, refused by Stripe for live.
+    with signed_in(dashboard, tenant) as client, tenant.client() as api:
+        keys = {"secret_key": "sk_test_httpwarn", "publishable_key": "pk_test_httpwarn"}
+        connection = api.post("/v1/connections", json={"name": "Stripe", **keys})
+        assert connection.status_code == 201, connection.text
+        assert "webhook-url-not-https" not in client.get("/settings/integrations").text
+        api.delete(f"/v1/connections/{connection.json()['id']}")
+
+        live = {"secret_key": "sk_live_httpwarn", "publishable_key": "pk_live_httpwarn"}
+        assert api.post("/v1/connections", json={"name": "Stripe", **live}).status_code == 201
+        page = client.get("/settings/integrations").text
+        assert 'id="webhook-url-not-https"' in page
+        assert "Stripe sends live-mode events only to HTTPS endpoints" in page
+
+
 def test_page_numbers_past_every_list(dashboard: Server, tenant: TenantContext) -> None:
     with signed_in(dashboard, tenant) as client:
         for path in ("/customers", "/sync-jobs", "/webhook-events", "/reconciliation"):
