@@ -184,6 +184,18 @@ def test_the_documented_formats_are_the_ones_the_api_takes(database: DatabaseUnd
             assert field in bad.json()["details"]["fields"], (field, bad.text)
 
 
+def test_every_operation_has_an_id_of_its_own_and_may_answer_503(openapi_server: Server) -> None:
+    """Client generators name their methods after operation ids and refuse duplicates; every /v1/ operation
+    documents the 503 (database busy or away) with its Retry-After."""
+    document = httpx.get(f"{openapi_server.base_url}/openapi.json", timeout=30).json()
+    operations = [(path, operation) for path, item in document["paths"].items() for operation in item.values()]
+    ids = [operation["operationId"] for _, operation in operations]
+    assert len(ids) == len(set(ids)), sorted(ids)
+    for path, operation in operations:
+        if path.startswith("/v1/"):
+            assert "Retry-After" in operation["responses"]["503"]["headers"], path
+
+
 def test_the_api_key_is_required_where_documented_and_only_there(openapi_server: Server) -> None:
     with httpx.Client(base_url=openapi_server.base_url, timeout=30) as anonymous:
         document = anonymous.get("/openapi.json").json()

@@ -8,7 +8,8 @@ elsewhere:
 - 400 `validation_error` where FastAPI would show 422: the app answers every invalid request with 400
   (kit.errors), so no operation ever answers 422;
 - 413 `payload_too_large` where a request body is taken (kit.middleware.BodySizeLimit);
-- 500 `internal_error` on every `/v1/` operation (an unexpected failure, e.g. the database unreachable);
+- 500 `internal_error` on every `/v1/` operation (an unexpected failure), and 503 `internal_error` with
+  `Retry-After` (the database busy or unreachable for now: kit.middleware.UnexpectedErrors);
 - the API key's security requirement on every operation that documents 401, which routers of authenticated
   routes declare once, with `responses=API_KEY_REQUIRED`.
 """
@@ -35,6 +36,11 @@ DESCRIPTIONS = {
     409: "already_exists",
     413: f"payload_too_large: the request body is over {MAX_BODY_BYTES // 2**20} MiB",
     500: "internal_error: an unexpected failure",
+    503: "internal_error: the database is busy or unreachable for now; send the request again after `Retry-After` "
+    "seconds",
+}
+RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait before sending the request again.", "schema": {"type": "integer"}}
 }
 
 SECURITY_SCHEMES = {
@@ -87,6 +93,7 @@ def _amend(document: dict[str, Any]) -> dict[str, Any]:
                 responses.setdefault("413", _error(DESCRIPTIONS[413]))
             if path.startswith("/v1/"):
                 responses.setdefault("500", _error(DESCRIPTIONS[500]))
+                responses.setdefault("503", {**_error(DESCRIPTIONS[503]), "headers": RETRY_AFTER})
             if "401" in responses:
                 operation["security"] = SECURITY
             operation["responses"] = dict(sorted(responses.items()))
