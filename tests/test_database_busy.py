@@ -2,7 +2,7 @@
 
 Every unit of work takes the lock when it begins. Reads (API GETs, dashboard pages, the API key check of every
 request) must not: while webhook batches and the worker write, a read waiting its turn for the lock took up to
-360 ms (BENCHMARKS.md), and one behind a long write failed after the busy timeout. Read sessions begin without
+615 ms (BENCHMARKS.md), and one behind a long write failed after the busy timeout. Read sessions begin without
 the lock, see the last commit, and cannot write. A write that waits out the busy timeout is answered 503 with
 Retry-After, changes nothing, and leaves the client's connection usable; so does a request that meets a
 PostgreSQL connection dropped by a restart or a failover."""

@@ -92,7 +92,7 @@ def read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession
     """Sessions for reading only, never committed (closing one ends its transaction).
 
     SQLite: their transactions neither take nor wait for the write lock, so an API read or a dashboard page
-    answers while webhook batches and the worker write (a GET's p99 during ingest: 360 ms with the write lock,
+    answers while webhook batches and the worker write (a GET's p99 during ingest: 290 ms with the write lock,
     60 ms without; BENCHMARKS.md), and a write in one fails (PRAGMA query_only). PostgreSQL: plain sessions,
     whose reads take no locks anyway; a write in one would be rolled back when it closes."""
     return async_sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False, autoflush=False)
