@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,10 @@ def _api_key(database_url: str, tenant_id: str, environment_id: str) -> str:
     return asyncio.run(issue())
 
 
-def _read_until(client: httpx.Client, done: threading.Event | float) -> list[float]:
-    """Milliseconds per read, one read every READ_EVERY_SECONDS, until the event is set or the seconds pass."""
-    deadline = time.monotonic() + done if isinstance(done, float) else None
+def _read_until(client: httpx.Client, done: Callable[[], bool]) -> list[float]:
+    """Milliseconds per read, one read every READ_EVERY_SECONDS, until `done()`."""
     latencies = []
-    while not (done.is_set() if isinstance(done, threading.Event) else time.monotonic() > (deadline or 0)):
+    while not done():
         started = time.perf_counter()
         response = client.get("/v1/customers", params={"limit": 25})
         latencies.append((time.perf_counter() - started) * 1000)
@@ -94,10 +94,11 @@ def run(args: argparse.Namespace, src: str | None) -> dict[str, Any]:
             base_url = f"http://127.0.0.1:{port}"
             wait_for(f"{base_url}/healthz", server)
             with httpx.Client(base_url=base_url, headers={"x-api-key": api_key}, timeout=60) as client:
-                idle = _read_until(client, args.idle_seconds)
+                idle_until = time.monotonic() + args.idle_seconds
+                idle = _read_until(client, lambda: time.monotonic() > idle_until)
                 load_done = threading.Event()
                 during: list[float] = []
-                reader = threading.Thread(target=lambda: during.extend(_read_until(client, load_done)))
+                reader = threading.Thread(target=lambda: during.extend(_read_until(client, load_done.is_set)))
                 reader.start()
                 try:
                     command = [

@@ -32,11 +32,10 @@ class Database:
         self.sessions = session_factory(self.engine)
         self.reads = read_session_factory(self.engine)
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncSession]:
-        """A session that only reads (db.read_session_factory): on SQLite it never waits for a writer."""
-        async with self.reads() as session:
-            yield session
+    def read(self) -> AsyncSession:
+        """A session that only reads (db.read_session_factory), for `async with`: on SQLite it never waits for a
+        writer."""
+        return self.reads()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
