@@ -16,10 +16,10 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import OperationalError
 
-from flexsync.db import create_engine, read_session_factory, session_factory, transaction
+from flexsync.db import ReadSessionWrite, create_engine, read_session_factory, session_factory, transaction
 from flexsync.ids import new_id
 from flexsync.models import Tenant
 from tests.support import DatabaseUnderTest, drop_every_connection
@@ -101,8 +101,10 @@ def test_a_read_session_cannot_write_and_its_connection_writes_again_afterwards(
         reads, units = read_session_factory(engine), session_factory(engine)
         try:
             async with reads() as session:
+                # On the session's connection, past the session's own refusal: SQLite's query_only refuses it.
+                connection = await session.connection()
                 with pytest.raises(OperationalError, match="readonly"):
-                    await session.execute(
+                    await connection.execute(
                         text("INSERT INTO tenants (id, name, created_at) VALUES (:id, :name, CURRENT_TIMESTAMP)"),
                         {"id": new_id("tenant"), "name": name},
                     )
@@ -115,6 +117,40 @@ def test_a_read_session_cannot_write_and_its_connection_writes_again_afterwards(
             await engine.dispose()
 
     assert asyncio.run(scenario()) == [name]
+
+
+def test_a_write_in_a_read_session_fails_on_either_backend_and_nothing_is_written(database: DatabaseUnderTest) -> None:
+    """On PostgreSQL a read session is a plain session, which would roll a stray write back silently when it
+    closes; the session itself refuses it, so a write that ends up in a read path fails there too."""
+    name = f"stray-{new_id('x')}"
+    insert_sql = "INSERT INTO tenants (id, name, created_at) VALUES (:id, :name, CURRENT_TIMESTAMP)"
+
+    async def scenario() -> list[str]:
+        engine = create_engine(database.url)
+        reads = read_session_factory(engine)
+        try:
+            async with reads() as session:
+                session.add(Tenant(id=new_id("tenant"), name=name))
+                with pytest.raises(ReadSessionWrite):
+                    await session.flush()
+            async with reads() as session:
+                with pytest.raises(ReadSessionWrite):
+                    await session.execute(update(Tenant).where(Tenant.name == "nobody").values(name=name))
+                with pytest.raises(ReadSessionWrite):
+                    await session.execute(text(insert_sql), {"id": new_id("tenant"), "name": name})
+                with pytest.raises(ReadSessionWrite):
+                    await session.execute(
+                        text(f"WITH w AS ({insert_sql} RETURNING id) SELECT count(*) FROM w"),  # noqa: S608
+                        {"id": new_id("tenant"), "name": name},
+                    )
+                # Reading still works in the same session.
+                assert (await session.execute(select(Tenant.name).where(Tenant.name == name))).all() == []
+            async with transaction(session_factory(engine)) as session:
+                return list((await session.execute(select(Tenant.name).where(Tenant.name == name))).scalars())
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(scenario()) == []
 
 
 def test_a_request_that_meets_a_dropped_postgresql_connection_answers_503_and_the_next_one_works(

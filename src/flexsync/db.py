@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import CursorResult, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.pool import NullPool
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -88,14 +90,51 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+class ReadSessionWrite(RuntimeError):
+    """A write was attempted in a read session: a programming error (the write belongs in a unit of work)."""
+
+
+class _ReadSession(Session):
+    """The synchronous session behind a read session: refuses, before anything reaches the database, a flush of
+    ORM changes and an INSERT, UPDATE or DELETE statement (see read_session_factory)."""
+
+
+# SQL text that writes: it begins with a writing verb, or holds one in a data-modifying CTE, `WITH w AS (INSERT`.
+_WRITING_SQL = re.compile(r"^\s*(?:INSERT|UPDATE|DELETE|MERGE|TRUNCATE)\b|\(\s*(?:INSERT|UPDATE|DELETE|MERGE)\b", re.I)
+
+
+def _writes(statement: Any) -> bool:
+    if isinstance(statement, TextClause):
+        return _WRITING_SQL.search(statement.text) is not None
+    return bool(getattr(statement, "is_dml", False))
+
+
+@event.listens_for(_ReadSession, "before_flush")
+def _refuse_flush(session: Session, _context: Any, _instances: Any) -> None:
+    raise ReadSessionWrite("a read session cannot write: do this in a unit of work (db.transaction())")
+
+
+@event.listens_for(_ReadSession, "do_orm_execute")
+def _refuse_dml(state: ORMExecuteState) -> None:
+    if _writes(state.statement):
+        raise ReadSessionWrite("a read session cannot write: do this in a unit of work (db.transaction())")
+
+
 def read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions for reading only, never committed (closing one ends its transaction).
 
     SQLite: their transactions neither take nor wait for the write lock, so an API read or a dashboard page
     answers while webhook batches and the worker write (a GET's p99 during ingest: 290 ms with the write lock,
-    60 ms without; BENCHMARKS.md), and a write in one fails (PRAGMA query_only). PostgreSQL: plain sessions,
-    whose reads take no locks anyway; a write in one would be rolled back when it closes."""
-    return async_sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False, autoflush=False)
+    60 ms without; BENCHMARKS.md). On both backends a write through the session (an ORM flush, an INSERT,
+    UPDATE or DELETE) raises ReadSessionWrite at once, so a write that strayed into a read path fails its tests
+    on PostgreSQL too, where the session would otherwise roll it back silently when it closes; on SQLite
+    `PRAGMA query_only` refuses any other write as well."""
+    return async_sessionmaker(
+        engine.execution_options(**{READ_ONLY: True}),
+        sync_session_class=_ReadSession,
+        expire_on_commit=False,
+        autoflush=False,
+    )
 
 
 @asynccontextmanager
