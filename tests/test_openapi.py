@@ -184,6 +184,37 @@ def test_the_documented_formats_are_the_ones_the_api_takes(database: DatabaseUnd
             assert field in bad.json()["details"]["fields"], (field, bad.text)
 
 
+def test_null_is_refused_exactly_where_the_document_says_a_field_is_not_nullable(
+    database: DatabaseUnderTest, openapi_server: Server
+) -> None:
+    """Partial updates: a field the document shows without `null` may be left out, but sent as null answers 400
+    naming it; a field shown with `null` takes it (200)."""
+    tenant = new_tenant(database, openapi_server.base_url)
+    with tenant.client() as client:
+        schemas = client.get("/openapi.json").json()["components"]["schemas"]
+        keys = {"secret_key": "sk_test_null1", "publishable_key": "pk_test_null1", "webhook_secret": WEBHOOK_SECRET}
+        connection = client.post("/v1/connections", json={"name": "Stripe", **keys})
+        customer = client.post("/v1/customers", json={"external_id": "null-1", "name": "Ada"})
+        assert (connection.status_code, customer.status_code) == (201, 201)
+        updates = {
+            "ConnectionUpdate": f"/v1/connections/{connection.json()['id']}",
+            "CustomerUpdate": f"/v1/customers/{customer.json()['id']}",
+        }
+        checked = {True: [], False: []}
+        for model, url in updates.items():
+            for field, schema in schemas[model]["properties"].items():
+                nullable = any(branch.get("type") == "null" for branch in schema.get("anyOf", []))
+                answer = client.put(url, json={field: None})
+                if nullable:
+                    assert answer.status_code == 200, (model, field, answer.text)
+                else:
+                    assert_error(answer, 400, "validation_error")
+                    assert field in answer.json()["details"]["fields"], (model, field, answer.text)
+                checked[nullable].append(f"{model}.{field}")
+        assert {"CustomerUpdate.name", "ConnectionUpdate.secret_key"} <= set(checked[False]), checked
+        assert {"CustomerUpdate.email", "ConnectionUpdate.webhook_secret"} <= set(checked[True]), checked
+
+
 def test_every_operation_has_an_id_of_its_own_and_may_answer_503(openapi_server: Server) -> None:
     """Client generators name their methods after operation ids and refuse duplicates; every /v1/ operation
     documents the 503 (database busy or away) with its Retry-After."""

@@ -11,11 +11,11 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, SecretStr, StringConstraints
 
 from flexsync.connections.settings import ConnectionSettings
 from flexsync.kit.pagination import ListPage
-from flexsync.kit.schemas import ResponseModel, StrictModel
+from flexsync.kit.schemas import ResponseModel, StrictModel, not_nullable
 
 Mode = Literal["test", "live"]
 
@@ -25,6 +25,8 @@ WEBHOOK_SECRET_FORMAT = re.compile(r"whsec_[A-Za-z0-9_+/=-]+")
 MAX_KEY_LENGTH = 255
 # Room for a rollover (new + old) and one spare; Stripe itself keeps two signing secrets at a time.
 MAX_WEBHOOK_SECRETS = 3
+# Fields of an update that may be left out but not sent as null (connections.service refuses null).
+NOT_NULLABLE = ("name", "secret_key", "publishable_key", "settings", "status", "add_webhook_secret")
 
 
 def key_mode(key: str) -> Mode:
@@ -84,6 +86,10 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 
 
 class ConnectionCreate(StrictModel):
+    """The Stripe connection of the API key's environment. Both keys must be of one mode: `sk_test_`/`rk_test_`
+    with `pk_test_`, or `sk_live_`/`rk_live_` with `pk_live_` (400 otherwise); the mode is the connection's for
+    good."""
+
     name: Name
     provider: Literal["stripe"] = "stripe"
     secret_key: SecretKey
@@ -101,6 +107,8 @@ class ConnectionCreate(StrictModel):
 
 class ConnectionUpdate(StrictModel):
     """Partial update: only the fields present in the body change."""
+
+    model_config = ConfigDict(json_schema_extra=not_nullable(*NOT_NULLABLE))
 
     name: Name | None = None
     secret_key: SecretKey | None = Field(

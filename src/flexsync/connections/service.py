@@ -15,7 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.config import Settings
 from flexsync.connections import repository, secrets
-from flexsync.connections.schemas import MAX_WEBHOOK_SECRETS, ConnectionCreate, ConnectionUpdate, key_mode
+from flexsync.connections.schemas import (
+    MAX_WEBHOOK_SECRETS,
+    NOT_NULLABLE,
+    ConnectionCreate,
+    ConnectionUpdate,
+    key_mode,
+)
 from flexsync.connections.settings import effective_settings
 from flexsync.crypto import SecretBox
 from flexsync.ids import new_id
@@ -25,7 +31,6 @@ from flexsync.stripe.client import stripe_client, stripe_http_client
 from flexsync.tenancy.service import Scope
 
 WEBHOOK_SECRET_CHANGES = ("webhook_secret", "add_webhook_secret", "remove_old_webhook_secrets")
-NOT_NULLABLE = ("name", "secret_key", "publishable_key", "settings", "status", "add_webhook_secret")
 
 
 def connection_to_dict(connection: StripeConnection, settings: Settings) -> dict[str, Any]:

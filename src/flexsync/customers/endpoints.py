@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from flexsync.customers import repository, service
@@ -115,14 +117,23 @@ async def update_customer(customer_id: str, body: CustomerUpdate, scope: AuthSco
     return await _update(db, scope, body, customer_id=customer_id, external_id=None)
 
 
-@router.put("", response_model=Customer, responses=errors(404, ALREADY_EXISTS))
+@router.put(
+    "",
+    response_model=Customer,
+    responses=errors(
+        (400, "validation_error: also when neither or both of the query parameters are given"), 404, ALREADY_EXISTS
+    ),
+)
 async def update_customer_by_query(
     body: CustomerUpdate,
     scope: AuthScope,
     db: DB,
-    id: str | None = None,
-    external_customer_id: str | None = None,
+    id: Annotated[str | None, Query(description="The customer's id; give this or `external_customer_id`.")] = None,
+    external_customer_id: Annotated[
+        str | None, Query(description="The published customer's external_id; give this or `id`.")
+    ] = None,
 ) -> JSONResponse:
+    """FlexPrice's form of the partial update: the customer named by exactly one of the query parameters."""
     if (id is None) == (external_customer_id is None):
         raise ValidationFailed("give exactly one of the query parameters id or external_customer_id")
     return await _update(db, scope, body, customer_id=id, external_id=external_customer_id)

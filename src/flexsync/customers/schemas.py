@@ -7,17 +7,19 @@ from typing import Annotated, Any, Literal
 
 import pycountry
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from flexsync.jobs.schemas import JobStatus, SyncJob
 from flexsync.kit.pagination import MAX_OFFSET, ListPage
-from flexsync.kit.schemas import ResponseModel, StrictModel
+from flexsync.kit.schemas import ResponseModel, StrictModel, not_nullable
 
 # Stripe's own limits, since every customer may be pushed there.
 METADATA_MAX_KEYS = 50
 METADATA_KEY_MAX = 40
 METADATA_VALUE_MAX = 500
 SYNC_OWNED_METADATA_KEYS = frozenset({"stripe_customer_id"})
+# Fields of a partial update that may be left out but not cleared (customers.service refuses null).
+NOT_NULLABLE = ("external_id", "name")
 
 
 def _blank_to_none(value: Any) -> Any:
@@ -85,10 +87,13 @@ Email = Annotated[
 ]
 # The format in /openapi.json; normalize_country checks it (surrounding spaces allowed) and that the code exists.
 Country = Annotated[
-    str | None,
+    Annotated[str, WithJsonSchema({"type": "string", "pattern": "^[A-Za-z]{2}$"})] | None,
     BeforeValidator(_blank_to_none),
     AfterValidator(normalize_country),
-    Field(json_schema_extra={"pattern": "^[A-Za-z]{2}$", "description": "ISO 3166-1 alpha-2 (any case; stored upper)"}),
+    Field(
+        description="An assigned ISO 3166-1 alpha-2 code, like US or DE, in any case (stored upper case); two "
+        "letters that name no country, like XX, are refused."
+    ),
 ]
 Metadata = Annotated[dict[str, str] | None, AfterValidator(_check_metadata)]
 UTCTime = Annotated[datetime, AfterValidator(_in_utc)]
@@ -123,6 +128,8 @@ class CustomerCreate(CustomerFields):
 
 class CustomerUpdate(CustomerFields):
     """Partial update: only the fields present in the body change."""
+
+    model_config = ConfigDict(json_schema_extra=not_nullable(*NOT_NULLABLE))
 
     external_id: RequiredText255 | None = None
     name: RequiredText255 | None = None

@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.customers import repository
-from flexsync.customers.schemas import SYNC_OWNED_METADATA_KEYS, CustomerCreate, CustomerUpdate
+from flexsync.customers.schemas import NOT_NULLABLE, SYNC_OWNED_METADATA_KEYS, CustomerCreate, CustomerUpdate
 from flexsync.ids import new_id
 from flexsync.kit.errors import AlreadyExists, NotFound, ValidationFailed
 from flexsync.models import Customer, utcnow
@@ -169,10 +169,9 @@ async def update_customer(
 ) -> set[str]:
     """Apply the fields present in `data`; returns the names of the fields that actually changed."""
     given = data.model_fields_set
-    if "name" in given and data.name is None:
-        raise ValidationFailed("name must not be blank", {"fields": {"name": "must not be blank"}})
-    if "external_id" in given and data.external_id is None:
-        raise ValidationFailed("external_id must not be blank", {"fields": {"external_id": "must not be blank"}})
+    for name in NOT_NULLABLE:
+        if name in given and getattr(data, name) is None:
+            raise ValidationFailed(f"{name} must not be blank", {"fields": {name: "must not be blank"}})
     if customer.status != "published":
         raise ValidationFailed(f"customer {customer.id} is archived and cannot be changed")
     if data.external_id is not None and data.external_id != customer.external_id:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -18,6 +19,22 @@ class StrictModel(BaseModel):
         if contains_nul(value):
             raise ValueError(NUL_PROBLEM)
         return value
+
+
+def not_nullable(*names: str) -> Callable[[dict[str, Any]], None]:
+    """For a partial update's `model_config` (`json_schema_extra`): these fields may be left out but not sent as
+    null, which the service refuses with a 400 naming the field; the document shows them without the null."""
+
+    def edit(schema: dict[str, Any]) -> None:
+        for name in names:
+            field = schema["properties"][name]
+            branches = [branch for branch in field.pop("anyOf") if branch.get("type") != "null"]
+            if len(branches) == 1:
+                field.update(branches[0])
+            else:
+                field["anyOf"] = branches
+
+    return edit
 
 
 class ResponseModel(BaseModel):
