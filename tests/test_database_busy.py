@@ -10,19 +10,31 @@ PostgreSQL connection dropped by a restart or a failover."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from flexsync.db import ReadSessionWrite, create_engine, read_session_factory, session_factory, transaction
+from flexsync.db import (
+    ReadSessionWrite,
+    create_engine,
+    read_session_factory,
+    session_factory,
+    temporary_failure,
+    transaction,
+)
 from flexsync.ids import new_id
 from flexsync.models import Tenant
-from tests.support import DatabaseUnderTest, drop_every_connection
+from tests.support import DatabaseUnderTest, Server, TenantContext, drop_every_connection, new_tenant, start_server
+from tests.webhook_support import add_stripe_connection, sign, stripe_customer, stripe_event
 
 
 def sqlite_path(database: DatabaseUnderTest) -> str:
@@ -167,3 +179,97 @@ def test_a_request_that_meets_a_dropped_postgresql_connection_answers_503_and_th
     assert failed.json()["code"] == "internal_error" and "unreachable" in failed.json()["message"]
     # The same client connection; the server has replaced its pool's dead connections.
     assert api.get("/v1/customers").status_code == 200
+
+
+def test_a_server_opens_no_more_postgresql_connections_than_it_is_allowed(
+    fresh_db: DatabaseUnderTest, tmp_path: Path
+) -> None:
+    """FLEXSYNC_DATABASE_MAX_CONNECTIONS caps a process's pool, so that many processes sharing one PostgreSQL
+    stay within its max_connections: under 80 concurrent requests (API reads and webhook deliveries) a server
+    allowed 2 never holds more than 2 and answers every request; the same load makes a server with the default
+    open more (so the count would see a cap that is not kept)."""
+    if fresh_db.backend != "postgresql":
+        pytest.skip("PostgreSQL's connections")
+    database_name = make_url(fresh_db.url).database
+
+    async def load(server: Server, tenant: TenantContext) -> tuple[list[int], int]:
+        sampler = create_engine(fresh_db.url, null_pool=True)
+        most = 0
+        done = asyncio.Event()
+
+        async def sample() -> None:
+            nonlocal most
+            async with sampler.connect() as connection:
+                while not done.is_set():
+                    count = await connection.scalar(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = :database "
+                            "AND pid <> pg_backend_pid()"
+                        ),
+                        {"database": database_name},
+                    )
+                    most = max(most, int(count or 0))
+                    await connection.commit()  # pg_stat_activity is read once per transaction
+                    await asyncio.sleep(0.002)
+
+        async def deliver(client: httpx.AsyncClient, n: int) -> int:
+            body = json.dumps(stripe_event("customer.created", stripe_customer(f"cus_pool{n}"))).encode()
+            url = f"/v1/webhooks/stripe/{tenant.tenant_id}/{tenant.environment_id}"
+            return (await client.post(url, content=body, headers={"stripe-signature": sign(body)})).status_code
+
+        async def read(client: httpx.AsyncClient) -> int:
+            return (await client.get("/v1/customers", headers={"x-api-key": tenant.api_key})).status_code
+
+        limits = httpx.Limits(max_connections=80)
+        try:
+            sampling = asyncio.create_task(sample())
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=60, limits=limits) as client:
+                for _ in range(3):
+                    requests = [deliver(client, next(numbers)) for _ in range(40)] + [read(client) for _ in range(40)]
+                    statuses = await asyncio.gather(*requests)
+            done.set()
+            await sampling
+        finally:
+            await sampler.dispose()
+        return list(statuses), most
+
+    numbers = itertools.count()
+    results = {}
+    for allowed in ("2", None):
+        env = {"FLEXSYNC_DATABASE_MAX_CONNECTIONS": allowed} if allowed else {}
+        server = start_server(fresh_db, tmp_path, "--no-worker", **env)
+        try:
+            tenant = new_tenant(fresh_db, server.base_url)
+            add_stripe_connection(fresh_db, tenant)
+            results[allowed] = asyncio.run(load(server, tenant))
+        finally:
+            server.stop()
+    statuses, most = results["2"]
+    assert set(statuses) == {200}, statuses
+    assert 1 <= most <= 2, most
+    assert set(results[None][0]) == {200} and results[None][1] > 2, results[None][1]
+
+
+def test_waiting_too_long_for_a_pooled_connection_is_a_temporary_failure(fresh_db: DatabaseUnderTest) -> None:
+    """All of a process's connections in use for longer than it waits: the request is answered 503 with
+    Retry-After (kit.middleware asks temporary_failure), not 500."""
+    if fresh_db.backend != "postgresql":
+        pytest.skip("PostgreSQL's connection pool")
+
+    async def scenario() -> str | None:
+        engine = create_engine(fresh_db.url, max_connections=2, pool_wait_seconds=0.2)
+        try:
+            async with engine.connect() as first, engine.connect() as second:
+                await first.execute(text("SELECT 1"))
+                await second.execute(text("SELECT 1"))
+                try:
+                    async with engine.connect() as third:
+                        await third.execute(text("SELECT 1"))
+                except Exception as exc:
+                    return temporary_failure(exc)
+                return "a third connection was opened"
+        finally:
+            await engine.dispose()
+
+    message = asyncio.run(scenario())
+    assert message is not None and "FLEXSYNC_DATABASE_MAX_CONNECTIONS" in message, message

@@ -28,7 +28,7 @@ def postgres(tmp_path: Path) -> Iterator[DatabaseUnderTest]:
 
 def on_one_connection(db: DatabaseUnderTest, work: Callable[[AsyncEngine], Awaitable[None]]) -> None:
     async def scenario() -> None:
-        engine = create_engine(db.url, pool_size=1)
+        engine = create_engine(db.url, max_connections=2)
         try:
             await work(engine)
         finally:

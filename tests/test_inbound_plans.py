@@ -53,7 +53,7 @@ def plans_after_rounds(
     `on_driver`: the transactions are held by the driver, as the webhook path's are (db.driver_transaction)."""
 
     async def scenario() -> list[Plans]:
-        engine = create_engine(db.url, pool_size=1)
+        engine = create_engine(db.url, max_connections=2)
         try:
             sessions = session_factory(engine)
             for n in range(BATCHES):

@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url)
+        engine = create_engine(settings.database_url, max_connections=settings.database_max_connections)
         app.state.db = Database(settings=settings, engine=engine, box=secret_box(settings))
         worker = Worker(app.state.db, concurrency=settings.worker_concurrency) if settings.run_worker else None
         webhooks = app.state.webhooks = WebhookPipeline(app.state.db)

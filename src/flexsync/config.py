@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     # How long `serve` and `worker` keep trying, at start, a PostgreSQL that cannot be reached yet (starting up
     # beside them, restarting, failing over) before giving up; 0: give up at once.
     database_wait_seconds: float = Field(30.0, ge=0)
+    # The most PostgreSQL connections one process opens from its pool (a worker also holds one for LISTEN).
+    database_max_connections: int = Field(40, ge=2, le=1000)
 
     @field_validator("database_url")
     @classmethod

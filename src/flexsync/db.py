@@ -20,12 +20,15 @@ from sqlalchemy import Executable, Result, TextClause, event, text
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import CursorResult, make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.pool import NullPool
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+# How long a session waits for a pooled PostgreSQL connection when all of the process's are in use.
+POOL_WAIT_SECONDS = 30.0
 # The execution option that marks the engine behind read sessions (read_session_factory), and the key in a pooled
 # SQLite connection's info telling whether its PRAGMA query_only is on.
 READ_ONLY = "flexsync_read_only"
@@ -37,8 +40,21 @@ def is_sqlite_url(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str, *, pool_size: int = 20, null_pool: bool = False) -> AsyncEngine:
-    """One engine per process. SQLite gets WAL and a busy timeout so API and worker processes can share it."""
+DEFAULT_MAX_CONNECTIONS = 40
+
+
+def create_engine(
+    url: str,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    pool_wait_seconds: float = POOL_WAIT_SECONDS,
+    null_pool: bool = False,
+) -> AsyncEngine:
+    """One engine per process. SQLite gets WAL and a busy timeout so API and worker processes can share it.
+
+    PostgreSQL: at most `max_connections` open at once (FLEXSYNC_DATABASE_MAX_CONNECTIONS), half of them kept
+    open while idle; a session that finds them all in use waits for one, up to `pool_wait_seconds`, then fails
+    with a temporary failure (503 to an API client)."""
     if is_sqlite_url(url):
         engine = create_async_engine(
             url,
@@ -51,8 +67,9 @@ def create_engine(url: str, *, pool_size: int = 20, null_pool: bool = False) -> 
         {"poolclass": NullPool}
         if null_pool
         else {
-            "pool_size": pool_size,
-            "max_overflow": pool_size,
+            "pool_size": (max_connections + 1) // 2,
+            "max_overflow": max_connections - (max_connections + 1) // 2,
+            "pool_timeout": pool_wait_seconds,
             "pool_pre_ping": False,
         }
     )
@@ -286,6 +303,11 @@ def temporary_failure(exc: BaseException) -> str | None:
         )
     if is_unavailable(exc):
         return "the database is unreachable; try again"
+    if any(isinstance(cause, PoolTimeout) for cause in _causes(exc)):
+        return (
+            f"the server is busy: all of its database connections stayed in use for {POOL_WAIT_SECONDS:g} s "
+            "(FLEXSYNC_DATABASE_MAX_CONNECTIONS); nothing was changed, try again"
+        )
     return None
 
 

@@ -278,7 +278,9 @@ class Worker:
 
 async def run_worker(settings: Settings, concurrency: int, box: SecretBox) -> None:
     """`flexsync worker`: run until SIGINT or SIGTERM, then shut down gracefully."""
-    engine = create_engine(settings.database_url, pool_size=concurrency + 2)
+    # A connection per job at most, and a few for the polling, the sweeps and pruning.
+    connections = min(settings.database_max_connections, 2 * (concurrency + 2))
+    engine = create_engine(settings.database_url, max_connections=connections)
     db = Database(settings=settings, engine=engine, box=box)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -252,7 +252,7 @@ async def run_in_foreground(
     """Start or resume a run on the connection and carry it out in this process, to the end or until it stops.
 
     Raises APIError when the run cannot start (unknown connection, another run in progress)."""
-    engine = create_engine(settings.database_url, pool_size=4)
+    engine = create_engine(settings.database_url, max_connections=min(settings.database_max_connections, 8))
     db = Database(settings=settings, engine=engine, box=secret_box(settings))
     holder = f"cli:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
     caller = StripeCaller(db)
