@@ -413,6 +413,7 @@ def serve(
             port=settings.port,
             log_level=settings.log_level,
             access_log=False,
+            timeout_keep_alive=settings.http_keep_alive_seconds,
             ssl_certfile=settings.tls_cert_file,
             ssl_keyfile=settings.tls_key_file,
         )

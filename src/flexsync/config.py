@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     tls_key_file: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # How long `serve` keeps an idle client connection open. Longer than the idle timeout of the usual load
+    # balancers and proxies (60 s for AWS's, nginx's and others'), so that they, not flexsync, close an idle
+    # connection: a server that closes first races the proxy's next request on it, which then fails (a 502).
+    http_keep_alive_seconds: int = Field(75, ge=1, le=3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
 

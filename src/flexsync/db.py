@@ -25,6 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.pool import NullPool
 
+from flexsync.metrics import DB_CONNECTIONS_IN_USE
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 # How long a session waits for a pooled PostgreSQL connection when all of the process's are in use.
@@ -73,7 +75,20 @@ def create_engine(
             "pool_pre_ping": False,
         }
     )
-    return create_async_engine(url, **kwargs)
+    engine = create_async_engine(url, **kwargs)
+    if not null_pool:
+        _count_connections_in_use(engine)
+    return engine
+
+
+def _count_connections_in_use(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine.pool, "checkout")
+    def _on_checkout(*_args: Any) -> None:
+        DB_CONNECTIONS_IN_USE.inc()
+
+    @event.listens_for(engine.sync_engine.pool, "checkin")
+    def _on_checkin(*_args: Any) -> None:
+        DB_CONNECTIONS_IN_USE.dec()
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -24,6 +24,12 @@ WEBHOOK_BATCH = Histogram(
 SYNC_JOBS = Counter("flexsync_sync_jobs_total", "Outbound sync jobs finished", ["kind", "outcome"])
 STRIPE_REQUESTS = Counter("flexsync_stripe_requests_total", "Requests made to Stripe", ["operation", "status"])
 STRIPE_LATENCY = Histogram("flexsync_stripe_request_seconds", "Latency of requests to Stripe", ["operation"])
+
+# PostgreSQL connections taken from the process's pool and not yet returned (summed over the server's live
+# processes): against FLEXSYNC_DATABASE_MAX_CONNECTIONS, how close the server runs to its cap.
+DB_CONNECTIONS_IN_USE = Gauge(
+    "flexsync_db_connections_in_use", "PostgreSQL connections in use from the pool", multiprocess_mode="livesum"
+)
 
 
 def exposition() -> bytes:
