@@ -522,6 +522,9 @@ def test_webhook_events_are_listed_newest_first_with_filters(inbound: InboundTen
         "next_attempt_at",
     }  # fmt: skip
     assert [e["stripe_event_id"] for e in inbound.events(status="ignored")] == [other["id"]]
+    # Totals count this environment's events alone (the module's other tenants have theirs in the same table).
+    for params, total in (({"status": "ignored"}, 1), ({"type": "customer.created"}, 1), ({"status": "failed"}, 0)):
+        assert inbound.api.get("/v1/webhook-events", params=params).json()["pagination"]["total"] == total, params
     assert [e["stripe_event_id"] for e in inbound.events(type="customer.created")] == [created["id"]]
     page = inbound.api.get("/v1/webhook-events", params={"limit": 1, "offset": 1}).json()
     assert [e["stripe_event_id"] for e in page["items"]] == [created["id"]] and page["pagination"]["total"] == 2

@@ -142,16 +142,22 @@ def _scoped(scope: Scope) -> Any:
 async def list_page(
     session: AsyncSession, scope: Scope, status: str | None, event_type: str | None, limit: int, offset: int
 ) -> tuple[list[WebhookEvent], int]:
-    """The scope's events, newest first. The payload column is not loaded: a list never shows it."""
-    condition = _scoped(scope)
+    """The scope's events, newest first. The payload column is not loaded: a list never shows it.
+
+    The total is counted by environment alone: an environment id names one environment of one tenant (the
+    scope's, checked with its API key), and without the tenant column PostgreSQL counts an environment's events
+    from `ix_webhook_events_env_received` alone, an index-only scan, instead of reading every row of the table
+    (2 million events: about 0.2 s instead of 0.8; BENCHMARKS.md)."""
+    filters = []
     if status is not None:
-        condition = and_(condition, WebhookEvent.status == status)
+        filters.append(WebhookEvent.status == status)
     if event_type is not None:
-        condition = and_(condition, WebhookEvent.type == event_type)
-    total = (await session.execute(select(func.count()).select_from(WebhookEvent).where(condition))).scalar_one()
+        filters.append(WebhookEvent.type == event_type)
+    in_environment = WebhookEvent.environment_id == scope.environment_id
+    total = (await session.execute(select(func.count()).where(in_environment, *filters))).scalar_one()
     stmt = (
         select(WebhookEvent)
-        .where(condition)
+        .where(_scoped(scope), *filters)
         .order_by(WebhookEvent.received_at.desc(), WebhookEvent.id.desc())
         .limit(limit)
         .offset(offset)

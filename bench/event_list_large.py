@@ -1,0 +1,138 @@
+"""`GET /v1/webhook-events` on PostgreSQL when an environment has millions of stored events.
+
+Builds one database: a tenant, an environment, a Stripe connection and `--events` stored webhook events (90 days
+of a busy account: mostly `applied`, 1 in 1,000 `failed`, 1 in 97 `ignored`, a few `customer.deleted`), vacuumed
+and analysed as autovacuum would leave an append-mostly table. Then `flexsync serve --no-worker` answers the
+list (first page, 50 items, with its total) unfiltered, by status and by type; each is asked `--requests` times
+and the median reported. With `--baseline SRC` (the `src/` of another checkout) each round runs that version
+too on the same database, alternating which goes first.
+
+    python bench/event_list_large.py [--events 2000000] [--rounds 3] [--baseline ../wt-base/src]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import httpx
+from cryptography.fernet import Fernet
+
+from measure import free_port
+from webhook_ingest import fresh_database, seed_flexsync, stop, wait_for
+
+QUERIES = {
+    "all": {},
+    "status=failed": {"status": "failed"},
+    "status=applied": {"status": "applied"},
+    "type=customer.deleted": {"type": "customer.deleted"},
+}
+
+FILL = """
+INSERT INTO webhook_events (id, tenant_id, environment_id, connection_id, stripe_event_id, type, stripe_object_id,
+    stripe_created, livemode, payload, status, attempts, received_at, processed_at)
+SELECT 'whevt_' || lpad(g::text, 12, '0'), $1, $2, $3, 'evt_' || g,
+    CASE WHEN g % 50 = 0 THEN 'customer.deleted' WHEN g % 2 = 0 THEN 'customer.updated' ELSE 'customer.created' END,
+    'cus_' || (g / 3), 1700000000 + g, false, repeat('x', 600),
+    CASE WHEN g % 1000 = 0 THEN 'failed' WHEN g % 97 = 0 THEN 'ignored' ELSE 'applied' END, 1,
+    now() - make_interval(secs => ($4 - g) * 4), now()
+FROM generate_series(1, $4) AS g
+"""
+
+
+async def _fill(dsn: str, tenant_id: str, environment_id: str, events: int) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        connection_id = await conn.fetchval("SELECT id FROM connections WHERE environment_id = $1", environment_id)
+        await conn.execute(FILL, tenant_id, environment_id, connection_id, events)
+        await conn.execute("VACUUM ANALYZE webhook_events")
+    finally:
+        await conn.close()
+
+
+async def _api_key(database_url: str, tenant_id: str, environment_id: str) -> str:
+    from flexsync.db import create_engine, session_factory, transaction
+    from flexsync.tenancy import service as tenancy
+
+    engine = create_engine(database_url, null_pool=True)
+    try:
+        async with transaction(session_factory(engine)) as session:
+            return (await tenancy.create_api_key(session, tenant_id, environment_id, "bench")).key
+    finally:
+        await engine.dispose()
+
+
+def _time_lists(env: dict[str, str], api_key: str, requests: int) -> dict[str, float]:
+    """Median milliseconds per query, on a server started with `env`."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flexsync", "serve", "--no-worker", "--no-migrate", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/healthz", server)
+        medians = {}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"x-api-key": api_key}, timeout=60) as client:
+            for label, params in QUERIES.items():
+                client.get("/v1/webhook-events", params=params).raise_for_status()  # warm: plans, caches
+                times = []
+                for _ in range(requests):
+                    started = time.perf_counter()
+                    client.get("/v1/webhook-events", params=params).raise_for_status()
+                    times.append((time.perf_counter() - started) * 1000)
+                medians[label] = round(statistics.median(times), 1)
+        return medians
+    finally:
+        stop(server)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres", help="admin DSN")
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--requests", type=int, default=7, help="requests per query and run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline", metavar="SRC", help="compare with the flexsync in SRC")
+    args = parser.parse_args()
+
+    with fresh_database(args.pg) as dsn:
+        database_url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+        key = Fernet.generate_key().decode()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXSYNC_")}
+        env.update(FLEXSYNC_DATABASE_URL=database_url, FLEXSYNC_ENCRYPTION_KEYS=key, FLEXSYNC_LOG_LEVEL="warning")
+        tenant_id, environment_id = seed_flexsync(database_url, key, env)
+        started = time.perf_counter()
+        asyncio.run(_fill(dsn, tenant_id, environment_id, args.events))
+        print(f"stored {args.events:,} events in {time.perf_counter() - started:.0f} s", flush=True)
+        api_key = asyncio.run(_api_key(database_url, tenant_id, environment_id))
+
+        versions = {"flexsync": env}
+        if args.baseline:
+            baseline_env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [args.baseline, env.get("PYTHONPATH")])))
+            versions["baseline"] = baseline_env
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in versions}
+        for round_number in range(args.rounds):
+            order = list(versions) if round_number % 2 == 0 else list(reversed(versions))
+            for name in order:
+                medians = _time_lists(versions[name], api_key, args.requests)
+                runs[name].append(medians)
+                print(f"{name}#{round_number + 1:<3} " + "  ".join(f"{q} {ms} ms" for q, ms in medians.items()))
+
+    summary: dict[str, Any] = {
+        name: {q: statistics.median(run[q] for run in results) for q in QUERIES} for name, results in runs.items()
+    }
+    print("medians (ms):", json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
