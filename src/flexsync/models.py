@@ -217,6 +217,14 @@ class WebhookEvent(Base):
         Index("ix_webhook_events_env_received", "environment_id", "received_at"),
         # The retry sweep's lookup; only pending events are in it.
         Index("ix_webhook_events_due", "next_attempt_at", postgresql_where=EVENT_PENDING, sqlite_where=EVENT_PENDING),
+        # A customer's latest events (the dashboard's customer page); events that reached no customer stay out.
+        Index(
+            "ix_webhook_events_customer",
+            "customer_id",
+            "received_at",
+            postgresql_where=text("customer_id IS NOT NULL"),
+            sqlite_where=text("customer_id IS NOT NULL"),
+        ),
         # A Stripe customer once deleted stays deleted: late events for it are recognised by this lookup.
         Index(
             "ix_webhook_events_deleted_objects",
