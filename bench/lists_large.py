@@ -1,13 +1,14 @@
-"""`GET /v1/webhook-events` on PostgreSQL when an environment has millions of stored events.
+"""The API's lists on PostgreSQL when an environment holds millions of rows.
 
-Builds one database: a tenant, an environment, a Stripe connection and `--events` stored webhook events (90 days
-of a busy account: mostly `applied`, 1 in 1,000 `failed`, 1 in 97 `ignored`, a few `customer.deleted`), vacuumed
-and analysed as autovacuum would leave an append-mostly table. Then `flexsync serve --no-worker` answers the
-list (first page, 50 items, with its total) unfiltered, by status and by type; each is asked `--requests` times
-and the median reported. With `--baseline SRC` (the `src/` of another checkout) each round runs that version
-too on the same database, alternating which goes first.
+Builds one database: a tenant, an environment, a Stripe connection, `--events` stored webhook events (a busy
+account's months: mostly `applied`, 1 in 1,000 `failed`, 1 in 97 `ignored`, a few `customer.deleted`),
+`--customers` customers (1 in 20 archived) and as many sync jobs (mostly `succeeded`, 1 in 500 `failed`),
+vacuumed and analysed as autovacuum would leave them. Then `flexsync serve --no-worker` answers each list's
+first page (50 items, with its total), unfiltered and filtered; each is asked `--requests` times and the median
+reported. With `--baseline SRC` (the `src/` of another checkout) each round runs that version too on the same
+database, alternating which goes first.
 
-    python bench/event_list_large.py [--events 2000000] [--rounds 3] [--baseline ../wt-base/src]
+    python bench/lists_large.py [--events 2000000] [--customers 500000] [--rounds 3] [--baseline ../wt-base/src]
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ from measure import free_port
 from webhook_ingest import fresh_database, seed_flexsync, stop, wait_for
 
 QUERIES = {
-    "all": {},
-    "status=failed": {"status": "failed"},
-    "status=applied": {"status": "applied"},
-    "type=customer.deleted": {"type": "customer.deleted"},
+    "events": ("/v1/webhook-events", {}),
+    "events status=failed": ("/v1/webhook-events", {"status": "failed"}),
+    "events status=applied": ("/v1/webhook-events", {"status": "applied"}),
+    "events type=customer.deleted": ("/v1/webhook-events", {"type": "customer.deleted"}),
+    "customers": ("/v1/customers", {}),
+    "customers status=all": ("/v1/customers", {"status": "all"}),
+    "sync-jobs": ("/v1/sync-jobs", {}),
+    "sync-jobs status=failed": ("/v1/sync-jobs", {"status": "failed"}),
 }
 
 FILL = """
@@ -48,12 +53,33 @@ FROM generate_series(1, $4) AS g
 """
 
 
-async def _fill(dsn: str, tenant_id: str, environment_id: str, events: int) -> None:
+FILL_CUSTOMERS = """
+INSERT INTO customers (id, tenant_id, environment_id, external_id, name, email, metadata, status, version,
+    created_at, updated_at, created_by, updated_by)
+SELECT 'cust_' || lpad(g::text, 12, '0'), $1, $2, 'crm-' || g, 'Customer ' || g, 'c' || g || '@example.com', '{}',
+    CASE WHEN g % 20 = 0 THEN 'archived' ELSE 'published' END, 1,
+    now() - make_interval(secs => ($3 - g) * 10), now(), 'key_bench', 'key_bench'
+FROM generate_series(1, $3) AS g
+"""
+FILL_JOBS = """
+INSERT INTO sync_jobs (id, tenant_id, environment_id, connection_id, customer_id, kind, status, attempts,
+    max_attempts, payload, idempotency_key, run_at, result, created_at, updated_at)
+SELECT 'job_' || lpad(g::text, 12, '0'), $1, $2, $3, 'cust_' || lpad(g::text, 12, '0'), 'create_customer',
+    CASE WHEN g % 500 = 0 THEN 'failed' ELSE 'succeeded' END, 1, 12, '{}', 'idem_' || g, now(), '{}',
+    now() - make_interval(secs => ($4 - g) * 10), now()
+FROM generate_series(1, $4) AS g
+"""
+
+
+async def _fill(dsn: str, tenant_id: str, environment_id: str, events: int, customers: int) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         connection_id = await conn.fetchval("SELECT id FROM connections WHERE environment_id = $1", environment_id)
         await conn.execute(FILL, tenant_id, environment_id, connection_id, events)
-        await conn.execute("VACUUM ANALYZE webhook_events")
+        await conn.execute(FILL_CUSTOMERS, tenant_id, environment_id, customers)
+        await conn.execute(FILL_JOBS, tenant_id, environment_id, connection_id, customers)
+        for table in ("webhook_events", "customers", "sync_jobs"):
+            await conn.execute(f"VACUUM ANALYZE {table}")
     finally:
         await conn.close()
 
@@ -83,12 +109,12 @@ def _time_lists(env: dict[str, str], api_key: str, requests: int) -> dict[str, f
         wait_for(f"http://127.0.0.1:{port}/healthz", server)
         medians = {}
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"x-api-key": api_key}, timeout=60) as client:
-            for label, params in QUERIES.items():
-                client.get("/v1/webhook-events", params=params).raise_for_status()  # warm: plans, caches
+            for label, (path, params) in QUERIES.items():
+                client.get(path, params=params).raise_for_status()  # warm: plans, caches
                 times = []
                 for _ in range(requests):
                     started = time.perf_counter()
-                    client.get("/v1/webhook-events", params=params).raise_for_status()
+                    client.get(path, params=params).raise_for_status()
                     times.append((time.perf_counter() - started) * 1000)
                 medians[label] = round(statistics.median(times), 1)
         return medians
@@ -100,6 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres", help="admin DSN")
     parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--customers", type=int, default=500_000, help="customers, and as many sync jobs")
     parser.add_argument("--requests", type=int, default=7, help="requests per query and run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", metavar="SRC", help="compare with the flexsync in SRC")
@@ -112,8 +139,12 @@ def main() -> None:
         env.update(FLEXSYNC_DATABASE_URL=database_url, FLEXSYNC_ENCRYPTION_KEYS=key, FLEXSYNC_LOG_LEVEL="warning")
         tenant_id, environment_id = seed_flexsync(database_url, key, env)
         started = time.perf_counter()
-        asyncio.run(_fill(dsn, tenant_id, environment_id, args.events))
-        print(f"stored {args.events:,} events in {time.perf_counter() - started:.0f} s", flush=True)
+        asyncio.run(_fill(dsn, tenant_id, environment_id, args.events, args.customers))
+        print(
+            f"stored {args.events:,} events, {args.customers:,} customers and sync jobs in "
+            f"{time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
         api_key = asyncio.run(_api_key(database_url, tenant_id, environment_id))
 
         versions = {"flexsync": env}
@@ -126,7 +157,7 @@ def main() -> None:
             for name in order:
                 medians = _time_lists(versions[name], api_key, args.requests)
                 runs[name].append(medians)
-                print(f"{name}#{round_number + 1:<3} " + "  ".join(f"{q} {ms} ms" for q, ms in medians.items()))
+                print(f"{name}#{round_number + 1:<3} " + ", ".join(f"{q} {ms} ms" for q, ms in medians.items()))
 
     summary: dict[str, Any] = {
         name: {q: statistics.median(run[q] for run in results) for q in QUERIES} for name, results in runs.items()
