@@ -15,7 +15,6 @@ runs that version too, alternating which goes first.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
@@ -30,25 +29,9 @@ from typing import Any
 import httpx
 from cryptography.fernet import Fernet
 
-from measure import free_port
-from webhook_ingest import KIT, SECRET, fresh_sqlite, seed_flexsync, stop, wait_for
+from webhook_ingest import KIT, SECRET, fresh_sqlite, issue_api_key, seed_flexsync, start_serve, stop
 
 READ_EVERY_SECONDS = 0.02
-
-
-def _api_key(database_url: str, tenant_id: str, environment_id: str) -> str:
-    from flexsync.db import create_engine, session_factory, transaction
-    from flexsync.tenancy import service as tenancy
-
-    async def issue() -> str:
-        engine = create_engine(database_url, null_pool=True)
-        try:
-            async with transaction(session_factory(engine)) as session:
-                return (await tenancy.create_api_key(session, tenant_id, environment_id, "bench")).key
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(issue())
 
 
 def _read_until(client: httpx.Client, done: Callable[[], bool]) -> list[float]:
@@ -82,17 +65,9 @@ def run(args: argparse.Namespace, src: str | None) -> dict[str, Any]:
         if src:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
         tenant_id, environment_id = seed_flexsync(database_url, key, env)
-        api_key = _api_key(database_url, tenant_id, environment_id)
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "flexsync", "serve", "--no-worker", "--no-migrate", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        api_key = issue_api_key(database_url, tenant_id, environment_id)
+        server, base_url = start_serve(env)
         try:
-            base_url = f"http://127.0.0.1:{port}"
-            wait_for(f"{base_url}/healthz", server)
             with httpx.Client(base_url=base_url, headers={"x-api-key": api_key}, timeout=60) as client:
                 idle_until = time.monotonic() + args.idle_seconds
                 idle = _read_until(client, lambda: time.monotonic() > idle_until)

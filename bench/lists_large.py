@@ -18,8 +18,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -27,8 +25,7 @@ import asyncpg  # type: ignore[import-untyped]
 import httpx
 from cryptography.fernet import Fernet
 
-from measure import free_port
-from webhook_ingest import fresh_database, seed_flexsync, stop, wait_for
+from webhook_ingest import fresh_database, issue_api_key, seed_flexsync, start_serve, stop
 
 QUERIES = {
     "events": ("/v1/webhook-events", {}),
@@ -84,31 +81,12 @@ async def _fill(dsn: str, tenant_id: str, environment_id: str, events: int, cust
         await conn.close()
 
 
-async def _api_key(database_url: str, tenant_id: str, environment_id: str) -> str:
-    from flexsync.db import create_engine, session_factory, transaction
-    from flexsync.tenancy import service as tenancy
-
-    engine = create_engine(database_url, null_pool=True)
-    try:
-        async with transaction(session_factory(engine)) as session:
-            return (await tenancy.create_api_key(session, tenant_id, environment_id, "bench")).key
-    finally:
-        await engine.dispose()
-
-
 def _time_lists(env: dict[str, str], api_key: str, requests: int) -> dict[str, float]:
     """Median milliseconds per query, on a server started with `env`."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "flexsync", "serve", "--no-worker", "--no-migrate", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server, base_url = start_serve(env)
     try:
-        wait_for(f"http://127.0.0.1:{port}/healthz", server)
         medians = {}
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"x-api-key": api_key}, timeout=60) as client:
+        with httpx.Client(base_url=base_url, headers={"x-api-key": api_key}, timeout=60) as client:
             for label, (path, params) in QUERIES.items():
                 client.get(path, params=params).raise_for_status()  # warm: plans, caches
                 times = []
@@ -145,7 +123,7 @@ def main() -> None:
             f"{time.perf_counter() - started:.0f} s",
             flush=True,
         )
-        api_key = asyncio.run(_api_key(database_url, tenant_id, environment_id))
+        api_key = issue_api_key(database_url, tenant_id, environment_id)
 
         versions = {"flexsync": env}
         if args.baseline:

@@ -242,6 +242,40 @@ def seed_flexsync(database_url: str, encryption_key: str, env: dict[str, str]) -
     return asyncio.run(seed())
 
 
+def issue_api_key(database_url: str, tenant_id: str, environment_id: str) -> str:
+    """An API key of the seeded environment, for benchmarks that call the API."""
+    from flexsync.db import create_engine, session_factory, transaction
+    from flexsync.tenancy import service as tenancy
+
+    async def issue() -> str:
+        engine = create_engine(database_url, null_pool=True)
+        try:
+            async with transaction(session_factory(engine)) as session:
+                return (await tenancy.create_api_key(session, tenant_id, environment_id, "bench")).key
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(issue())
+
+
+def start_serve(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """`flexsync serve --no-worker` on a free port with `env`, once it answers; the process and its base URL."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flexsync", "serve", "--no-worker", "--no-migrate", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{base_url}/healthz", server)
+    except Exception:
+        stop(server)
+        raise
+    return server, base_url
+
+
 def _event_counts(dsn: str) -> dict[str, int]:
     return {
         row["status"]: row["n"]
