@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,16 @@ from typing import Any
 import httpx
 from cryptography.fernet import Fernet
 
-from webhook_ingest import KIT, SECRET, fresh_sqlite, issue_api_key, seed_flexsync, start_serve, stop
+from webhook_ingest import (
+    KIT,
+    SECRET,
+    flexsync_env,
+    fresh_sqlite,
+    issue_api_key,
+    seed_flexsync,
+    start_serve,
+    stop,
+)
 
 READ_EVERY_SECONDS = 0.02
 
@@ -60,10 +68,7 @@ def run(args: argparse.Namespace, src: str | None) -> dict[str, Any]:
     with fresh_sqlite() as dsn:
         database_url = dsn.replace("sqlite:", "sqlite+aiosqlite:", 1)
         key = Fernet.generate_key().decode()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXSYNC_")}
-        env.update(FLEXSYNC_DATABASE_URL=database_url, FLEXSYNC_ENCRYPTION_KEYS=key, FLEXSYNC_LOG_LEVEL="warning")
-        if src:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+        env = flexsync_env(database_url, key, src)
         tenant_id, environment_id = seed_flexsync(database_url, key, env)
         api_key = issue_api_key(database_url, tenant_id, environment_id)
         server, base_url = start_serve(env)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import time
 from typing import Any
@@ -25,7 +24,7 @@ import asyncpg  # type: ignore[import-untyped]
 import httpx
 from cryptography.fernet import Fernet
 
-from webhook_ingest import fresh_database, issue_api_key, seed_flexsync, start_serve, stop
+from webhook_ingest import flexsync_env, fresh_database, issue_api_key, seed_flexsync, start_serve, stop
 
 QUERIES = {
     "events": ("/v1/webhook-events", {}),
@@ -113,8 +112,7 @@ def main() -> None:
     with fresh_database(args.pg) as dsn:
         database_url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
         key = Fernet.generate_key().decode()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXSYNC_")}
-        env.update(FLEXSYNC_DATABASE_URL=database_url, FLEXSYNC_ENCRYPTION_KEYS=key, FLEXSYNC_LOG_LEVEL="warning")
+        env = flexsync_env(database_url, key)
         tenant_id, environment_id = seed_flexsync(database_url, key, env)
         started = time.perf_counter()
         asyncio.run(_fill(dsn, tenant_id, environment_id, args.events, args.customers))
@@ -127,8 +125,7 @@ def main() -> None:
 
         versions = {"flexsync": env}
         if args.baseline:
-            baseline_env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [args.baseline, env.get("PYTHONPATH")])))
-            versions["baseline"] = baseline_env
+            versions["baseline"] = flexsync_env(database_url, key, args.baseline)
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in versions}
         for round_number in range(args.rounds):
             order = list(versions) if round_number % 2 == 0 else list(reversed(versions))

@@ -258,11 +258,26 @@ def issue_api_key(database_url: str, tenant_id: str, environment_id: str) -> str
     return asyncio.run(issue())
 
 
-def start_serve(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    """`flexsync serve --no-worker` on a free port with `env`, once it answers; the process and its base URL."""
+def flexsync_env(database_url: str, encryption_key: str, src: str | None = None) -> dict[str, str]:
+    """The environment a benchmarked flexsync runs with: this checkout's, or the one whose `src/` is `src`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXSYNC_")}
+    env.update(
+        FLEXSYNC_DATABASE_URL=database_url,
+        FLEXSYNC_ENCRYPTION_KEYS=encryption_key,
+        FLEXSYNC_LOG_LEVEL="warning",
+        FLEXSYNC_LOG_FORMAT="json",
+    )
+    if src:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    return env
+
+
+def start_serve(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`flexsync serve --no-worker [args]` on a free port with `env`, once it answers; the process and its base
+    URL."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "flexsync", "serve", "--no-worker", "--no-migrate", "--port", str(port)],
+        [sys.executable, "-m", "flexsync", "serve", "--no-worker", "--no-migrate", "--port", str(port), *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -310,27 +325,11 @@ def run_flexsync(args: argparse.Namespace, admin_dsn: str, label: str, src: str 
             "sqlite:", "sqlite+aiosqlite:", 1
         )
         key = Fernet.generate_key().decode()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXSYNC_")}
-        env.update(
-            FLEXSYNC_DATABASE_URL=database_url,
-            FLEXSYNC_ENCRYPTION_KEYS=key,
-            FLEXSYNC_LOG_LEVEL="warning",
-            FLEXSYNC_LOG_FORMAT="json",
-        )
-        if src:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+        env = flexsync_env(database_url, key, src)
         tenant_id, environment_id = seed_flexsync(database_url, key, env)
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "flexsync", "serve", "--no-worker", "--no-migrate", "--port", str(port)]
-            + (["--processes", str(args.processes)] if args.processes > 1 else []),
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        server, base_url = start_serve(env, *(["--processes", str(args.processes)] if args.processes > 1 else []))
         try:
-            wait_for(f"http://127.0.0.1:{port}/healthz", server)
-            url = f"http://127.0.0.1:{port}/v1/webhooks/stripe/{{tenant_id}}/{{environment_id}}"
+            url = f"{base_url}/v1/webhooks/stripe/{{tenant_id}}/{{environment_id}}"
             load = run_load(args, url, label, ["--tenants", tenant_id, "--environments", environment_id], server.pid)
             load_ended = time.perf_counter()
             expected = args.count + args.warmup

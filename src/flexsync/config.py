@@ -11,6 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+# The most PostgreSQL connections one process opens from its pool, unless FLEXSYNC_DATABASE_MAX_CONNECTIONS says.
+DEFAULT_DATABASE_MAX_CONNECTIONS = 40
+
 # Stripe redelivers an event for up to three days; a stored event kept at least this long is never pruned
 # while a copy of it may still arrive (and be applied again).
 MIN_WEBHOOK_EVENT_RETENTION_DAYS = 7
@@ -67,7 +70,7 @@ class Settings(BaseSettings):
     # beside them, restarting, failing over) before giving up; 0: give up at once.
     database_wait_seconds: float = Field(30.0, ge=0)
     # The most PostgreSQL connections one process opens from its pool (a worker also holds one for LISTEN).
-    database_max_connections: int = Field(40, ge=2, le=1000)
+    database_max_connections: int = Field(DEFAULT_DATABASE_MAX_CONNECTIONS, ge=2, le=1000)
 
     @field_validator("database_url")
     @classmethod

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.pool import NullPool
 
+from flexsync.config import DEFAULT_DATABASE_MAX_CONNECTIONS
 from flexsync.metrics import DB_CONNECTIONS_IN_USE
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -42,13 +43,10 @@ def is_sqlite_url(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-DEFAULT_MAX_CONNECTIONS = 40
-
-
 def create_engine(
     url: str,
     *,
-    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    max_connections: int = DEFAULT_DATABASE_MAX_CONNECTIONS,
     pool_wait_seconds: float = POOL_WAIT_SECONDS,
     null_pool: bool = False,
 ) -> AsyncEngine:
@@ -65,12 +63,13 @@ def create_engine(
         )
         _configure_sqlite(engine)
         return engine
+    kept_open = (max_connections + 1) // 2
     kwargs: dict[str, Any] = (
         {"poolclass": NullPool}
         if null_pool
         else {
-            "pool_size": (max_connections + 1) // 2,
-            "max_overflow": max_connections - (max_connections + 1) // 2,
+            "pool_size": kept_open,
+            "max_overflow": max_connections - kept_open,
             "pool_timeout": pool_wait_seconds,
             "pool_pre_ping": False,
         }

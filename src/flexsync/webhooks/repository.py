@@ -147,7 +147,7 @@ async def list_page(
     The total is counted by environment alone: an environment id names one environment of one tenant (the
     scope's, checked with its API key), and without the tenant column PostgreSQL counts an environment's events
     from `ix_webhook_events_env_received` alone, an index-only scan, instead of reading every row of the table
-    (2 million events: about 0.2 s instead of 0.8; BENCHMARKS.md)."""
+    (2 million events: about 0.2 s instead of 0.6; BENCHMARKS.md)."""
     filters = []
     if status is not None:
         filters.append(WebhookEvent.status == status)
