@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flexsync.ids import new_id
 from flexsync.kit.bulk import Inserts
 from flexsync.models import Customer, CustomerLink, WebhookEvent
-from flexsync.stripe.inbound import CUSTOMERS, EVENTS, LINKS
+from flexsync.sync.inbound import CUSTOMERS, EVENTS, LINKS
 from flexsync.webhooks import repository
 from tests.support import DatabaseUnderTest, new_tenant
 from tests.webhook_support import add_stripe_connection

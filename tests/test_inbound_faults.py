@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from flexsync.api import create_app
 from flexsync.config import Settings
-from flexsync.deps import Database
+from flexsync.context import AppContext
 from flexsync.ids import new_id
 from flexsync.models import Customer, CustomerLink, WebhookEvent, utcnow
 from tests.support import (
@@ -82,7 +82,7 @@ class FailingCustomerInserts:
             f"DROP SEQUENCE {self.name}",
         )
 
-    async def left(self, db: Database) -> int:
+    async def left(self, db: AppContext) -> int:
         if self.db.backend == "sqlite":
             return self.hook_left
         async with db.sessions() as session:
@@ -103,7 +103,7 @@ async def _run_ddl(engine: AsyncEngine, *statements: str) -> None:
             await connection.execute(text(statement))
 
 
-async def event_row(db: Database, stripe_event_id: str) -> WebhookEvent:
+async def event_row(db: AppContext, stripe_event_id: str) -> WebhookEvent:
     async with db.sessions() as session:
         row = (
             await session.execute(select(WebhookEvent).where(WebhookEvent.stripe_event_id == stripe_event_id))
@@ -111,7 +111,7 @@ async def event_row(db: Database, stripe_event_id: str) -> WebhookEvent:
         return row
 
 
-async def wait_status(db: Database, stripe_event_id: str, status: str) -> WebhookEvent:
+async def wait_status(db: AppContext, stripe_event_id: str, status: str) -> WebhookEvent:
     """Poll the stored event (the database is the only witness) until it has `status`; at most 20 s."""
     async with asyncio.timeout(20):
         while True:
@@ -121,7 +121,7 @@ async def wait_status(db: Database, stripe_event_id: str, status: str) -> Webhoo
             await asyncio.sleep(0.05)
 
 
-async def count(db: Database, model: Any) -> int:
+async def count(db: AppContext, model: Any) -> int:
     async with db.sessions() as session:
         total: int = (await session.execute(select(func.count()).select_from(model))).scalar_one()
         return total
@@ -147,7 +147,7 @@ def test_an_event_that_fails_to_apply_is_kept_retried_and_applied_once(
 
     async def scenario() -> None:
         async with app.router.lifespan_context(app):
-            db: Database = app.state.db
+            db: AppContext = app.state.db
             await failing.install(db.engine)
             try:
                 transport = httpx.ASGITransport(app=app)
@@ -194,7 +194,7 @@ def test_deliveries_after_the_database_dropped_every_connection_are_stored_and_a
 
     async def scenario() -> None:
         async with app.router.lifespan_context(app):
-            db: Database = app.state.db
+            db: AppContext = app.state.db
             async with httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app), base_url="http://flexsync.test"
             ) as client:
@@ -248,7 +248,7 @@ def test_an_event_waiting_for_an_unreachable_stripe_is_failed_and_kept_for_a_ret
 
     async def scenario() -> None:
         async with app.router.lifespan_context(app):
-            db: Database = app.state.db
+            db: AppContext = app.state.db
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://flexsync.test") as client:
                 path = f"/v1/webhooks/stripe/{tenant.tenant_id}/{tenant.environment_id}"

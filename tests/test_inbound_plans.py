@@ -24,9 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flexsync.connections.settings import effective_settings
 from flexsync.db import create_engine, driver_transaction, fetch_rows, session_factory, transaction
 from flexsync.ids import new_id
-from flexsync.reconcile import repository
-from flexsync.stripe import inbound
-from flexsync.stripe.inbound import ConnectionView, InboundEvent
+from flexsync.sync import inbound, repository
+from flexsync.sync.inbound import ConnectionView, InboundEvent
 from tests.support import DatabaseUnderTest, new_tenant, own_database
 from tests.webhook_support import add_stripe_connection, stripe_customer, stripe_event
 

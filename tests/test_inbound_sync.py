@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.connections.settings import effective_settings
 from flexsync.models import CustomerLink
-from flexsync.stripe.inbound import ConnectionView, InboundEvent
+from flexsync.sync.inbound import ConnectionView, InboundEvent
 from tests.support import DatabaseUnderTest, LocalStripe, Server, server_env, start_server, wait_for
 from tests.sync_support import StandIn
 from tests.webhook_support import STRIPE_KEY, InboundTenant, inbound_tenant, stripe_customer, stripe_event

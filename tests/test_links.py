@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.models import CustomerLink
-from flexsync.stripe import links
+from flexsync.sync import links
 from tests.support import DatabaseUnderTest, customer_row, new_tenant
 from tests.webhook_support import add_stripe_connection
 

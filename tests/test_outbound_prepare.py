@@ -13,7 +13,7 @@ from flexsync.config import Settings
 from flexsync.crypto import SecretBox
 from flexsync.ids import new_id
 from flexsync.models import Customer, CustomerLink, StripeConnection, SyncJob, utcnow
-from flexsync.stripe import links, outbound
+from flexsync.sync import links, outbound
 from tests.support import TEST_ENCRYPTION_KEY, DatabaseUnderTest, customer_row, new_tenant
 from tests.webhook_support import add_stripe_connection
 

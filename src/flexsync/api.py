@@ -14,10 +14,9 @@ from starlette.responses import PlainTextResponse, Response
 from flexsync import __version__
 from flexsync.config import Settings, get_settings
 from flexsync.connections.endpoints import router as connections_router
-from flexsync.crypto import secret_box
+from flexsync.context import AppContext, open_context
 from flexsync.customers.endpoints import router as customers_router
-from flexsync.db import create_engine, temporary_failure
-from flexsync.deps import Database
+from flexsync.db import temporary_failure
 from flexsync.jobs.endpoints import router as sync_jobs_router
 from flexsync.jobs.worker import Worker
 from flexsync.kit import openapi
@@ -31,6 +30,7 @@ from flexsync.web.app import install_dashboard
 from flexsync.webhooks import receiver
 from flexsync.webhooks.endpoints import router as webhook_events_router
 from flexsync.webhooks.pipeline import WebhookPipeline
+from flexsync.wiring import job_registry
 
 
 class Health(ResponseModel):
@@ -47,9 +47,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url, max_connections=settings.database_max_connections)
-        app.state.db = Database(settings=settings, engine=engine, box=secret_box(settings))
-        worker = Worker(app.state.db, concurrency=settings.worker_concurrency) if settings.run_worker else None
+        app.state.db = open_context(settings)
+        worker = (
+            Worker(app.state.db, job_registry(), concurrency=settings.worker_concurrency)
+            if settings.run_worker
+            else None
+        )
         webhooks = app.state.webhooks = WebhookPipeline(app.state.db)
         try:
             webhooks.start()
@@ -60,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if worker is not None:
                 await worker.stop()
             await webhooks.stop()
-            await engine.dispose()
+            await app.state.db.close()
 
     app = FastAPI(
         title="flexsync",
@@ -104,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/readyz", **readiness)
     @app.head("/readyz", **readiness)
     async def readyz() -> Response:
-        db: Database = app.state.db
+        db: AppContext = app.state.db
         try:
             async with db.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))

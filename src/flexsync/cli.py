@@ -29,6 +29,7 @@ from flexsync.config import (
     get_settings,
 )
 from flexsync.connections import service as connections
+from flexsync.context import AppContext, open_context
 from flexsync.crypto import EncryptionKeyError, SecretBox, secret_box
 from flexsync.db import (
     create_engine,
@@ -39,7 +40,6 @@ from flexsync.db import (
     transaction,
     unmigrated_schema,
 )
-from flexsync.deps import Database
 from flexsync.kit import runtime
 from flexsync.kit.errors import APIError
 from flexsync.logs import configure_logging, describe_error, redact
@@ -87,17 +87,16 @@ def _in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable
         raise typer.Exit(code=1) from None
 
 
-def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+def _with_database(settings: Settings, work: Callable[[AppContext], Awaitable[T]]) -> T:
     """Run `work` with a process's database resources (engine, sessions, secret box), disposed of afterwards."""
     box = _usable_secret_box(settings)
 
     async def runner() -> T:
-        engine = create_engine(settings.database_url, null_pool=True)
-        db = Database(settings=settings, engine=engine, box=box)
+        db = open_context(settings, null_pool=True, box=box)
         try:
             return await work(db)
         finally:
-            await engine.dispose()
+            await db.close()
 
     return asyncio.run(runner())
 
@@ -481,13 +480,14 @@ def worker_command(
 ) -> None:
     """Run the outbound sync worker only (run many of them against PostgreSQL; one on SQLite)."""
     from flexsync.jobs.worker import run_worker
+    from flexsync.wiring import job_registry
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     box = _usable_secret_box(settings)
     _once_database_answers(settings, lambda: _refuse_unmigrated(settings))
     _settle_garbage_collector()
-    runtime.run(run_worker(settings, concurrency or settings.worker_concurrency, box))
+    runtime.run(run_worker(settings, job_registry(), concurrency or settings.worker_concurrency, box))
 
 
 def _usable_secret_box(settings: Settings) -> SecretBox:

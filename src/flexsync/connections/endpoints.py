@@ -41,9 +41,7 @@ One of these three per request. Secrets are write-only: responses show `webhook_
     description=WEBHOOK_SECRETS_GUIDE,
 )
 async def create_connection(body: ConnectionCreate, scope: AuthScope, db: DB) -> JSONResponse:
-    verified = (
-        await service.verify_with_stripe(body.secret_key.get_secret_value(), db.settings) if body.verify else None
-    )
+    verified = await service.verify_with_stripe(body.secret_key.get_secret_value(), db) if body.verify else None
     async with db.transaction() as session:
         connection = await service.create_connection(session, db.box, scope, body, verified)
         payload = service.connection_to_dict(connection, db.settings)
@@ -79,7 +77,7 @@ async def update_connection(connection_id: str, body: ConnectionUpdate, scope: A
         else:
             async with db.read() as session:
                 key = secrets.secret_key(db.box, await service.find(session, scope, connection_id))
-        verified = await service.verify_with_stripe(key, db.settings)
+        verified = await service.verify_with_stripe(key, db)
     async with db.transaction() as session:
         connection = await service.find(session, scope, connection_id, for_update=True)
         service.update_connection(connection, db.box, body, verified)

@@ -7,7 +7,7 @@ and the (public) publishable key are kept in plain text.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import stripe
 from sqlalchemy.exc import IntegrityError
@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.config import Settings
 from flexsync.connections import repository, secrets
+from flexsync.connections.accounts import unsaved_account
 from flexsync.connections.schemas import (
     MAX_WEBHOOK_SECRETS,
     NOT_NULLABLE,
@@ -23,11 +24,12 @@ from flexsync.connections.schemas import (
     key_mode,
 )
 from flexsync.connections.settings import effective_settings
+from flexsync.context import AppContext
 from flexsync.crypto import SecretBox
 from flexsync.ids import new_id
 from flexsync.kit.errors import AlreadyExists, NotFound, ValidationFailed
 from flexsync.models import StripeConnection, utcnow
-from flexsync.stripe.client import stripe_client, stripe_http_client
+from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed
 from flexsync.tenancy.service import Scope
 
 WEBHOOK_SECRET_CHANGES = ("webhook_secret", "add_webhook_secret", "remove_old_webhook_secrets")
@@ -62,48 +64,54 @@ class Verified:
     account_id: str | None
 
 
-async def verify_with_stripe(secret_key: str, settings: Settings) -> Verified:
+async def verify_with_stripe(secret_key: str, db: AppContext) -> Verified:
     """Prove the key works for what the sync does (reading customers), then learn its account if allowed.
 
-    Stripe's own error messages are not passed on: some of them quote part of the key.
+    Through a StripeCaller like every Stripe request (metrics, classification); not rate limited, as the key
+    belongs to no saved connection yet. Stripe's own error messages are not passed on: some quote the key.
     """
-    http_client = stripe_http_client(settings)
+    caller = StripeCaller(db.settings, db.sessions)
     try:
-        return await _verify(stripe_client(secret_key, settings, http_client))
+        return await _verify(caller, unsaved_account(secret_key))
     finally:
-        await http_client.close_async()  # type: ignore[no-untyped-call]
+        await caller.aclose()
 
 
-async def _verify(client: stripe.StripeClient) -> Verified:
+async def _verify(caller: StripeCaller, account: StripeAccount) -> Verified:
     try:
-        await client.v1.customers.list_async({"limit": 1})
-    except stripe.AuthenticationError:
+        await caller.call(account, "customers.list", lambda client: client.v1.customers.list_async({"limit": 1}))
+    except StripeCallFailed as failure:
+        _refuse(failure.__cause__)
+    try:
+        current = await caller.call(account, "accounts.retrieve", lambda c: c.v1.accounts.retrieve_current_async())
+    except StripeCallFailed:
+        # Restricted keys may lack the account permission, and some Stripe stand-ins lack the endpoint:
+        # the key is still good for the sync.
+        return Verified(account_id=None)
+    return Verified(account_id=current.id)
+
+
+def _refuse(exc: BaseException | None) -> NoReturn:
+    """The key's check failed with Stripe's `exc`: say why, in words that never quote the key."""
+    if isinstance(exc, stripe.AuthenticationError):
         raise ValidationFailed(
             "Stripe rejected the secret key (authentication failed): check that it is current and copied in full",
             {"fields": {"secret_key": "rejected by Stripe"}},
         ) from None
-    except stripe.PermissionError:
+    if isinstance(exc, stripe.PermissionError):
         raise ValidationFailed(
             "the key may not read customers in Stripe: give the restricted key read and write access to Customers",
             {"fields": {"secret_key": "lacks the Customers permission"}},
         ) from None
-    except stripe.APIConnectionError:
+    if isinstance(exc, stripe.APIConnectionError) or not isinstance(exc, stripe.StripeError):
         raise ValidationFailed(
             "Stripe could not be reached to verify the key; try again, or save without verify",
             {"fields": {"verify": "Stripe unreachable"}},
         ) from None
-    except stripe.StripeError as exc:
-        raise ValidationFailed(
-            f"Stripe did not accept the verification request (HTTP {exc.http_status})",
-            {"fields": {"verify": "Stripe error"}, "stripe_status": exc.http_status},
-        ) from None
-    try:
-        account = await client.v1.accounts.retrieve_current_async()
-    except stripe.StripeError:
-        # Restricted keys may lack the account permission, and some Stripe stand-ins lack the endpoint:
-        # the key is still good for the sync.
-        return Verified(account_id=None)
-    return Verified(account_id=account.id)
+    raise ValidationFailed(
+        f"Stripe did not accept the verification request (HTTP {exc.http_status})",
+        {"fields": {"verify": "Stripe error"}, "stripe_status": exc.http_status},
+    ) from None
 
 
 def _check_same_mode(secret_mode: str, publishable_mode: str) -> None:

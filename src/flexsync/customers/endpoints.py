@@ -24,7 +24,7 @@ from flexsync.kit.errors import NotFound, ValidationFailed
 from flexsync.kit.json import JSONResponse
 from flexsync.kit.openapi import API_KEY_REQUIRED, errors
 from flexsync.kit.pagination import Page, PageQuery, page_body
-from flexsync.stripe import outbound
+from flexsync.sync import outbound
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"], responses=API_KEY_REQUIRED)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-import pycountry
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from flexsync.jobs.schemas import JobStatus, SyncJob
+from flexsync.kit.countries import normalize_country
 from flexsync.kit.pagination import MAX_OFFSET, ListPage
 from flexsync.kit.schemas import ResponseModel, StrictModel, not_nullable
 
@@ -35,15 +35,6 @@ def _check_email(value: str | None) -> str | None:
         return validate_email(value, check_deliverability=False).normalized
     except EmailNotValidError as exc:
         raise ValueError(f"not a valid email address ({exc})") from None
-
-
-def normalize_country(value: str | None) -> str | None:
-    if value is None:
-        return None
-    code = value.strip().upper()
-    if len(code) != 2 or pycountry.countries.get(alpha_2=code) is None:
-        raise ValueError("must be an ISO 3166-1 alpha-2 country code, like US or DE")
-    return code
 
 
 def _in_utc(value: datetime) -> datetime:

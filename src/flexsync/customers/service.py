@@ -12,7 +12,7 @@ from flexsync.customers.schemas import NOT_NULLABLE, SYNC_OWNED_METADATA_KEYS, C
 from flexsync.ids import new_id
 from flexsync.kit.errors import AlreadyExists, NotFound, ValidationFailed
 from flexsync.models import Customer, utcnow
-from flexsync.stripe import outbound
+from flexsync.sync import outbound
 from flexsync.tenancy.service import Scope
 
 ADDRESS_FIELDS = (

@@ -1,4 +1,5 @@
-"""The outbound sync worker: claims due jobs under a lease, runs them concurrently, retries with backoff.
+"""The sync worker: claims due jobs under a lease, runs them concurrently, retries with backoff, and runs the
+periodic sweeps. What a job of each kind does, and which sweeps there are, the domains register (jobs/registry.py).
 
 Runs inside `flexsync serve` (unless --no-worker) and as `flexsync worker`; any number of workers may share a
 PostgreSQL database (SQLite: one). A worker sleeps until woken by a new job (PostgreSQL LISTEN/NOTIFY, or an
@@ -16,7 +17,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from datetime import timedelta
 
 import aiosqlite
 import asyncpg  # type: ignore[import-untyped]
@@ -24,28 +24,19 @@ import structlog
 from sqlalchemy.engine import make_url
 
 from flexsync.config import Settings
+from flexsync.context import AppContext, open_context
 from flexsync.crypto import SecretBox
-from flexsync.db import create_engine
-from flexsync.deps import Database
 from flexsync.jobs import outbox, repository
-from flexsync.jobs.service import fail, retry_later, succeed
+from flexsync.jobs.leases import keep_leases
+from flexsync.jobs.registry import Registry, Sweep, WorkerContext
+from flexsync.jobs.service import fail, retry_later
 from flexsync.metrics import SYNC_JOBS
 from flexsync.models import SyncJob, utcnow
-from flexsync.reconcile import runner
-from flexsync.reconcile import service as reconcile
-from flexsync.stripe import inbound, outbound
-from flexsync.stripe.calls import StripeCaller, StripeCallFailed, retry_delay
-from flexsync.webhooks import service as webhook_events
+from flexsync.stripe.calls import StripeCaller, stripe_call_backoff
 
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 5.0
-# How often the worker also retries Stripe webhook events that failed to apply or were left queued.
-INBOUND_RETRY_SECONDS = 2.0
-# How often the worker prunes stored webhook events older than FLEXSYNC_WEBHOOK_EVENT_RETENTION_DAYS (first when it
-# starts), in a task of its own: a large first pass must not hold up claiming jobs. Several workers may do it at
-# once: each deletes what the others have not.
-PRUNE_INTERVAL_SECONDS = 3600.0
 # Every commit that queues a job wakes every worker. A worker whose last claim found nothing waits this long
 # before claiming again, so under a burst one claim takes several jobs instead of each worker running a mostly
 # empty claim per commit. An idle worker's last claim is older than this: a new job is claimed at once.
@@ -55,12 +46,18 @@ SQLITE_WATCH_SECONDS = 0.05
 
 
 class Worker:
-    def __init__(self, db: Database, *, concurrency: int):
+    def __init__(self, db: AppContext, registry: Registry, *, concurrency: int):
         self.db = db
         self.settings = db.settings
+        self.registry = registry
         self.concurrency = concurrency
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self._caller = StripeCaller(db)
+        self._caller = StripeCaller(db.settings, db.sessions)
+        self._context = WorkerContext(db, self._caller, self.id, self._retry_or_fail)
+        sweeps = [sweep for sweep in registry.sweeps if sweep.enabled(self.settings)]
+        self._tick_sweeps = [sweep for sweep in sweeps if not sweep.own_task]
+        self._task_sweeps = [sweep for sweep in sweeps if sweep.own_task]
+        self._sweep_due: dict[str, float] = {}
         self._wakeup = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -68,7 +65,6 @@ class Worker:
         self._listener_retry_at = 0.0
         self._stop_local_wake: Callable[[], None] | None = None
         self._stopping = False
-        self._next_inbound_retry = 0.0
         self._last_empty_claim = 0.0
 
     def wake(self) -> None:
@@ -77,9 +73,11 @@ class Worker:
     async def start(self) -> None:
         self._stop_local_wake = outbox.on_commit_wake(self.wake)
         await self._ensure_listener()
-        self._tasks = [asyncio.create_task(self._loop()), asyncio.create_task(self._keep_leases())]
-        if self.settings.webhook_event_retention_days:
-            self._tasks.append(asyncio.create_task(self._prune_webhook_events()))
+        self._tasks = [
+            asyncio.create_task(self._loop()),
+            asyncio.create_task(keep_leases(self.db, self.id, lambda: self._running)),
+            *(asyncio.create_task(self._sweep_loop(sweep)) for sweep in self._task_sweeps),
+        ]
         if self.db.engine.dialect.name == "sqlite":
             self._tasks.append(asyncio.create_task(self._watch_sqlite_commits()))
         log.info("sync worker started", worker=self.id, concurrency=self.concurrency)
@@ -112,7 +110,7 @@ class Worker:
         Returns how many jobs were started. Called whenever the worker wakes (a new job, a finished job, the
         poll interval), so other periodic work of the worker belongs here too.
         """
-        await self._retry_inbound_events()
+        await self._run_due_sweeps()
         free = self.concurrency - len(self._running)
         if free <= 0:
             return 0
@@ -124,32 +122,23 @@ class Worker:
             self._running[job.id] = asyncio.create_task(self._run(job))
         return len(jobs)
 
-    async def _retry_inbound_events(self) -> None:
-        """Inbound work of the worker: Stripe events that failed to apply, or that a stopped server left queued."""
-        if time.monotonic() < self._next_inbound_retry:
-            return
-        self._next_inbound_retry = time.monotonic() + INBOUND_RETRY_SECONDS
-        try:
-            await inbound.apply_due_events(self.db, caller=self._caller)
-        except Exception:
-            log.exception("retrying Stripe webhook events failed", worker=self.id)
+    async def _run_due_sweeps(self) -> None:
+        for sweep in self._tick_sweeps:
+            if time.monotonic() < self._sweep_due.get(sweep.name, 0.0):
+                continue
+            self._sweep_due[sweep.name] = time.monotonic() + sweep.interval
+            await self._sweep(sweep)
 
-    async def _prune_webhook_events(self) -> None:
-        retention_days = self.settings.webhook_event_retention_days
+    async def _sweep_loop(self, sweep: Sweep) -> None:
         while not self._stopping:
-            try:
-                pruned = await webhook_events.prune(self.db, retention_days, utcnow())
-            except Exception:
-                log.exception("pruning old webhook events failed", worker=self.id)
-            else:
-                if pruned.deleted:
-                    log.info(
-                        "pruned old webhook events",
-                        worker=self.id,
-                        deleted=pruned.deleted,
-                        received_before=pruned.received_before.isoformat(),
-                    )
-            await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
+            await self._sweep(sweep)
+            await asyncio.sleep(sweep.interval)
+
+    async def _sweep(self, sweep: Sweep) -> None:
+        try:
+            await sweep.work(self._context)
+        except Exception:
+            log.exception(sweep.name + " failed", worker=self.id)
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -164,19 +153,6 @@ class Worker:
             spacing = self._last_empty_claim + EMPTY_CLAIM_SPACING_SECONDS - time.monotonic()
             if spacing > 0:
                 await asyncio.sleep(spacing)
-
-    async def _keep_leases(self) -> None:
-        interval = self.settings.job_lease_seconds / 3
-        while True:
-            await asyncio.sleep(interval)
-            if not self._running:
-                continue
-            until = utcnow() + timedelta(seconds=self.settings.job_lease_seconds)
-            try:
-                async with self.db.transaction() as session:
-                    await repository.extend_leases(session, self.id, list(self._running), until)
-            except Exception:
-                log.exception("could not renew job leases", worker=self.id)
 
     async def _watch_sqlite_commits(self) -> None:
         """Wake when another connection commits a write to the SQLite file, so a `flexsync worker` next to
@@ -217,14 +193,11 @@ class Worker:
 
     async def _run(self, job: SyncJob) -> None:
         try:
-            if job.kind == reconcile.JOB_KIND:
-                # A reconciliation records its own outcome (and gives up after max_attempts) on its run.
-                await runner.run_job(self.db, job, self._caller, self.id, retry=True)
-            elif job.attempts > job.max_attempts:
-                message = f"gave up after {job.max_attempts} attempts (last error: {job.last_error})"
-                await self._retry_or_fail(job, message, retryable=False)
+            kind = self.registry.kinds.get(job.kind)
+            if kind is None:
+                await self._retry_or_fail(job, f"no handler for job kind {job.kind!r}", retryable=False)
             else:
-                await self._attempt(job)
+                await kind.handler(self._context, job)
         except Exception as exc:
             log.exception("sync job crashed", job_id=job.id, kind=job.kind, worker=self.id)
             await self._retry_or_fail(job, f"internal error ({type(exc).__name__})", retryable=True)
@@ -232,64 +205,40 @@ class Worker:
             self._running.pop(job.id, None)
             self.wake()
 
-    async def _attempt(self, job: SyncJob) -> None:
-        try:
-            async with self.db.transaction() as session:
-                plan = await outbound.prepare(session, job, self.db.box, self.settings)
-            if isinstance(plan, outbound.NothingToDo):
-                async with self.db.transaction() as session:
-                    held = await repository.get_held(session, job.id, self.id)
-                    if held is not None:
-                        succeed(held, plan.result, utcnow())
-                SYNC_JOBS.labels(job.kind, "skipped").inc()
-                return
-            pushed = await outbound.send(plan, self._caller)
-            async with self.db.transaction() as session:
-                held = await repository.get_held(session, job.id, self.id)
-                if held is None:
-                    log.warning("job lease was taken over before its result was recorded", job_id=job.id)
-                    return
-                result = await outbound.record(session, plan, pushed, held)
-            SYNC_JOBS.labels(job.kind, "succeeded").inc()
-            log.info("sync job succeeded", job_id=job.id, kind=job.kind, customer_id=job.customer_id, **result)
-        except StripeCallFailed as failure:
-            await self._retry_or_fail(job, failure.message, retryable=failure.retryable)
-        except outbound.JobFailed as failure:
-            await self._retry_or_fail(job, failure.message, retryable=False)
-
-    async def _retry_or_fail(self, job: SyncJob, message: str, *, retryable: bool) -> None:
+    async def _retry_or_fail(self, job: SyncJob, message: str, retryable: bool) -> None:
         now = utcnow()
         async with self.db.transaction() as session:
             held = await repository.get_held(session, job.id, self.id)
             if held is None:
                 return
             if retryable and held.attempts < held.max_attempts:
-                delay = retry_delay(held.attempts)
+                delay = stripe_call_backoff(held.attempts)
                 retry_later(held, message, delay, now)
                 asyncio.get_running_loop().call_later(delay, self.wake)
                 outcome = "retried"
             else:
                 fail(held, message, now)
                 outcome = "failed"
-            await outbound.note_failure(session, held, message)
+            kind = self.registry.kinds.get(held.kind)
+            if kind is not None and kind.note_failure is not None:
+                await kind.note_failure(session, held, message)
         SYNC_JOBS.labels(job.kind, outcome).inc()
         log.warning("sync job " + outcome, job_id=job.id, kind=job.kind, attempts=job.attempts, error=message)
 
 
-async def run_worker(settings: Settings, concurrency: int, box: SecretBox) -> None:
+async def run_worker(settings: Settings, registry: Registry, concurrency: int, box: SecretBox) -> None:
     """`flexsync worker`: run until SIGINT or SIGTERM, then shut down gracefully."""
     # A connection per job at most, and a few for the polling, the sweeps and pruning.
     connections = min(settings.database_max_connections, 2 * (concurrency + 2))
-    engine = create_engine(settings.database_url, max_connections=connections)
-    db = Database(settings=settings, engine=engine, box=box)
+    db = open_context(settings, max_connections=connections, box=box)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    worker = Worker(db, concurrency=concurrency)
+    worker = Worker(db, registry, concurrency=concurrency)
     try:
         await worker.start()
         await stop.wait()
         await worker.stop()
     finally:
-        await engine.dispose()
+        await db.close()

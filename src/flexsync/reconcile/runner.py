@@ -19,23 +19,23 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.config import Settings
-from flexsync.crypto import secret_box
-from flexsync.db import create_engine
-from flexsync.deps import Database
+from flexsync.connections.accounts import stripe_account
+from flexsync.context import AppContext, open_context
 from flexsync.jobs import repository as jobs
+from flexsync.jobs.leases import keep_leases
+from flexsync.jobs.registry import Registry, WorkerContext
 from flexsync.jobs.service import fail, retry_later, succeed
 from flexsync.kit.errors import APIError, NotFound
 from flexsync.metrics import SYNC_JOBS
 from flexsync.models import Reconciliation, StripeConnection, SyncJob, utcnow
 from flexsync.reconcile import repository, service
-from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed, retry_delay
-from flexsync.stripe.reconcile import (
+from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed, stripe_call_backoff
+from flexsync.sync.reconcile import (
     COUNT_KEYS,
     MAX_REPORTED_CONFLICTS,
     Direction,
@@ -57,7 +57,7 @@ class LeaseLost(Exception):
 
 
 async def run_job(
-    db: Database,
+    db: AppContext,
     job: SyncJob,
     caller: StripeCaller,
     holder: str,
@@ -81,7 +81,7 @@ async def run_job(
             conflicted_customers={cid for conflict in run.conflicts or [] for cid in conflict["customer_ids"]},
         )
         if run.phase == "stripe":
-            account = StripeAccount.of(connection, db.box, db.settings)
+            account = stripe_account(connection, db.box, db.settings)
             run = await _stripe_pass(db, job.id, holder, run, reconciler, caller, account, on_progress)
         while run.phase == "customers":
             work = functools.partial(reconciler.push_customers_page, after=run.cursor)
@@ -108,7 +108,9 @@ async def _held(session: AsyncSession, job_id: str, holder: str) -> SyncJob:
     return held
 
 
-async def _begin(db: Database, job_id: str, run_id: str, holder: str) -> tuple[Reconciliation, StripeConnection | None]:
+async def _begin(
+    db: AppContext, job_id: str, run_id: str, holder: str
+) -> tuple[Reconciliation, StripeConnection | None]:
     """Mark the run running; the connection to reconcile, or None when the run cannot go on (it is failed)."""
     now = utcnow()
     async with db.transaction() as session:
@@ -135,7 +137,7 @@ async def _begin(db: Database, job_id: str, run_id: str, holder: str) -> tuple[R
 
 
 async def _stripe_pass(
-    db: Database,
+    db: AppContext,
     job_id: str,
     holder: str,
     run: Reconciliation,
@@ -163,16 +165,12 @@ async def _stripe_pass(
                 await upcoming
 
 
-async def _page(db: Database, job_id: str, holder: str, run: Reconciliation, work: PageWork) -> Reconciliation:
+async def _page(db: AppContext, job_id: str, holder: str, run: Reconciliation, work: PageWork) -> Reconciliation:
     """Decide one page and move the run past it: in one transaction, or for a dry run, decide in a transaction
     that is rolled back and then record the report."""
     if run.dry_run:
-        async with db.sessions() as session:
-            transaction = await session.begin()
-            try:
-                result = await work(session)
-            finally:
-                await transaction.rollback()
+        async with db.trial() as session:
+            result = await work(session)
         async with db.transaction() as session:
             await _held(session, job_id, holder)
             return _advance(await repository.locked(session, run.id), result)
@@ -199,7 +197,7 @@ def _advance(run: Reconciliation, result: PageResult) -> Reconciliation:
     return run
 
 
-async def _finish(db: Database, job_id: str, holder: str, run_id: str) -> Reconciliation:
+async def _finish(db: AppContext, job_id: str, holder: str, run_id: str) -> Reconciliation:
     now = utcnow()
     async with db.transaction() as session:
         held = await _held(session, job_id, holder)
@@ -212,7 +210,7 @@ async def _finish(db: Database, job_id: str, holder: str, run_id: str) -> Reconc
 
 
 async def _stop(
-    db: Database, job_id: str, holder: str, run_id: str, message: str, *, retryable: bool
+    db: AppContext, job_id: str, holder: str, run_id: str, message: str, *, retryable: bool
 ) -> Reconciliation | None:
     """Record why the run stopped; it keeps its cursor, and a worker retries it later when `retryable`."""
     now = utcnow()
@@ -223,7 +221,7 @@ async def _stop(
         run = await repository.locked(session, run_id)
         run.error, run.updated_at = message, now
         if retryable and held.attempts < held.max_attempts:
-            retry_later(held, message, retry_delay(held.attempts), now)
+            retry_later(held, message, stripe_call_backoff(held.attempts), now)
             run.status, outcome = "pending", "retried"
         else:
             fail(held, message, now)
@@ -231,6 +229,15 @@ async def _stop(
     SYNC_JOBS.labels(service.JOB_KIND, outcome).inc()
     log.warning("reconciliation stopped", reconciliation_id=run_id, outcome=outcome, cursor=run.cursor, error=message)
     return run
+
+
+async def _run_from_worker(work: WorkerContext, job: SyncJob) -> None:
+    # A reconciliation records its own outcome (and gives up after max_attempts) on its run.
+    await run_job(work.ctx, job, work.caller, work.holder, retry=True)
+
+
+def register(registry: Registry) -> None:
+    registry.job_kind(service.JOB_KIND, _run_from_worker)
 
 
 # --- In the foreground: `flexsync reconcile` ---------------------------------------------------------------
@@ -252,10 +259,9 @@ async def run_in_foreground(
     """Start or resume a run on the connection and carry it out in this process, to the end or until it stops.
 
     Raises APIError when the run cannot start (unknown connection, another run in progress)."""
-    engine = create_engine(settings.database_url, max_connections=min(settings.database_max_connections, 8))
-    db = Database(settings=settings, engine=engine, box=secret_box(settings))
+    db = open_context(settings, max_connections=min(settings.database_max_connections, 8))
     holder = f"cli:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-    caller = StripeCaller(db)
+    caller = StripeCaller(db.settings, db.sessions)
     try:
         async with db.transaction() as session:
             connection = await session.get(StripeConnection, connection_id, with_for_update=True)
@@ -271,7 +277,7 @@ async def run_in_foreground(
                 lease_seconds=settings.job_lease_seconds,
             )
         on_start(started)
-        lease = asyncio.create_task(_keep_lease(db, started.job.id, holder))
+        lease = asyncio.create_task(keep_leases(db, holder, lambda: [started.job.id]))
         try:
             run = await run_job(db, started.job, caller, holder, retry=False, on_progress=on_progress)
         except asyncio.CancelledError:
@@ -287,16 +293,4 @@ async def run_in_foreground(
         return run
     finally:
         await caller.aclose()
-        await engine.dispose()
-
-
-async def _keep_lease(db: Database, job_id: str, holder: str) -> None:
-    interval = db.settings.job_lease_seconds / 3
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            async with db.transaction() as session:
-                until = utcnow() + timedelta(seconds=db.settings.job_lease_seconds)
-                await jobs.extend_leases(session, holder, [job_id], until)
-        except Exception:
-            log.exception("could not renew the reconciliation's lease", job_id=job_id)
+        await db.close()

@@ -9,7 +9,7 @@ from pydantic import Field, StrictBool
 
 from flexsync.kit.pagination import ListPage
 from flexsync.kit.schemas import ResponseModel, StrictModel
-from flexsync.stripe.reconcile import Direction, Phase
+from flexsync.sync.reconcile import Direction, Phase
 
 RunStatus = Literal["pending", "running", "succeeded", "failed"]
 

@@ -19,7 +19,7 @@ from flexsync.jobs.service import fail
 from flexsync.kit.errors import AlreadyExists, NotFound, ValidationFailed
 from flexsync.models import Reconciliation, StripeConnection, SyncJob, utcnow
 from flexsync.reconcile import repository
-from flexsync.stripe.reconcile import COUNT_KEYS, Direction
+from flexsync.sync.reconcile import COUNT_KEYS, Direction
 from flexsync.tenancy.service import Scope
 
 JOB_KIND = "reconcile"

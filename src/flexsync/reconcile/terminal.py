@@ -13,7 +13,7 @@ from flexsync.kit.errors import APIError
 from flexsync.kit.json import dumps
 from flexsync.models import Reconciliation
 from flexsync.reconcile import runner, service
-from flexsync.stripe.reconcile import COUNT_KEYS, Direction
+from flexsync.sync.reconcile import COUNT_KEYS, Direction
 
 PHASES = {"stripe": "Stripe customers", "customers": "unlinked customers", "done": "done"}
 EXIT_INTERRUPTED = 130

@@ -1,1 +1,2 @@
-"""Everything that talks Stripe: the client, the field mapping, inbound events, outbound pushes, reconciliation."""
+"""The Stripe edge: the client factory, calls through `StripeCaller` and their shared rate limit, the field
+mapping. Plain values in, Stripe objects out: no flexsync domain package is imported here."""

@@ -1,7 +1,7 @@
 """Every outbound Stripe request goes through `StripeCaller.call`: rate limited per connection across all
 processes (stripe/ratelimit.py), timed, counted, and a failure classified as worth retrying (connection errors,
 timeouts, 429, 5xx; `Stripe-Should-Retry` wins) or final (other 4xx, with Stripe's message). The caller decides
-when to retry, using `retry_delay`, and must send the same Idempotency-Key each time so a request Stripe
+when to retry, using `stripe_call_backoff`, and must send the same Idempotency-Key each time so a request Stripe
 already applied is replayed, never repeated.
 """
 
@@ -14,15 +14,11 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import stripe
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from flexsync.config import Settings
-from flexsync.connections.secrets import secret_key
-from flexsync.connections.settings import effective_settings
-from flexsync.crypto import SecretBox
-from flexsync.deps import Database
 from flexsync.logs import redact
 from flexsync.metrics import STRIPE_LATENCY, STRIPE_REQUESTS
-from flexsync.models import StripeConnection
 from flexsync.stripe.client import stripe_client, stripe_http_client
 from flexsync.stripe.ratelimit import SharedRateLimit
 
@@ -33,27 +29,21 @@ MAX_RETRY_SECONDS = 30.0
 JITTER = 0.2
 
 
-def retry_delay(retry: int) -> float:
-    """Seconds to wait before retry number `retry` (1 = the first): 0.5 s doubling up to 30 s, +-20 % jitter."""
+def stripe_call_backoff(retry: int) -> float:
+    """Seconds to wait before retry number `retry` (1 = the first) of a Stripe call, or of a job that failed on
+    one: 0.5 s doubling up to 30 s, +-20 % jitter."""
     base: float = min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2 ** max(0, retry - 1))
     return min(MAX_RETRY_SECONDS, base * random.uniform(1 - JITTER, 1 + JITTER))
 
 
 @dataclass(frozen=True, slots=True)
 class StripeAccount:
-    """What a call needs to know about a connection. The key is decrypted, held in memory only."""
+    """What a call needs to know about a connection (connections.accounts builds it). The key is decrypted,
+    held in memory only. `requests_per_second` None: not rate limited (see stripe/ratelimit.py)."""
 
-    connection_id: str
+    connection_id: str | None
     secret_key: str = field(repr=False)
-    requests_per_second: float
-
-    @classmethod
-    def of(cls, connection: StripeConnection, box: SecretBox, settings: Settings) -> StripeAccount:
-        """The connection's account, at its `rate_limit` setting or else Stripe's default for the key's mode."""
-        rate = effective_settings(connection.settings).rate_limit
-        if rate is None:
-            rate = settings.stripe_rate_limit_live if connection.mode == "live" else settings.stripe_rate_limit_test
-        return cls(connection.id, secret_key(box, connection), rate)
+    requests_per_second: float | None
 
 
 class StripeCallFailed(Exception):
@@ -89,16 +79,19 @@ def classify(exc: stripe.StripeError) -> StripeCallFailed:
 class StripeCaller:
     """One per process: a shared HTTP connection pool, a client per connection, the shared rate limit."""
 
-    def __init__(self, db: Database):
-        self._settings = db.settings
-        self._http = stripe_http_client(db.settings)
-        self._clients: dict[str, tuple[str, stripe.StripeClient]] = {}
-        self._rate_limit = SharedRateLimit(db)
+    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession]):
+        """`sessions`: where the shared rate limit books its slots (the app context's unit-of-work sessions)."""
+        self._settings = settings
+        self._http = stripe_http_client(settings)
+        self._clients: dict[str | None, tuple[str, stripe.StripeClient]] = {}
+        self._rate_limit = SharedRateLimit(sessions)
 
     def _client(self, account: StripeAccount) -> stripe.StripeClient:
         cached = self._clients.get(account.connection_id)
         if cached is None or cached[0] != account.secret_key:
             cached = (account.secret_key, stripe_client(account.secret_key, self._settings, self._http))
+            if account.connection_id is None:
+                return cached[1]
             self._clients[account.connection_id] = cached
         return cached[1]
 
@@ -106,7 +99,8 @@ class StripeCaller:
         self, account: StripeAccount, operation: str, request: Callable[[stripe.StripeClient], Awaitable[T]]
     ) -> T:
         """Make one request (no retry here); raises StripeCallFailed."""
-        await self._rate_limit.acquire(account.connection_id, account.requests_per_second)
+        if account.connection_id is not None and account.requests_per_second is not None:
+            await self._rate_limit.acquire(account.connection_id, account.requests_per_second)
         outcome = "network"
         started = time.perf_counter()
         try:

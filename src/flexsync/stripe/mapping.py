@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flexsync.customers.schemas import normalize_country
+from flexsync.kit.countries import normalize_country
 from flexsync.kit.text import NUL
 from flexsync.models import Customer, max_length
 

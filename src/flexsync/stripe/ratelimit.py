@@ -10,7 +10,7 @@ moves `next_slot_at` on by 1/rate. So an idle connection lets a short burst (a t
 requests, at least one) go at once, and a busy one spaces its requests 1/rate apart. A reservation is one
 short transaction (a single statement on PostgreSQL); a process that dies after reserving only wastes its
 slot. Not counted: the `verify: true` check of a connection (a person's action, made with a key that may not
-be saved yet, before any transaction opens).
+be saved yet, before any transaction opens: its StripeAccount has no rate).
 
 PostgreSQL computes the slot with its own clock (`clock_timestamp()`), so machines whose clocks disagree
 still share one schedule. SQLite, one machine by nature, uses the local clock inside its write transaction.
@@ -23,9 +23,9 @@ from datetime import timedelta
 
 from sqlalchemy import select, text
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from flexsync.deps import Database
+from flexsync.db import transaction
 from flexsync.models import StripeRateSlot, utcnow
 
 BURST_SECONDS = 0.1
@@ -49,12 +49,12 @@ def burst_seconds(rate: float) -> float:
 
 
 class SharedRateLimit:
-    def __init__(self, db: Database):
-        self._db = db
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]):
+        self._sessions = sessions
 
     async def acquire(self, connection_id: str, rate: float) -> None:
         """Wait until this process may send one request for the connection at `rate` requests per second."""
-        async with self._db.transaction() as session:
+        async with transaction(self._sessions) as session:
             wait = await self._reserve(session, connection_id, rate)
         if wait > 0:
             await asyncio.sleep(wait)

@@ -10,8 +10,9 @@ from fastapi import Depends, Request
 from starlette.datastructures import FormData
 from starlette.responses import Response
 
+from flexsync.context import AppContext
 from flexsync.crypto import configured_keys
-from flexsync.deps import DB, Database
+from flexsync.deps import DB
 from flexsync.tenancy.service import Scope
 from flexsync.web import queries
 from flexsync.web.session import COOKIE_NAME, SESSION_MAX_AGE_SECONDS, Session, SessionSigner, signing_secrets
@@ -41,7 +42,7 @@ def signer(request: Request) -> SessionSigner:
     state = request.app.state
     existing: SessionSigner | None = getattr(state, "dashboard_signer", None)
     if existing is None:
-        db: Database = state.db
+        db: AppContext = state.db
         existing = SessionSigner(signing_secrets(configured_keys(db.settings)))
         state.dashboard_signer = existing
     return existing

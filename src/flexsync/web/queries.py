@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from flexsync.models import ApiKey, Customer, Environment, SyncJob, Tenant, WebhookEvent, utcnow
-from flexsync.stripe import outbound
+from flexsync.sync import outbound
 from flexsync.tenancy.service import Scope
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from flexsync.connections.repository import get_live_connection
 from flexsync.connections.secrets import webhook_secrets
-from flexsync.deps import Database
-from flexsync.stripe.inbound import ConnectionView
+from flexsync.context import AppContext
+from flexsync.sync.inbound import ConnectionView
 
 TTL_SECONDS = 5.0
 
@@ -30,7 +30,7 @@ class ReceivingConnection:
 
 
 class ConnectionCache:
-    def __init__(self, db: Database, ttl: float = TTL_SECONDS) -> None:
+    def __init__(self, db: AppContext, ttl: float = TTL_SECONDS) -> None:
         self._db = db
         self._ttl = ttl
         self._entries: dict[tuple[str, str], ReceivingConnection] = {}

@@ -11,9 +11,8 @@ from flexsync.kit.errors import NotFound
 from flexsync.kit.json import JSONResponse
 from flexsync.kit.openapi import API_KEY_REQUIRED, errors
 from flexsync.kit.pagination import PageQuery, page_body
-from flexsync.stripe import inbound
 from flexsync.tenancy.service import Scope
-from flexsync.webhooks import repository
+from flexsync.webhooks import repository, service
 from flexsync.webhooks.schemas import EventStatus, WebhookEvent, WebhookEventList, WebhookEventWithPayload
 from flexsync.webhooks.service import event_to_dict
 
@@ -50,8 +49,4 @@ async def get_webhook_event(event_id: str, scope: AuthScope, db: DB) -> JSONResp
 @router.post("/{event_id}/replay", response_model=WebhookEvent, responses=errors(404))
 async def replay_webhook_event(event_id: str, scope: AuthScope, db: DB) -> JSONResponse:
     """Apply the stored event again now; the answer shows its new status."""
-    async with db.read() as session:
-        if await repository.get(session, scope, event_id) is None:
-            raise NotFound(f"webhook event {event_id} not found")
-    await inbound.replay_event(db, event_id)
-    return await _get(db, scope, event_id, with_payload=False)
+    return JSONResponse(await service.replay(db, event_id, scope))

@@ -26,14 +26,14 @@ from typing import Any
 
 import structlog
 
-from flexsync.deps import Database
+from flexsync.context import AppContext
 from flexsync.kit.bulk import Inserts
 from flexsync.logs import describe_error
 from flexsync.metrics import WEBHOOK_BATCH, WEBHOOK_EVENTS
 from flexsync.models import utcnow
-from flexsync.stripe import inbound
-from flexsync.stripe.inbound import ConnectionView, InboundEvent, Outcome
-from flexsync.webhooks import repository
+from flexsync.sync import inbound
+from flexsync.sync.inbound import ConnectionView, InboundEvent, Outcome
+from flexsync.webhooks import repository, stored
 
 log = structlog.get_logger(__name__)
 
@@ -81,7 +81,7 @@ class Delivery:
             "last_error": None,
             "note": outcome.note,
             "customer_id": outcome.customer_id,
-            "next_attempt_at": None if final else self.received_at + inbound.RECOVERY_DELAY,
+            "next_attempt_at": None if final else self.received_at + stored.RECOVERY_DELAY,
             "received_at": self.received_at,
             "processed_at": utcnow() if final else None,
         }
@@ -94,7 +94,7 @@ class _StoredAlready(Exception):
 class Ingestor:
     def __init__(
         self,
-        db: Database,
+        db: AppContext,
         on_queued: Callable[[Sequence[str]], None],
         max_batch: int = MAX_BATCH,
         committers: int | None = None,

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 
 import structlog
 
-from flexsync.deps import Database
+from flexsync.context import AppContext
 from flexsync.logs import describe_error
-from flexsync.stripe import inbound
 from flexsync.stripe.calls import StripeCaller
+from flexsync.webhooks import stored
 from flexsync.webhooks.connection_cache import ConnectionCache
 from flexsync.webhooks.ingest import Ingestor
 
@@ -32,7 +32,7 @@ STOP_TIMEOUT_SECONDS = 10.0
 
 
 class QueuedEventApplier:
-    def __init__(self, db: Database, sweep_interval: float = SWEEP_INTERVAL_SECONDS) -> None:
+    def __init__(self, db: AppContext, sweep_interval: float = SWEEP_INTERVAL_SECONDS) -> None:
         self._db = db
         self._sweep_interval = sweep_interval
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -47,7 +47,7 @@ class QueuedEventApplier:
             self._queue.put_nowait(event_id)
 
     def start(self, *, sweep: bool) -> None:
-        self._caller = StripeCaller(self._db)
+        self._caller = StripeCaller(self._db.settings, self._db.sessions)
         self._tasks = [asyncio.create_task(self._apply_queued(), name="flexsync-webhook-applier")]
         if sweep:
             self._tasks.append(asyncio.create_task(self._sweep(), name="flexsync-webhook-retry-sweep"))
@@ -78,7 +78,7 @@ class QueuedEventApplier:
                     break
                 batch.append(item)
             try:
-                await inbound.apply_queued_events(self._db, batch, caller=self._caller)
+                await stored.apply_queued_events(self._db, batch, caller=self._caller)
             except Exception as exc:  # the sweep retries them; this loop must keep going
                 log.warning("applying queued webhook events failed", error=describe_error(exc))
 
@@ -89,14 +89,14 @@ class QueuedEventApplier:
             if self._stopping.is_set():
                 return
             try:
-                while await inbound.apply_due_events(self._db, limit=SWEEP_LIMIT, caller=self._caller) == SWEEP_LIMIT:
+                while await stored.apply_due_events(self._db, limit=SWEEP_LIMIT, caller=self._caller) == SWEEP_LIMIT:
                     pass
             except Exception as exc:  # e.g. the database is down: try again next time
                 log.warning("webhook retry sweep failed", error=describe_error(exc))
 
 
 class WebhookPipeline:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: AppContext) -> None:
         self._db = db
         self.connections = ConnectionCache(db)
         self.applier = QueuedEventApplier(db)

@@ -33,7 +33,7 @@ from flexsync.kit.openapi import errors
 from flexsync.kit.text import NUL
 from flexsync.metrics import WEBHOOK_EVENTS
 from flexsync.models import WebhookEvent, max_length
-from flexsync.stripe.inbound import InboundEvent
+from flexsync.sync.inbound import InboundEvent
 from flexsync.webhooks.ingest import Delivery
 from flexsync.webhooks.pipeline import WebhookPipeline
 from flexsync.webhooks.repository import EVENT_ID_PREFIX

@@ -20,7 +20,7 @@ from flexsync.models import EVENT_PENDING, WebhookEvent
 from flexsync.tenancy.service import Scope
 
 if TYPE_CHECKING:
-    from flexsync.stripe.inbound import Outcome
+    from flexsync.sync.inbound import Outcome
 
 EVENTS: Table = WebhookEvent.__table__  # type: ignore[assignment]
 EVENT_STATUSES = ("queued", "applied", "ignored", "failed", "dead")

@@ -9,11 +9,11 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from flexsync.deps import Database
+from flexsync.context import AppContext
 from flexsync.kit.errors import NotFound, ValidationFailed
 from flexsync.models import WebhookEvent
-from flexsync.stripe import inbound
-from flexsync.webhooks import repository
+from flexsync.tenancy.service import Scope
+from flexsync.webhooks import repository, stored
 
 
 def event_to_dict(event: WebhookEvent, *, with_payload: bool = False) -> dict[str, Any]:
@@ -51,13 +51,18 @@ async def find_for_replay(session: AsyncSession, event_id: str) -> WebhookEvent:
     return found[0]
 
 
-async def replay(db: Database, event_id: str) -> dict[str, Any]:
-    """`flexsync events replay`: apply the event again now; returns it as the API shows it."""
+async def replay(db: AppContext, event_id: str, scope: Scope | None = None) -> dict[str, Any]:
+    """The one replay, for the API, the dashboard and `flexsync events replay`: apply the stored event again
+    now; returns it as the API shows it. With `scope`, the event must be the scope's (by its id); without (the
+    CLI), any connection's, by either id (find_for_replay)."""
     async with db.read() as session:
-        event = await find_for_replay(session, event_id)
-    await inbound.replay_event(db, event.id)
+        if scope is None:
+            event_id = (await find_for_replay(session, event_id)).id
+        elif await repository.get(session, scope, event_id) is None:
+            raise NotFound(f"webhook event {event_id} not found")
+    await stored.replay_event(db, event_id)
     async with db.read() as session:
-        replayed = await session.get(WebhookEvent, event.id)
+        replayed = await session.get(WebhookEvent, event_id)
         if replayed is None:  # its connection was deleted meanwhile, and the event with it
             raise NotFound(f"webhook event {event_id} not found")
         return event_to_dict(replayed)
@@ -72,7 +77,7 @@ class Pruned:
     received_before: datetime
 
 
-async def prune(db: Database, retention_days: int, now: datetime) -> Pruned:
+async def prune(db: AppContext, retention_days: int, now: datetime) -> Pruned:
     """Delete the stored events received more than `retention_days` ago whose work is done (applied or
     ignored; never `customer.deleted` events), a batch per transaction so no lock is held for long."""
     received_before = now - timedelta(days=retention_days)

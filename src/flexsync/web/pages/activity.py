@@ -14,20 +14,20 @@ from flexsync.customers.repository import CustomerQuery
 from flexsync.deps import DB
 from flexsync.jobs import repository as jobs_repository
 from flexsync.jobs import service as jobs_service
+from flexsync.jobs.repository import JOB_STATUSES
+from flexsync.jobs.schemas import JobStatus
 from flexsync.kit.errors import NotFound
 from flexsync.kit.pagination import PageNumber, page_count
-from flexsync.stripe import inbound
 from flexsync.web.auth import PostedForm, SignedIn, Viewer
 from flexsync.web.render import render
 from flexsync.webhooks import repository as events_repository
+from flexsync.webhooks import service as events_service
+from flexsync.webhooks.repository import EVENT_STATUSES
+from flexsync.webhooks.schemas import EventStatus
 
 router = APIRouter()
 
 PAGE_SIZE = 50
-JobStatus = Literal["pending", "running", "succeeded", "failed"]
-JOB_STATUSES = ("pending", "running", "succeeded", "failed")
-EventStatus = Literal["queued", "applied", "ignored", "failed", "dead"]
-EVENT_STATUSES = ("queued", "applied", "ignored", "failed", "dead")
 EVENT_TYPES = ("customer.created", "customer.updated", "customer.deleted")
 
 
@@ -136,8 +136,5 @@ async def webhook_event(request: Request, event_id: str, viewer: SignedIn, db: D
 @router.post("/webhook-events/{event_id}/replay")
 async def replay_webhook_event(event_id: str, viewer: SignedIn, _form: PostedForm, db: DB) -> Response:
     """The API's replay: apply the stored event again now."""
-    async with db.read() as session:
-        if await events_repository.get(session, viewer.scope, event_id) is None:
-            raise NotFound(f"webhook event {event_id} not found")
-    await inbound.replay_event(db, event_id)
+    await events_service.replay(db, event_id, viewer.scope)
     return RedirectResponse(f"/webhook-events/{event_id}?notice=event-replayed", status_code=303)

@@ -15,7 +15,7 @@ from flexsync.jobs import repository as jobs_repository
 from flexsync.kit.errors import APIError, NotFound
 from flexsync.kit.pagination import PageNumber, page_count
 from flexsync.models import Customer
-from flexsync.stripe import outbound
+from flexsync.sync import outbound
 from flexsync.web import forms, queries
 from flexsync.web.auth import PostedForm, SignedIn, Viewer
 from flexsync.web.render import render

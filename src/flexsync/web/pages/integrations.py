@@ -80,9 +80,7 @@ async def add_connection(request: Request, viewer: SignedIn, form: PostedForm, d
     if data is None:
         return await _page(request, viewer, db, state=state, typed_settings=body["settings"], status_code=400)
     try:
-        verified = (
-            await service.verify_with_stripe(data.secret_key.get_secret_value(), db.settings) if data.verify else None
-        )
+        verified = await service.verify_with_stripe(data.secret_key.get_secret_value(), db) if data.verify else None
         async with db.transaction() as session:
             await service.create_connection(session, db.box, viewer.scope, data, verified)
     except APIError as exc:
@@ -101,7 +99,7 @@ async def _update(db: DB, viewer: Viewer, connection_id: str, data: ConnectionUp
     verified = None
     if data.verify:
         key = data.secret_key.get_secret_value() if data.secret_key else await _stored_key(db, viewer, connection_id)
-        verified = await service.verify_with_stripe(key, db.settings)
+        verified = await service.verify_with_stripe(key, db)
     async with db.transaction() as session:
         connection = await service.find(session, viewer.scope, connection_id, for_update=True)
         service.update_connection(connection, db.box, data, verified)

@@ -27,6 +27,7 @@ from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.config import Settings
+from flexsync.connections.accounts import stripe_account
 from flexsync.connections.repository import get_live_connection
 from flexsync.connections.settings import effective_settings
 from flexsync.crypto import SecretBox
@@ -35,9 +36,9 @@ from flexsync.jobs import repository as jobs
 from flexsync.jobs.service import job_to_dict, succeed
 from flexsync.kit.errors import AlreadyExists, ValidationFailed
 from flexsync.models import Customer, CustomerLink, StripeConnection, SyncJob, utcnow
-from flexsync.stripe import links
 from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed
 from flexsync.stripe.mapping import FLEXPRICE_ID_KEY, MAPPED_FIELDS, from_stripe, to_stripe
+from flexsync.sync import links
 
 if TYPE_CHECKING:
     from stripe.params import CustomerCreateParams, CustomerUpdateParams
@@ -220,6 +221,7 @@ class Push:
 
     job_id: str
     action: Action
+    connection_id: str
     account: StripeAccount
     customer_id: str
     version: int
@@ -287,11 +289,13 @@ async def prepare(session: AsyncSession, job: SyncJob, box: SecretBox, settings:
     if customer is None:
         raise JobFailed(f"customer {job.customer_id} no longer exists")
     link = _alive(any_link)
-    account = StripeAccount.of(connection, box, settings)
+    account = stripe_account(connection, box, settings)
 
     def push(action: Action, target: str | None, params: dict[str, Any], snapshot: dict[str, Any]) -> Push:
         key = _idempotency_key(action, job.id, customer, target, params)
-        return Push(job.id, action, account, customer.id, customer.version, target, params, key, snapshot)
+        return Push(
+            job.id, action, connection.id, account, customer.id, customer.version, target, params, key, snapshot
+        )
 
     if job.kind == "delete":
         if link is None:
@@ -428,7 +432,7 @@ async def record(session: AsyncSession, push: Push, pushed: Pushed, job: SyncJob
     customer = (
         await session.execute(select(Customer).where(Customer.id == push.customer_id).with_for_update())
     ).scalar_one()
-    connection_id = push.account.connection_id
+    connection_id = push.connection_id
     snapshot = pushed.snapshot if pushed.snapshot is not None else push.snapshot
     synced = {"pushed_snapshot": snapshot, "last_synced_at": now, "last_error": None, "updated_at": now}
     if push.action == "delete":

@@ -51,10 +51,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flexsync.connections.settings import effective_settings
 from flexsync.ids import new_id
 from flexsync.models import Customer, CustomerLink, StripeConnection, utcnow
-from flexsync.reconcile import repository
-from flexsync.stripe import inbound, outbound
-from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed, retry_delay
+from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed, stripe_call_backoff
 from flexsync.stripe.mapping import MAPPED_FIELDS, InboundCustomer, changes_from_stripe, from_stripe
+from flexsync.sync import inbound, outbound, repository
 
 Direction = Literal["both", "from-stripe", "to-stripe"]
 Phase = Literal["stripe", "customers", "done"]
@@ -125,7 +124,7 @@ async def list_stripe_page(caller: StripeCaller, account: StripeAccount, startin
         except StripeCallFailed as failure:
             if not failure.retryable or attempt >= LIST_ATTEMPTS:
                 raise
-            await asyncio.sleep(retry_delay(attempt))
+            await asyncio.sleep(stripe_call_backoff(attempt))
             continue
         listed: list[dict[str, Any]] = response.data["data"]
         return StripePage(

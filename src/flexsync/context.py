@@ -1,0 +1,78 @@
+"""The app context: what a process shares (settings, the engine and its session factories, the secret box),
+and the one way to open a unit of work on it. Built once per process by `open_context`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from flexsync.config import Settings
+from flexsync.crypto import SecretBox, secret_box
+from flexsync.db import create_engine, driver_transaction, read_session_factory, session_factory, transaction
+
+
+@dataclass(slots=True)
+class AppContext:
+    """The process's shared resources. The request or job that uses it owns the transaction: services and
+    repositories take the session it opens, they never open their own."""
+
+    settings: Settings
+    engine: AsyncEngine
+    box: SecretBox
+    # Sessions for units of work (`transaction`, `hot_transaction`, `trial`) and for reading (`read`).
+    sessions: async_sessionmaker[AsyncSession] = field(init=False)
+    reads: async_sessionmaker[AsyncSession] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sessions = session_factory(self.engine)
+        self.reads = read_session_factory(self.engine)
+
+    def read(self) -> AsyncSession:
+        """A session that only reads (db.read_session_factory), for `async with`: on SQLite it never waits for a
+        writer."""
+        return self.reads()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A unit of work that commits once at the end, or rolls back on any error."""
+        async with transaction(self.sessions) as session:
+            yield session
+
+    @asynccontextmanager
+    async def hot_transaction(self) -> AsyncIterator[AsyncSession]:
+        """`transaction` for a hot path: on PostgreSQL held by the driver (db.driver_transaction)."""
+        if self.engine.dialect.name != "postgresql":
+            async with self.transaction() as session:
+                yield session
+            return
+        async with driver_transaction(self.engine) as session:
+            yield session
+
+    @asynccontextmanager
+    async def trial(self) -> AsyncIterator[AsyncSession]:
+        """A unit of work that is always rolled back: its decisions are seen, never kept (a dry run)."""
+        async with self.sessions() as session:
+            outer = await session.begin()
+            try:
+                yield session
+            finally:
+                await outer.rollback()
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def open_context(
+    settings: Settings, *, max_connections: int | None = None, null_pool: bool = False, box: SecretBox | None = None
+) -> AppContext:
+    """The process's context: an engine for `settings.database_url` (at most `max_connections`, or none kept
+    open with `null_pool`) and the secret box (`box`, when the caller has already checked it)."""
+    engine = create_engine(
+        settings.database_url,
+        max_connections=max_connections or settings.database_max_connections,
+        null_pool=null_pool,
+    )
+    return AppContext(settings=settings, engine=engine, box=box or secret_box(settings))

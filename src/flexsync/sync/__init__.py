@@ -1,0 +1,1 @@
+"""The sync domain: links, applying Stripe customers (inbound), pushing ours (outbound), reconcile decisions."""
