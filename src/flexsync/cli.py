@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import json
 import os
@@ -11,42 +10,24 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-import asyncpg  # type: ignore[import-untyped]
-import structlog
 import typer
-from pydantic import ValidationError
 from rich.console import Console
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from flexsync.config import (
-    MAX_WORKER_CONCURRENCY,
-    MIN_WEBHOOK_EVENT_RETENTION_DAYS,
-    RETENTION_REASON,
-    Settings,
-    get_settings,
-)
-from flexsync.connections import service as connections
-from flexsync.context import AppContext, open_context
-from flexsync.crypto import EncryptionKeyError, SecretBox, secret_box
-from flexsync.db import (
-    create_engine,
-    is_sqlite_url,
-    is_unavailable,
-    migrate,
-    session_factory,
-    transaction,
-    unmigrated_schema,
-)
-from flexsync.kit import runtime
-from flexsync.kit.errors import APIError
-from flexsync.logs import configure_logging, describe_error, redact
-from flexsync.tenancy import service as tenancy
+from flexsync.limits import MAX_WORKER_CONCURRENCY, MIN_WEBHOOK_EVENT_RETENTION_DAYS, RETENTION_REASON
+
+# What a command needs is imported when it runs, so that `flexsync --help` and the short commands start quickly:
+# the API, the database, Stripe and the settings' machinery are each a good part of a second to import.
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from flexsync.config import Settings
+    from flexsync.context import AppContext
+    from flexsync.crypto import SecretBox
+    from flexsync.tenancy.service import Bootstrap
 
 T = TypeVar("T")
-log = structlog.get_logger(__name__)
 
 # Allocations between collections of the youngest generation in long-running processes (Python's default: 700).
 GC_YOUNG_THRESHOLD = 50_000
@@ -71,7 +52,18 @@ err_console = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
 
 
+def _settings() -> Settings:
+    from flexsync.config import get_settings
+
+    return get_settings()
+
+
 def _in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    import asyncio
+
+    from flexsync.db import create_engine, session_factory, transaction
+    from flexsync.kit.errors import APIError
+
     async def runner() -> T:
         engine = create_engine(settings.database_url, null_pool=True)
         try:
@@ -89,6 +81,10 @@ def _in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable
 
 def _with_database(settings: Settings, work: Callable[[AppContext], Awaitable[T]]) -> T:
     """Run `work` with a process's database resources (engine, sessions, secret box), disposed of afterwards."""
+    import asyncio
+
+    from flexsync.context import open_context
+
     box = _usable_secret_box(settings)
 
     async def runner() -> T:
@@ -112,7 +108,9 @@ def _emit(as_json: bool, data: dict[str, Any], lines: list[str]) -> None:
 @app.command("migrate")
 def migrate_command() -> None:
     """Apply database migrations."""
-    settings = get_settings()
+    from flexsync.db import migrate
+
+    settings = _settings()
     migrate(settings.database_url)
     console.print("database is up to date")
 
@@ -124,7 +122,9 @@ def tenant_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create a tenant."""
-    tenant = _in_transaction(get_settings(), lambda s: tenancy.create_tenant(s, name, id))
+    from flexsync.tenancy import service as tenancy
+
+    tenant = _in_transaction(_settings(), lambda s: tenancy.create_tenant(s, name, id))
     _emit(as_json, {"tenant_id": tenant.id}, [f"tenant created: {tenant.id}"])
 
 
@@ -136,7 +136,9 @@ def environment_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create an environment in a tenant."""
-    settings = get_settings()
+    from flexsync.tenancy import service as tenancy
+
+    settings = _settings()
     env = _in_transaction(settings, lambda s: tenancy.create_environment(s, tenant, name, id))
     url = settings.webhook_url(tenant, env.id)
     _emit(
@@ -154,7 +156,9 @@ def api_key_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create an API key for one tenant and environment. The key is printed once; only its hash is kept."""
-    issued = _in_transaction(get_settings(), lambda s: tenancy.create_api_key(s, tenant, environment, name))
+    from flexsync.tenancy import service as tenancy
+
+    issued = _in_transaction(_settings(), lambda s: tenancy.create_api_key(s, tenant, environment, name))
     _emit(
         as_json,
         {"tenant_id": tenant, "environment_id": environment, "api_key": issued.key},
@@ -165,11 +169,13 @@ def api_key_create(
 @api_key_app.command("revoke")
 def api_key_revoke(key_id: str) -> None:
     """Revoke an API key by its id (key_...)."""
-    _in_transaction(get_settings(), lambda s: tenancy.revoke_api_key(s, key_id))
+    from flexsync.tenancy import service as tenancy
+
+    _in_transaction(_settings(), lambda s: tenancy.revoke_api_key(s, key_id))
     console.print(f"API key {key_id} revoked")
 
 
-def _bootstrap_lines(settings: Settings, result: tenancy.Bootstrap) -> list[str]:
+def _bootstrap_lines(settings: Settings, result: Bootstrap) -> list[str]:
     return [
         f"tenant:       {result.tenant_id}",
         f"environment:  {result.environment_id}",
@@ -181,7 +187,10 @@ def _bootstrap_lines(settings: Settings, result: tenancy.Bootstrap) -> list[str]
 @app.command("bootstrap")
 def bootstrap_command(as_json: JsonFlag = False) -> None:
     """Create a default tenant, environment and API key; on a bootstrapped database, a new key."""
-    settings = get_settings()
+    from flexsync.db import migrate
+    from flexsync.tenancy import service as tenancy
+
+    settings = _settings()
     migrate(settings.database_url)
     result = _in_transaction(settings, tenancy.bootstrap)
     assert result is not None
@@ -201,7 +210,9 @@ def rotate_keys_command(as_json: JsonFlag = False) -> None:
     Put the new key first and keep the old ones after it: FLEXSYNC_ENCRYPTION_KEYS="NEW,OLD". Once this has run,
     OLD can be dropped from the list.
     """
-    settings = get_settings()
+    from flexsync.connections import service as connections
+
+    settings = _settings()
     box = _usable_secret_box(settings)
     report = _in_transaction(settings, lambda s: connections.rotate_encryption_keys(s, box))
     _emit(
@@ -220,11 +231,12 @@ def events_replay(
     as_json: JsonFlag = False,
 ) -> None:
     """Apply a stored Stripe webhook event again now and print the outcome (exit 1 if not found or failed)."""
+    from flexsync.kit.errors import APIError
     from flexsync.kit.json import dumps
     from flexsync.webhooks.service import replay
 
     try:
-        event: dict[str, Any] = json.loads(dumps(_with_database(get_settings(), lambda db: replay(db, event_id))))
+        event: dict[str, Any] = json.loads(dumps(_with_database(_settings(), lambda db: replay(db, event_id))))
     except APIError as exc:
         err_console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(code=1) from None
@@ -258,7 +270,7 @@ def events_prune(
     from flexsync.models import utcnow
     from flexsync.webhooks.service import prune
 
-    settings = get_settings()
+    settings = _settings()
     days = settings.webhook_event_retention_days if older_than_days is None else older_than_days
     if older_than_days is None and days == 0:
         err_console.print(
@@ -313,9 +325,10 @@ def reconcile_command(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object for scripts.")] = False,
 ) -> None:
+    from flexsync.logs import configure_logging
     from flexsync.reconcile.terminal import reconcile_in_terminal
 
-    settings = get_settings()
+    settings = _settings()
     configure_logging("error", settings.log_format)
     _usable_secret_box(settings)
     code = reconcile_in_terminal(
@@ -335,8 +348,8 @@ def _settle_garbage_collector() -> None:
     """For a long-running process: what start-up built (modules, the app, its routes and models) is moved out
     of the collector's sight, and the youngest generation is collected every GC_YOUNG_THRESHOLD allocations
     instead of 700. A request makes a few hundred short-lived objects, nearly all freed by reference counting;
-    at the default threshold the collector ran several times per batch of webhooks and cost about 5% of the
-    server's CPU."""
+    at the default threshold the collector ran several times per batch of webhooks, a measurable share of the
+    server's CPU (BENCHMARKS.md)."""
     gc.collect()
     gc.freeze()
     _young, middle, old = gc.get_threshold()
@@ -362,7 +375,11 @@ def serve(
     """Serve the API and dashboard (with an embedded worker unless --no-worker)."""
     import uvicorn
 
-    settings = get_settings()
+    from flexsync.db import is_sqlite_url, migrate
+    from flexsync.logs import configure_logging
+    from flexsync.tenancy import service as tenancy
+
+    settings = _settings()
     settings.host = host or settings.host
     settings.port = port or settings.port
     configure_logging(settings.log_level, settings.log_format)
@@ -376,7 +393,7 @@ def serve(
     _usable_secret_box(settings)
     _usable_tls_files(settings)
 
-    def prepare_database() -> tenancy.Bootstrap | None:
+    def prepare_database() -> Bootstrap | None:
         if no_migrate:
             _refuse_unmigrated(settings)
         else:
@@ -457,9 +474,10 @@ def _usable_tls_files(settings: Settings) -> None:
 def serving_app(settings: Settings | None = None) -> Any:
     """The app one server process serves (`serve --processes N` has uvicorn build one in each process)."""
     from flexsync.api import create_app
+    from flexsync.logs import configure_logging
 
     if settings is None:
-        settings = get_settings()
+        settings = _settings()
         configure_logging(settings.log_level, settings.log_format)
     application = create_app(settings)
     _settle_garbage_collector()
@@ -480,9 +498,11 @@ def worker_command(
 ) -> None:
     """Run the outbound sync worker only (run many of them against PostgreSQL; one on SQLite)."""
     from flexsync.jobs.worker import run_worker
+    from flexsync.kit import runtime
+    from flexsync.logs import configure_logging
     from flexsync.wiring import job_registry
 
-    settings = get_settings()
+    settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
     box = _usable_secret_box(settings)
     _once_database_answers(settings, lambda: _refuse_unmigrated(settings))
@@ -492,6 +512,8 @@ def worker_command(
 
 def _usable_secret_box(settings: Settings) -> SecretBox:
     """The process's secret box; a key that cannot be used ends the command with one line saying why."""
+    from flexsync.crypto import EncryptionKeyError, secret_box
+
     try:
         return secret_box(settings)
     except EncryptionKeyError as exc:
@@ -503,6 +525,12 @@ def _once_database_answers(settings: Settings, start: Callable[[], T]) -> T:
     """Run a long-running command's first database work; while PostgreSQL cannot be reached (it is starting
     beside us, restarting or failing over), try again with growing pauses, for FLEXSYNC_DATABASE_WAIT_SECONDS.
     Any other error, or the last one, goes to the caller."""
+    import structlog
+
+    from flexsync.db import is_sqlite_url, is_unavailable
+    from flexsync.logs import describe_error
+
+    log = structlog.get_logger(__name__)
     deadline = time.monotonic() + settings.database_wait_seconds
     pause = 0.25
     while True:
@@ -520,20 +548,25 @@ def _once_database_answers(settings: Settings, start: Callable[[], T]) -> T:
 
 def _refuse_unmigrated(settings: Settings) -> None:
     """A long-running process on a database it cannot use would only log the same error forever."""
+    from flexsync.db import unmigrated_schema
+
     problem = unmigrated_schema(settings.database_url)
     if problem is not None:
         err_console.print(f"[red]error:[/red] {problem}", highlight=False)
         raise typer.Exit(code=1)
 
 
-def _database_problem(exc: DBAPIError) -> str:
-    text = str(exc.orig) if exc.orig is not None else str(exc)
+def _database_problem(exc: Exception) -> str:
+    from flexsync.logs import redact
+
+    orig = getattr(exc, "orig", None)
+    text = str(orig) if orig is not None else str(exc)
     if "no such table" in text or ("relation" in text and "does not exist" in text):
         return "the database has no flexsync tables yet: run `flexsync migrate` first"
     return f"database error: {redact(text.splitlines()[0] if text else type(exc).__name__)}"
 
 
-def _settings_problem(exc: ValidationError) -> str:
+def _settings_problem(exc: Any) -> str:
     """Which FLEXSYNC_* variables are wrong and why; never their values (one may be a key)."""
     problems = [
         # An error of several variables together has no location: its message names them.
@@ -544,17 +577,33 @@ def _settings_problem(exc: ValidationError) -> str:
     return "invalid configuration: " + "; ".join(problems)
 
 
+def _failure(exc: Exception) -> str | None:
+    """What a command's failure means to the person who ran it, for the failures that have a plain cause (the
+    settings, the database); None for any other. The types are imported here: a command that raised one of
+    them has imported them already."""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, ValidationError):
+        return _settings_problem(exc) if exc.title == "Settings" else None
+    if isinstance(exc, DBAPIError):
+        return _database_problem(exc)
+    if isinstance(exc, OSError) or type(exc).__module__.startswith("asyncpg"):
+        import asyncpg  # type: ignore[import-untyped]
+
+        from flexsync.logs import redact
+
+        if isinstance(exc, (OSError, asyncpg.PostgresError)):
+            return f"cannot reach the database: {redact(str(exc))}"
+    return None
+
+
 def main() -> None:
     try:
         app()
-    except ValidationError as exc:
-        if exc.title != Settings.__name__:
+    except Exception as exc:
+        problem = _failure(exc)
+        if problem is None:
             raise
-        err_console.print(f"[red]error:[/red] {_settings_problem(exc)}", highlight=False)
-        raise SystemExit(1) from None
-    except DBAPIError as exc:
-        err_console.print(f"[red]error:[/red] {_database_problem(exc)}", highlight=False)
-        raise SystemExit(1) from None
-    except (OSError, asyncpg.PostgresError) as exc:
-        err_console.print(f"[red]error:[/red] cannot reach the database: {redact(str(exc))}", highlight=False)
+        err_console.print(f"[red]error:[/red] {problem}", highlight=False)
         raise SystemExit(1) from None

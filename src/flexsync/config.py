@@ -11,16 +11,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from flexsync.limits import MAX_WORKER_CONCURRENCY, MIN_WEBHOOK_EVENT_RETENTION_DAYS, RETENTION_REASON
+
 # The most PostgreSQL connections one process opens from its pool, unless FLEXSYNC_DATABASE_MAX_CONNECTIONS says.
 DEFAULT_DATABASE_MAX_CONNECTIONS = 40
 
-# Stripe redelivers an event for up to three days; a stored event kept at least this long is never pruned
-# while a copy of it may still arrive (and be applied again).
-MIN_WEBHOOK_EVENT_RETENTION_DAYS = 7
-RETENTION_REASON = (
-    "Stripe redelivers an event for up to three days, and a pruned event would be stored and applied again"
-)
-MAX_WORKER_CONCURRENCY = 256
 # Database URL schemes -> the driver flexsync runs them with.
 DRIVERS = {
     "postgresql": "postgresql+asyncpg",
@@ -127,10 +122,6 @@ class Settings(BaseSettings):
     @property
     def serves_https(self) -> bool:
         return bool(self.tls_cert_file and self.tls_key_file)
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
     @property
     def base_url(self) -> str:

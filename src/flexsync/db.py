@@ -155,11 +155,11 @@ def read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession
     """Sessions for reading only, never committed (closing one ends its transaction).
 
     SQLite: their transactions neither take nor wait for the write lock, so an API read or a dashboard page
-    answers while webhook batches and the worker write (a GET's p99 during ingest: 290 ms with the write lock,
-    60 ms without; BENCHMARKS.md). On both backends a write through the session (an ORM flush, an INSERT,
-    UPDATE or DELETE) raises ReadSessionWrite at once, so a write that strayed into a read path fails its tests
-    on PostgreSQL too, where the session would otherwise roll it back silently when it closes; on SQLite
-    `PRAGMA query_only` refuses any other write as well."""
+    answers while webhook batches and the worker write (a GET's p99 during ingest: BENCHMARKS.md). On both
+    backends a write through the session (an ORM flush, an INSERT, UPDATE or DELETE) raises ReadSessionWrite at
+    once, so a write that strayed into a read path fails its tests on PostgreSQL too, where the session would
+    otherwise roll it back silently when it closes; on SQLite `PRAGMA query_only` refuses any other write as
+    well."""
     return async_sessionmaker(
         engine.execution_options(**{READ_ONLY: True}),
         sync_session_class=_ReadSession,
@@ -186,8 +186,8 @@ async def driver_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncSession]
     The session yielded works as any other; `fetch_rows` runs its statements on the driver directly, skipping
     SQLAlchemy's statement execution, and the ORM, when the work needs it, joins the transaction through a
     savepoint (the driver nests a transaction started inside one). For the webhook batch (three statements,
-    rarely any ORM) this took the client's CPU per transaction from about 710 to 320 us in a microbenchmark,
-    and the server's CPU per event down 12% (BENCHMARKS.md). Commits at the end, rolls back on any error.
+    rarely any ORM) this cuts the client's and the server's CPU per transaction (BENCHMARKS.md). Commits at
+    the end, rolls back on any error.
     """
     async with engine.connect() as connection:
         driver: Any = (await connection.get_raw_connection()).driver_connection
@@ -244,11 +244,11 @@ async def execute_planned_for_values(
     The driver prepares each statement once per connection, and after five executions PostgreSQL may settle on
     a generic plan, made without the values, and keep it until the next ANALYZE. Made while a table is young
     (the first minutes of a deployment, a backfill), such a plan can serve a lookup by key from an index that
-    reads a whole environment: the webhook path's batch lookup went from about 1 ms to 30-130 ms that way.
+    reads a whole environment, many times slower than the lookup by key (BENCHMARKS.md).
     Only the lookup is planned each time; the statements after it keep their cached plans (the setting is put
     back to the connection's own). Must run inside a transaction, as every session's statements do. A hot path
     can save the two extra round trips by carrying PLAN_FOR_VALUES and PLAN_AS_CONFIGURED in statements of its
-    own (stripe/inbound.py does).
+    own (sync/inbound.py does).
     """
     if session.get_bind().dialect.name != "postgresql":
         return await session.execute(statement, params)

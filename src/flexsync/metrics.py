@@ -14,7 +14,6 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-HTTP_REQUESTS = Counter("flexsync_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
 WEBHOOK_EVENTS = Counter("flexsync_webhook_events_total", "Stripe webhook deliveries", ["outcome"])
 WEBHOOK_BATCH = Histogram(
     "flexsync_webhook_batch_size",

@@ -11,7 +11,7 @@ from flexsync.kit.pagination import ListPage
 from flexsync.kit.schemas import ResponseModel
 
 JobStatus = Literal["pending", "running", "succeeded", "failed"]
-# stripe.outbound.Action, and reconcile.service.JOB_KIND.
+# sync.outbound.Action, and reconcile.service.JOB_KIND.
 JobKind = Literal["create", "update", "delete", "link", "reconcile"]
 
 

@@ -132,17 +132,3 @@ class Inserts:
             else:
                 await session.execute(insert, part.rows)
         return returned
-
-
-async def insert_rows(
-    session: AsyncSession,
-    table: Table,
-    rows: Sequence[Mapping[str, Any]],
-    *,
-    skip_conflicts_on: Sequence[str] = (),
-    returning: str | None = None,
-) -> list[Any]:
-    """Insert rows into one table in one statement (see Inserts.add)."""
-    inserts = Inserts()
-    inserts.add(table, rows, skip_conflicts_on=skip_conflicts_on, returning=returning)
-    return await inserts.write(session)

@@ -2,7 +2,7 @@
 
 Stripe is called outside any transaction, and the next page is fetched while the current one is written. Each
 page is one transaction that checks the job is still leased to this process, writes the page's decisions
-(stripe/reconcile.py) and moves the run's cursor, so a run stopped anywhere (a killed process, Stripe failing
+(sync/reconcile.py) and moves the run's cursor, so a run stopped anywhere (a killed process, Stripe failing
 past its retries) continues after its last written page. A dry run's page is decided in a transaction that is
 rolled back; only the run's report and cursor are written.
 

@@ -28,7 +28,7 @@ class ReconciliationProgress(ResponseModel):
 
 
 class ReconciliationCounts(ResponseModel):
-    """stripe.reconcile.COUNT_KEYS."""
+    """sync.reconcile.COUNT_KEYS."""
 
     linked: int
     imported: int

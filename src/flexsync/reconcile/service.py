@@ -23,7 +23,6 @@ from flexsync.sync.reconcile import COUNT_KEYS, Direction
 from flexsync.tenancy.service import Scope
 
 JOB_KIND = "reconcile"
-STATUSES = ("pending", "running", "succeeded", "failed")
 
 
 def run_to_dict(run: Reconciliation) -> dict[str, Any]:

@@ -105,8 +105,8 @@ async def list_stripe_page(caller: StripeCaller, account: StripeAccount, startin
     """One page of Stripe customers after `starting_after`, retrying 429s and 5xx a few times with backoff.
 
     `GET /v1/customers` goes through the SDK's `raw_request_async`, which answers the parsed JSON: the typed
-    objects of `customers.list_async` cost about 45 ms of CPU per page of 100 (each customer holds several
-    nested objects) only to be turned back into dicts here. Errors are the SDK's own either way.
+    objects of `customers.list_async` cost much CPU per page (each customer holds several nested objects)
+    only to be turned back into dicts here. Errors are the SDK's own either way.
     Raises StripeCallFailed when Stripe keeps failing or refuses the request."""
     params: dict[str, Any] = {"limit": PAGE_SIZE}
     if starting_after is not None:

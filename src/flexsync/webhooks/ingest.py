@@ -1,7 +1,7 @@
 """Group commit: concurrent deliveries made durable, and applied, together in one transaction.
 
 Each verified delivery is queued and its request waits. A committer task takes everything queued (up to
-MAX_BATCH) and, in one transaction: applies the events (`stripe.inbound.apply_batch`, which first locks the
+MAX_BATCH) and, in one transaction: applies the events (`sync.inbound.apply_batch`, which first locks the
 Stripe customers involved on PostgreSQL), and inserts them with their outcome in one
 `INSERT ... ON CONFLICT DO NOTHING RETURNING`; if an event was stored already, the batch is redone without
 it. Only after the commit is any request answered: applied, ignored, queued (waiting for Stripe's current
@@ -39,10 +39,10 @@ log = structlog.get_logger(__name__)
 
 MAX_BATCH = 256
 # Batches in flight at once. Two overlap one batch's round trips to PostgreSQL with the next one's Python
-# work: +15-25% events/s on 2 cores at 32 concurrent deliveries; three made smaller batches and no gain.
+# work, for more events/s (BENCHMARKS.md); three made smaller batches and no gain.
 COMMITTERS = 2
 # SQLite has one writer: a second committer only waits for the first in SQLite's busy handler, which polls with
-# sleeps of up to 100 ms. One committer: 1.29x the events/s, p99 36 ms instead of 85 (BENCHMARKS.md).
+# sleeps: one committer gives more events/s and a lower p99 (BENCHMARKS.md).
 SQLITE_COMMITTERS = 1
 STOP_TIMEOUT_SECONDS = 10.0
 # How long a batch about to start may wait for more deliveries, and how many batches it remembers the sizes

@@ -147,7 +147,7 @@ async def list_page(
     The total is counted by environment alone: an environment id names one environment of one tenant (the
     scope's, checked with its API key), and without the tenant column PostgreSQL counts an environment's events
     from `ix_webhook_events_env_received` alone, an index-only scan, instead of reading every row of the table
-    (2 million events: about 0.2 s instead of 0.6; BENCHMARKS.md)."""
+    (BENCHMARKS.md)."""
     filters = []
     if status is not None:
         filters.append(WebhookEvent.status == status)
@@ -183,7 +183,7 @@ async def find_by_any_id(session: AsyncSession, event_id: str) -> list[WebhookEv
 
 # Events pruned once old enough: those whose work is done. Queued, failed and dead events stay until they are
 # applied or replayed; `customer.deleted` events stay for good: they are how a deleted Stripe customer is
-# recognised when a late event for it arrives (see stripe.inbound, the `deleted` lookup).
+# recognised when a late event for it arrives (see sync.inbound, the `deleted` lookup).
 PRUNABLE_STATUSES = ("applied", "ignored")
 KEPT_TYPE = "customer.deleted"
 EVENT_ID_PREFIX = "whevt"
