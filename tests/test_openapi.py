@@ -138,7 +138,7 @@ def test_real_objects_are_answered_as_documented(
         api("GET", "/v1/reconciliations/{run_id}", 200, run_id=real_ids["run_id"])
         api("GET", "/healthz", 200)
         api("GET", "/readyz", 200)
-        assert "flexsync_http_requests_total" in client.get("/metrics").text
+        assert "flexsync_webhook_events_total" in client.get("/metrics").text
 
 
 def test_deletions_are_answered_without_a_body(
