@@ -4,7 +4,8 @@ Each run, alternating which goes first, measures for this checkout and for a bas
 `git archive` of an earlier commit's `src/`, put first on PYTHONPATH so it is the one imported):
 
 - `python -X importtime -c 'import flexsync.cli'`: the cumulative microseconds of `flexsync.cli`;
-- `flexsync --help` (the installed console script, its output thrown away): wall seconds.
+- `flexsync --help` (the installed console script, its output thrown away): wall seconds, and CPU seconds
+  (user + system, from the child's rusage: on a shared machine the steadier of the two).
 
 Prints one line per run and the medians.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -50,10 +52,16 @@ def import_seconds(src: str | None) -> float:
     raise RuntimeError("flexsync.cli not in the import times")
 
 
-def help_seconds(src: str | None) -> float:
-    started = time.perf_counter()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def help_seconds(src: str | None) -> tuple[float, float]:
+    """Wall and CPU seconds of one `flexsync --help`."""
+    cpu, started = _children_cpu(), time.perf_counter()
     subprocess.run([str(CONSOLE_SCRIPT), "--help"], env=_env(src), capture_output=True, check=True)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _children_cpu() - cpu
 
 
 def main() -> None:
@@ -62,21 +70,24 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
     trees = {"baseline": args.baseline_src, "this": None}
-    results: dict[str, dict[str, list[float]]] = {name: {"import": [], "help": []} for name in trees}
+    results: dict[str, dict[str, list[float]]] = {name: {"import": [], "help": [], "cpu": []} for name in trees}
     for run in range(args.runs):
         order = list(trees) if run % 2 == 0 else list(reversed(trees))
         for name in order:
             results[name]["import"].append(import_seconds(trees[name]))
-            results[name]["help"].append(help_seconds(trees[name]))
+            wall, cpu = help_seconds(trees[name])
+            results[name]["help"].append(wall)
+            results[name]["cpu"].append(cpu)
             print(
                 f"run {run + 1} {name:8}: import flexsync.cli {results[name]['import'][-1]:.3f} s, "
-                f"flexsync --help {results[name]['help'][-1]:.3f} s",
+                f"flexsync --help {wall:.3f} s (CPU {cpu:.3f} s)",
                 flush=True,
             )
     for name in trees:
         print(
             f"median {name:8}: import flexsync.cli {statistics.median(results[name]['import']):.3f} s, "
-            f"flexsync --help {statistics.median(results[name]['help']):.3f} s"
+            f"flexsync --help {statistics.median(results[name]['help']):.3f} s "
+            f"(CPU {statistics.median(results[name]['cpu']):.3f} s)"
         )
 
 
