@@ -25,6 +25,7 @@ from flexsync.kit.json import JSONResponse
 from flexsync.kit.openapi import API_KEY_REQUIRED, errors
 from flexsync.kit.pagination import Page, PageQuery, page_body
 from flexsync.sync import outbound
+from flexsync.sync import status as sync_status
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"], responses=API_KEY_REQUIRED)
 
@@ -156,7 +157,7 @@ async def get_customer_sync(customer_id: str, scope: AuthScope, db: DB) -> JSONR
         customer = await repository.get(session, scope, customer_id)
         if customer is None:
             raise NotFound(f"customer {customer_id} not found")
-        return JSONResponse(await outbound.sync_status(session, customer))
+        return JSONResponse(await sync_status.sync_status(session, customer))
 
 
 @router.delete("/{customer_id}", status_code=204, responses=errors(404))

@@ -195,7 +195,7 @@ class SyncRequested(ResponseModel):
 
 
 class CustomerSyncStatus(ResponseModel):
-    """The customer's Stripe link and outbound sync state (`sync.outbound.sync_statuses`)."""
+    """The customer's Stripe link and outbound sync state (`sync.status.sync_statuses`)."""
 
     customer_id: str
     connection_id: str | None

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from flexsync.models import ApiKey, Customer, Environment, SyncJob, Tenant, WebhookEvent, utcnow
-from flexsync.sync import outbound
+from flexsync.sync import status as sync_status
 from flexsync.tenancy.service import Scope
 
 
@@ -104,7 +104,7 @@ def sync_state(sync: dict[str, Any]) -> SyncState:
 async def sync_states(session: AsyncSession, customers: Sequence[Customer]) -> dict[str, SyncState]:
     return {
         customer_id: sync_state(sync)
-        for customer_id, sync in (await outbound.sync_statuses(session, customers)).items()
+        for customer_id, sync in (await sync_status.sync_statuses(session, customers)).items()
     }
 
 

@@ -16,6 +16,7 @@ from flexsync.kit.errors import APIError, NotFound
 from flexsync.kit.pagination import PageNumber, page_count
 from flexsync.models import Customer
 from flexsync.sync import outbound
+from flexsync.sync import status as sync_status
 from flexsync.web import forms, queries
 from flexsync.web.auth import PostedForm, SignedIn, Viewer
 from flexsync.web.render import render
@@ -117,7 +118,7 @@ async def customer_page(request: Request, customer_id: str, viewer: SignedIn, db
         if customer is None:
             raise NotFound(f"customer {customer_id} not found")
         connection = await get_live_connection(session, scope.tenant_id, scope.environment_id)
-        state = queries.sync_state(await outbound.sync_status(session, customer))
+        state = queries.sync_state(await sync_status.sync_status(session, customer))
         jobs, _total = await jobs_repository.list_page(
             session, scope, status=None, customer_id=customer.id, limit=RECENT_ACTIVITY, offset=0
         )
