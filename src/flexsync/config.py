@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     database_wait_seconds: float = Field(30.0, ge=0)
     # The most PostgreSQL connections one process opens from its pool (a worker also holds one for LISTEN).
     database_max_connections: int = Field(DEFAULT_DATABASE_MAX_CONNECTIONS, ge=2, le=1000)
+    # Minutes without a page view after which a dashboard session ends (it ends 12 hours after sign-in anyway).
+    dashboard_idle_minutes: int = Field(120, ge=1, le=12 * 60)
 
     @field_validator("database_url")
     @classmethod

@@ -98,6 +98,21 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class DashboardSession(Base):
+    """A signed-in dashboard session (tenancy/dashboard_sessions.py). Its id is the SHA-256 of the random id the
+    browser's cookie holds: a copy of this table opens no session."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    client: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column()
+    last_seen_at: Mapped[datetime] = mapped_column()
+    # created_at + 12 hours: the session ends then, however active.
+    expires_at: Mapped[datetime] = mapped_column()
+
+
 class Customer(Base):
     __tablename__ = "customers"
     __table_args__ = (

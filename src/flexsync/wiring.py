@@ -6,6 +6,7 @@ from __future__ import annotations
 from flexsync.jobs.registry import Registry
 from flexsync.reconcile import runner
 from flexsync.sync import push_jobs
+from flexsync.web import sweeps as dashboard_sweeps
 from flexsync.webhooks import sweeps
 
 
@@ -14,4 +15,5 @@ def job_registry() -> Registry:
     push_jobs.register(registry)
     runner.register(registry)
     sweeps.register(registry)
+    dashboard_sweeps.register(registry)
     return registry

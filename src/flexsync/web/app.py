@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from flexsync.web.auth import CSRFRejected, SignInRequired, current_session
+from flexsync.web.auth import CSRFRejected, SignInRequired, viewer_if_signed_in
 from flexsync.web.pages import activity, customers, integrations, reconciliation, signin
 from flexsync.web.render import STATIC_DIR, render
 
@@ -32,19 +32,14 @@ async def _redirect_to_sign_in(_request: Request, exc: SignInRequired) -> Respon
 
 async def _csrf_rejected(request: Request, _exc: CSRFRejected) -> Response:
     message = "This form has expired or did not come from this dashboard. Reload the page and try again."
-    return _error_page(request, 403, message)
+    return await _error_page(request, 403, message)
 
 
-def _error_page(request: Request, status: int, message: str) -> Response:
-    session = current_session(request)
-    signed_in = session is not None and session.signed_in
-    return render(
-        request,
-        "error.html",
-        None,
-        {"status": status, "message": message, "signed_in": signed_in, "csrf_token": None},
-        status_code=status,
-    )
+async def _error_page(request: Request, status: int, message: str) -> Response:
+    # A signed-in visitor keeps the navigation and Sign out. Not after a server error: the database may be what
+    # failed.
+    viewer = await viewer_if_signed_in(request) if status < 500 else None
+    return render(request, "error.html", viewer, {"status": status, "message": message}, status_code=status)
 
 
 def _html_for_dashboard(handler: Handler) -> Handler:
@@ -57,7 +52,7 @@ def _html_for_dashboard(handler: Handler) -> Handler:
         if not is_dashboard_path(request.url.path) or response.media_type != "application/json":
             return response
         message = orjson.loads(bytes(response.body)).get("message", "Something went wrong.")
-        return _error_page(request, response.status_code, message)
+        return await _error_page(request, response.status_code, message)
 
     return handle
 

@@ -1,21 +1,27 @@
-"""Who is looking at the dashboard: the signed session, the API key behind it, and the CSRF check on forms."""
+"""Who is looking at the dashboard: the session behind the cookie, the API key behind it, the CSRF check on forms."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated
 from urllib.parse import quote
 
+import structlog
 from fastapi import Depends, Request
 from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from flexsync.context import AppContext
 from flexsync.crypto import configured_keys
+from flexsync.db import temporary_failure
 from flexsync.deps import DB
+from flexsync.models import utcnow
+from flexsync.tenancy import dashboard_sessions
 from flexsync.tenancy.service import Scope
-from flexsync.web import queries
-from flexsync.web.session import COOKIE_NAME, SESSION_MAX_AGE_SECONDS, Session, SessionSigner, signing_secrets
+from flexsync.web.session import COOKIE_MAX_AGE_SECONDS, COOKIE_NAME, SessionSigner, signing_secrets
+
+log = structlog.get_logger(__name__)
 
 CSRF_FIELD = "csrf_token"
 
@@ -48,15 +54,17 @@ def signer(request: Request) -> SessionSigner:
     return existing
 
 
-def current_session(request: Request) -> Session | None:
+def cookie_session_id(request: Request) -> str | None:
+    """The session id the browser's cookie holds, once its signature checks; whether it is signed in is the
+    database's to say (`find_session`)."""
     return signer(request).loads(request.cookies.get(COOKIE_NAME))
 
 
-def set_session_cookie(request: Request, response: Response, session: Session) -> None:
+def set_session_cookie(request: Request, response: Response, session_id: str) -> None:
     response.set_cookie(
         COOKIE_NAME,
-        signer(request).dumps(session),
-        max_age=SESSION_MAX_AGE_SECONDS,
+        signer(request).dumps(session_id),
+        max_age=COOKIE_MAX_AGE_SECONDS,
         path="/",
         httponly=True,
         samesite="lax",
@@ -71,12 +79,19 @@ def safe_next(path: str | None) -> str:
     return path
 
 
+async def find_session(
+    db: AppContext, session_id: str, now: datetime
+) -> dashboard_sessions.SignedIn | dashboard_sessions.Ended | None:
+    async with db.read() as session:
+        return await dashboard_sessions.find(session, session_id, now, dashboard_sessions.idle_limit(db.settings))
+
+
 @dataclass(frozen=True, slots=True)
 class Viewer:
     """The signed-in session: its API key's scope bounds every page."""
 
-    key: queries.KeyHolder
-    session: Session
+    key: dashboard_sessions.SignedIn
+    session_id: str
     csrf_token: str
 
     @property
@@ -84,34 +99,62 @@ class Viewer:
         return self.key.scope
 
 
+async def _note_activity(db: AppContext, session_id: str, found: dashboard_sessions.SignedIn, now: datetime) -> None:
+    """Move the session's idle deadline on, at most once a minute (LAST_SEEN_EVERY). A database too busy for
+    the write just now leaves the page be: the next view writes it."""
+    if not dashboard_sessions.needs_touch(found, now):
+        return
+    try:
+        async with db.transaction() as session:
+            await dashboard_sessions.touch(session, session_id, now)
+    except Exception as exc:
+        if temporary_failure(exc) is None:
+            raise
+        log.warning("could not note dashboard activity; the next page view will", error=type(exc).__name__)
+
+
 async def require_viewer(request: Request, db: DB) -> Viewer:
-    session = current_session(request)
+    session_id = cookie_session_id(request)
     next_path = request.url.path if request.method == "GET" else "/customers"
     if request.method == "GET" and request.url.query:
         next_path += f"?{request.url.query}"
-    if session is None or not session.signed_in:
+    if session_id is None:
         raise SignInRequired(next_path)
-    async with db.read() as db_session:
-        key = await queries.active_key(db_session, session.api_key_id)
-    if key is None:
-        raise SignInRequired(next_path, notice="key-revoked")
-    return Viewer(key=key, session=session, csrf_token=signer(request).csrf_token(session))
+    now = utcnow()
+    found = await find_session(db, session_id, now)
+    if found is None:
+        raise SignInRequired(next_path)
+    if not isinstance(found, dashboard_sessions.SignedIn):
+        raise SignInRequired(next_path, notice=found.reason)
+    await _note_activity(db, session_id, found, now)
+    return Viewer(key=found, session_id=session_id, csrf_token=signer(request).csrf_token(session_id))
+
+
+async def viewer_if_signed_in(request: Request) -> Viewer | None:
+    """For pages any visitor may see (errors): the signed-in viewer, if there is one, to show the navigation."""
+    session_id = cookie_session_id(request)
+    if session_id is None:
+        return None
+    found = await find_session(request.app.state.db, session_id, utcnow())
+    if not isinstance(found, dashboard_sessions.SignedIn):
+        return None
+    return Viewer(key=found, session_id=session_id, csrf_token=signer(request).csrf_token(session_id))
 
 
 SignedIn = Annotated[Viewer, Depends(require_viewer)]
 
 
-async def checked_form(request: Request, session: Session | None) -> FormData:
+async def checked_form(request: Request, session_id: str | None) -> FormData:
     """The posted form, once its CSRF token matches the session's."""
     form = await request.form()
     token = form.get(CSRF_FIELD)
-    if session is None or not isinstance(token, str) or not signer(request).csrf_valid(session, token):
+    if session_id is None or not isinstance(token, str) or not signer(request).csrf_valid(session_id, token):
         raise CSRFRejected()
     return form
 
 
 async def viewer_form(request: Request, viewer: SignedIn) -> FormData:
-    return await checked_form(request, viewer.session)
+    return await checked_form(request, viewer.session_id)
 
 
 PostedForm = Annotated[FormData, Depends(viewer_form)]

@@ -11,35 +11,9 @@ from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
-from flexsync.models import ApiKey, Customer, Environment, SyncJob, Tenant, WebhookEvent, utcnow
+from flexsync.models import Customer, SyncJob, WebhookEvent, utcnow
 from flexsync.sync import status as sync_status
 from flexsync.tenancy.service import Scope
-
-
-@dataclass(frozen=True, slots=True)
-class KeyHolder:
-    """A signed-in session's API key, with the names shown in the page header."""
-
-    scope: Scope
-    key_prefix: str
-    tenant_name: str
-    environment_name: str
-
-
-async def active_key(session: AsyncSession, api_key_id: str) -> KeyHolder | None:
-    """The key behind a session, or None once it is revoked or gone (which ends the session)."""
-    stmt = (
-        select(ApiKey, Tenant.name, Environment.name)
-        .join(Tenant, Tenant.id == ApiKey.tenant_id)
-        .join(Environment, Environment.id == ApiKey.environment_id)
-        .where(ApiKey.id == api_key_id, ApiKey.revoked_at.is_(None))
-    )
-    row = (await session.execute(stmt)).first()
-    if row is None:
-        return None
-    key, tenant_name, environment_name = row
-    scope = Scope(tenant_id=key.tenant_id, environment_id=key.environment_id, api_key_id=key.id)
-    return KeyHolder(scope, key.display_prefix, tenant_name, environment_name)
 
 
 def _contains(text: str) -> str:

@@ -63,6 +63,7 @@ PAGE_HEADERS = {
 NOTICES = {
     "signed-out": "You are signed out.",
     "key-revoked": "That session's API key was revoked or removed. Sign in with a valid key.",
+    "session-expired": "Your session ended: it was idle too long, or began more than 12 hours ago. Sign in again.",
     "customer-created": "Customer created.",
     "customer-saved": "Customer saved.",
     "customer-archived": "Customer archived.",

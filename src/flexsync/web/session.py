@@ -1,8 +1,9 @@
-"""The dashboard session: a signed cookie holding an API key id, never the key, and a per-session nonce.
+"""The dashboard's session cookie: a signed random session id, and the CSRF token that goes with it.
 
-The signing secret is derived from the encryption keys, so sessions survive restarts and are valid in every
-process that shares those keys; the newest key signs, any configured key verifies (rotation signs nobody out).
-The nonce is what makes the CSRF token per session: the token is an HMAC of it, checked on every POST.
+The id is all the cookie holds; what it opens is decided by its row in the database (tenancy/dashboard_sessions.py),
+or, before sign-in, nothing: an id without a row only ties the sign-in form's CSRF token to the browser.
+The signing secret is derived from the encryption keys, so cookies are valid in every process that shares those
+keys; the newest key signs, any configured key verifies (rotation signs nobody out).
 """
 
 from __future__ import annotations
@@ -10,27 +11,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import secrets
-import time
-from dataclasses import dataclass
+
+from flexsync.tenancy.dashboard_sessions import SESSION_LIFETIME
 
 COOKIE_NAME = "flexsync_session"
-# A session lasts at most this long, then the key must be entered again.
-SESSION_MAX_AGE_SECONDS = 12 * 3600
+# The browser keeps the cookie as long as a session can last at most.
+COOKIE_MAX_AGE_SECONDS = int(SESSION_LIFETIME.total_seconds())
 _SESSION_PURPOSE = b"flexsync dashboard session v1"
-
-
-@dataclass(frozen=True, slots=True)
-class Session:
-    """`api_key_id` is empty before sign-in: an anonymous session still carries a nonce for the sign-in form."""
-
-    api_key_id: str
-    nonce: str
-    issued_at: int
-
-    @property
-    def signed_in(self) -> bool:
-        return bool(self.api_key_id)
 
 
 def signing_secrets(encryption_keys: list[str]) -> list[bytes]:
@@ -52,31 +39,27 @@ class SessionSigner:
             raise ValueError("at least one signing secret is required")
         self._secrets = secrets_newest_first
 
-    def new_session(self, api_key_id: str = "") -> Session:
-        # A fresh nonce at every sign-in and sign-out, so a token seen before sign-in is useless after it.
-        return Session(api_key_id=api_key_id, nonce=secrets.token_urlsafe(16), issued_at=int(time.time()))
+    def dumps(self, session_id: str) -> str:
+        return f"{session_id}.{_mac(self._secrets[0], session_id)}"
 
-    def dumps(self, session: Session) -> str:
-        body = f"{session.api_key_id}.{session.nonce}.{session.issued_at}"
-        return f"{body}.{_mac(self._secrets[0], body)}"
-
-    def loads(self, cookie: str | None) -> Session | None:
-        """The session in a cookie, or None when it is missing, tampered with, or expired."""
+    def loads(self, cookie: str | None) -> str | None:
+        """The session id in a cookie, or None when it is missing or tampered with (no database lookup needed)."""
         if not cookie:
             return None
-        body, _, signature = cookie.rpartition(".")
-        parts = body.split(".")
-        if len(parts) != 3 or not any(hmac.compare_digest(signature, _mac(s, body)) for s in self._secrets):
+        session_id, _, signature = cookie.rpartition(".")
+        # An id is one url-safe token: a cookie of the former format (several dotted parts) names no session.
+        if (
+            not session_id
+            or "." in session_id
+            or not any(hmac.compare_digest(signature, _mac(s, session_id)) for s in self._secrets)
+        ):
             return None
-        api_key_id, nonce, issued = parts
-        if not issued.isdigit() or time.time() - int(issued) > SESSION_MAX_AGE_SECONDS:
-            return None
-        return Session(api_key_id=api_key_id, nonce=nonce, issued_at=int(issued))
+        return session_id
 
-    def csrf_token(self, session: Session) -> str:
-        return _mac(self._secrets[0], f"csrf.{session.nonce}")
+    def csrf_token(self, session_id: str) -> str:
+        return _mac(self._secrets[0], f"csrf.{session_id}")
 
-    def csrf_valid(self, session: Session, token: str | None) -> bool:
+    def csrf_valid(self, session_id: str, token: str | None) -> bool:
         if not token:
             return False
-        return any(hmac.compare_digest(token, _mac(s, f"csrf.{session.nonce}")) for s in self._secrets)
+        return any(hmac.compare_digest(token, _mac(s, f"csrf.{session_id}")) for s in self._secrets)
