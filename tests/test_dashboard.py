@@ -11,10 +11,8 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +20,14 @@ import stripe
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.tenancy import service as tenancy
+from tests.dashboard_support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    CHROMIUM_MISSING,
+    outside_playwright,
+    sign_in,
+    signed_in,
+)
 from tests.support import (
     DatabaseUnderTest,
     LocalStripe,
@@ -33,36 +39,14 @@ from tests.support import (
 )
 from tests.webhook_support import sign, stripe_event
 
-T = TypeVar("T")
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
 if not CHROMIUM.exists():
-    pytest.skip(
-        "the dashboard tests drive the system Chromium at /usr/bin/chromium (Debian packages chromium and "
-        "chromium-driver), which is not installed; scripts/test-setup.sh installs it when run as root",
-        allow_module_level=True,
-    )
+    pytest.skip(CHROMIUM_MISSING, allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="the dashboard tests need the playwright package")
 Browser = sync_api.Browser
 Page = sync_api.Page
 expect = sync_api.expect
-
-
-def outside_playwright(work: Callable[[], T]) -> T:
-    """Playwright's sync API keeps an event loop running in this thread, so asyncio.run work goes elsewhere."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(work).result()
 
 
 def fresh_tenant(db: DatabaseUnderTest, server: Server) -> TenantContext:
@@ -128,14 +112,6 @@ def reload_until(page: Page, check: Callable[[], bool], what: str, timeout: floa
         page.reload()
 
 
-def sign_in(page: Page, key: str, path: str = "/customers") -> None:
-    page.goto(path)
-    expect(page).to_have_url(re.compile(r"/signin\?next="))
-    page.get_by_label("API key").fill(key)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page).to_have_url(re.compile(re.escape(path) + "$"))
-
-
 def create_via_api(tenant: TenantContext, **fields: Any) -> dict[str, Any]:
     with tenant.client() as api:
         response = api.post("/v1/customers", json=fields)
@@ -166,7 +142,7 @@ def test_sign_in_with_an_api_key_and_out_again(page: Page, tenant: TenantContext
     assert tenant.api_key not in cookie["value"]
     assert tenant.api_key[4:] not in cookie["value"]
 
-    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign out", exact=True).click()
     expect(page.get_by_role("status")).to_have_text("You are signed out.")
     page.goto("/customers")
     expect(page).to_have_url(re.compile(r"/signin"))
@@ -292,23 +268,11 @@ def test_a_revoked_keys_session_stops_working(
     expect(page.get_by_role("status")).to_contain_text("revoked")
 
 
-@contextmanager
-def signed_in(dashboard: Server, tenant: TenantContext) -> Iterator[httpx.Client]:
-    """A plain HTTP client signed in to the dashboard with the tenant's key."""
-    with httpx.Client(base_url=dashboard.base_url) as client:
-        sign_in_page = client.get("/signin")
-        token = re.search(r'name="csrf_token" value="([^"]+)"', sign_in_page.text)
-        assert token is not None
-        signed = client.post("/signin", data={"api_key": tenant.api_key, "csrf_token": token.group(1)})
-        assert signed.status_code == 303
-        yield client
-
-
 def test_a_live_connection_with_a_plain_http_webhook_url_is_warned_about(
     dashboard: Server, tenant: TenantContext
 ) -> None:
     # The dashboard server's public URL is http://127.0.0.1:PORT: fine for test mode, refused by Stripe for live.
-    with signed_in(dashboard, tenant) as client, tenant.client() as api:
+    with signed_in(dashboard.base_url, tenant.api_key) as client, tenant.client() as api:
         keys = {"secret_key": "sk_test_httpwarn", "publishable_key": "pk_test_httpwarn"}
         connection = api.post("/v1/connections", json={"name": "Stripe", **keys})
         assert connection.status_code == 201, connection.text
@@ -323,7 +287,7 @@ def test_a_live_connection_with_a_plain_http_webhook_url_is_warned_about(
 
 
 def test_page_numbers_past_every_list(dashboard: Server, tenant: TenantContext) -> None:
-    with signed_in(dashboard, tenant) as client:
+    with signed_in(dashboard.base_url, tenant.api_key) as client:
         for path in ("/customers", "/sync-jobs", "/webhook-events", "/reconciliation"):
             assert client.get(path, params={"page": 1_000_000_000}).status_code == 200, path  # an empty page
             # A page whose rows would start beyond what a database can skip: refused, not a server error.
@@ -331,11 +295,10 @@ def test_page_numbers_past_every_list(dashboard: Server, tenant: TenantContext) 
 
 
 def test_a_tampered_session_cookie_is_not_accepted(dashboard: Server, tenant: TenantContext) -> None:
-    with signed_in(dashboard, tenant) as client:
+    with signed_in(dashboard.base_url, tenant.api_key) as client:
         assert client.get("/customers").status_code == 200
-        cookie = client.cookies["flexsync_session"]
-        key_id, rest = cookie.split(".", 1)
-        client.cookies.set("flexsync_session", f"{key_id}X.{rest}")
+        session_id, signature = client.cookies["flexsync_session"].split(".")
+        client.cookies.set("flexsync_session", f"{session_id[:-1]}{'A' if session_id[-1] != 'A' else 'B'}.{signature}")
         assert client.get("/customers").headers["location"].startswith("/signin")
 
 
@@ -475,7 +438,7 @@ def test_the_setup_guide_in_a_browser(
     reload_until(page, lambda: echo.count() > 0 and "applied" in echo.first.inner_text(), "the echo of Grace's create")
     screenshot(page, "webhook-events")
 
-    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign out", exact=True).click()
     expect(page.get_by_role("status")).to_have_text("You are signed out.")
 
 
