@@ -200,6 +200,8 @@ def test_conflicts_and_unknown_ids_fail_with_a_clear_message(cli: CLI) -> None:
         ("FLEXSYNC_WORKER_CONCURRENCY", "0", "greater than or equal to 1"),
         ("FLEXSYNC_DATABASE_MAX_CONNECTIONS", "1", "greater than or equal to 2"),
         ("FLEXSYNC_HTTP_KEEP_ALIVE_SECONDS", "0", "greater than or equal to 1"),
+        ("FLEXSYNC_DASHBOARD_IDLE_MINUTES", "0", "greater than or equal to 1"),
+        ("FLEXSYNC_DASHBOARD_IDLE_MINUTES", "721", "less than or equal to 720"),
         ("FLEXSYNC_ENCRYPTION_KEYS", f"{TEST_ENCRYPTION_KEY},not-a-key-s3cret", "key 2 is not a Fernet key"),
         ("FLEXSYNC_DATABASE_URL", "mysql://sync:s3cret@db.example.com/sync", "unsupported database"),
         ("FLEXSYNC_DATABASE_URL", "s3cret nonsense", "not a database URL"),
