@@ -97,8 +97,9 @@ def test_a_process_that_dies_is_replaced(inbound: InboundTenant, two_processes: 
 
 
 def test_a_dashboard_session_holds_in_every_process(inbound: InboundTenant, two_processes: Server) -> None:
-    """Signed in through one process, the session works in the other: the cookie's signing secret comes from the
-    encryption keys, not from the process. Every request goes on a new connection, so both processes answer."""
+    """Signed in through one process, the session works in the other, and signed out through one it ends in both:
+    the cookie's signing secret comes from the encryption keys and the session is a row in the database, nothing
+    is the process's own. Every request goes on a new connection, so both processes answer."""
     base = two_processes.base_url
     form = httpx.get(f"{base}/signin", timeout=10)
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
@@ -115,6 +116,13 @@ def test_a_dashboard_session_holds_in_every_process(inbound: InboundTenant, two_
     for _ in range(8):
         page = httpx.get(f"{base}/customers", cookies=cookies, timeout=10)
         assert page.status_code == 200 and "Customers" in page.text, page.status_code
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert token is not None
+    signed_out = httpx.post(f"{base}/signout", data={"csrf_token": token.group(1)}, cookies=cookies, timeout=10)
+    assert signed_out.headers["location"] == "/signin?notice=signed-out"
+    for _ in range(8):
+        page = httpx.get(f"{base}/customers", cookies=cookies, timeout=10)
+        assert page.status_code == 303 and page.headers["location"].startswith("/signin"), page.status_code
 
 
 def test_more_than_one_process_needs_postgresql(tmp_path: Path) -> None:
