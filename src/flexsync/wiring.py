@@ -1,5 +1,5 @@
-"""The app's wiring: which domain runs which jobs and sweeps in the worker. The top of the house (api, cli)
-asks for the registry here, so the worker itself imports no domain."""
+"""The app's wiring: which domain (or the dashboard) runs which jobs and sweeps in the worker. The top of the
+house (api, cli) asks for the registry here, so the worker itself imports no domain."""
 
 from __future__ import annotations
 
