@@ -145,6 +145,15 @@ class Customer(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     status: Mapped[str] = mapped_column(String(16), default="published")
     parent_customer_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    # FlexPrice's billing fields (migration 0010). Kept and returned; none of them is mirrored in Stripe. The
+    # server defaults fill them in rows written without them (customers created from Stripe, in bulk).
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
+    contact: Mapped[str | None] = mapped_column(String(20), default=None)
+    contact_persons: Mapped[list[Any]] = mapped_column(default=list, server_default=text("'[]'"))
+    billing_currency: Mapped[str | None] = mapped_column(String(3), default=None)
+    tax_treatment: Mapped[str | None] = mapped_column(String(16), default=None)
+    tax_rate_overrides: Mapped[list[Any]] = mapped_column(default=list, server_default=text("'[]'"))
+    onboarding_workflow_name: Mapped[str | None] = mapped_column(String(255), default=None)
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -205,6 +214,10 @@ class CustomerLink(Base):
     pushed_snapshot: Mapped[dict[str, Any]] = mapped_column(default=dict)
     last_synced_at: Mapped[datetime | None] = mapped_column(default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    # The FlexPrice integration mapping's own data (`POST /v1/integrations/link`): its metadata, and the API
+    # key that linked. Links the sync makes have neither (migration 0010).
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict, server_default=text("'{}'"))
+    created_by: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
