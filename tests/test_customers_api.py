@@ -14,6 +14,8 @@ CUSTOMER_KEYS = {
     "id", "external_id", "name", "email", "address_line1", "address_line2", "address_city", "address_state",
     "address_postal_code", "address_country", "metadata", "status", "tenant_id", "environment_id",
     "created_at", "updated_at", "created_by", "updated_by", "parent_customer_id", "parent_customer",
+    "timezone", "contact", "contact_persons", "billing_currency", "tax_treatment", "tax_rate_overrides",
+    "onboarding_workflow_name",
 }  # fmt: skip
 
 

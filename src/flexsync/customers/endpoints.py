@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from flexsync.customers import repository, service
@@ -19,13 +21,16 @@ from flexsync.customers.schemas import (
     CustomerUpdate,
     SyncRequested,
 )
+from flexsync.customers.search import customer_query, parse_expand
 from flexsync.deps import DB, AuthScope
 from flexsync.kit.errors import NotFound, ValidationFailed
 from flexsync.kit.json import JSONResponse
 from flexsync.kit.openapi import API_KEY_REQUIRED, errors
 from flexsync.kit.pagination import Page, PageQuery, page_body
+from flexsync.models import Customer as CustomerRow
 from flexsync.sync import outbound
 from flexsync.sync import status as sync_status
+from flexsync.sync.mappings import mappings_of
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"], responses=API_KEY_REQUIRED)
 
@@ -34,6 +39,22 @@ ALREADY_EXISTS = (
     "already_exists: another published customer has this external_id, or the Stripe customer named in "
     "integration_entity_mapping is linked to another customer",
 )
+
+
+ExpandQuery = Annotated[
+    str | None, Query(description="`integrations`: the customer's Stripe link, as FlexPrice's mappings.")
+]
+
+
+async def _customers_body(
+    session: AsyncSession, customers: Sequence[CustomerRow], expand: frozenset[str]
+) -> list[dict[str, Any]]:
+    bodies = [service.customer_to_dict(customer) for customer in customers]
+    if "integrations" in expand:
+        mappings = await mappings_of(session, customers)
+        for body in bodies:
+            body["integrations"] = mappings[body["id"]]
+    return bodies
 
 
 @router.post("", status_code=201, response_model=Customer, responses=errors(ALREADY_EXISTS))
@@ -63,44 +84,44 @@ async def list_customers(
         return JSONResponse(page_body([service.customer_to_dict(c) for c in items], total, page))
 
 
-@router.post("/search", response_model=CustomerList)
+@router.post(
+    "/search",
+    response_model=CustomerList,
+    responses=errors((400, "validation_error: also for a filter, sort or expand naming what customers lack")),
+)
 async def search_customers(body: CustomerSearch, scope: AuthScope, db: DB) -> JSONResponse:
-    external_ids = list(body.external_ids or [])
-    if body.external_id is not None:
-        external_ids.append(body.external_id)
-    query = CustomerQuery(
-        status=body.status or "published",
-        customer_ids=body.customer_ids,
-        external_ids=external_ids if (body.external_ids is not None or body.external_id is not None) else None,
-        parent_customer_ids=body.parent_customer_ids,
-        email=body.email,
-        created_from=body.start_time,
-        created_to=body.end_time,
-        sort=[(s.field, s.direction) for s in body.sort or []],
-        order=body.order,
-    )
+    """FlexPrice's customer query. `filters` conditions name a customer field, an operator and a value of the
+    `data_type` it takes: on text fields `eq`, `contains`, `not_contains` (any case) with `value.string`, and
+    `in`, `not_in` with `value.array`; on `created_at` and `updated_at` `eq`, `before`, `after`, `lt`, `gt`,
+    `gte` with `value.date`. `sort` conditions apply in order, then `order` by creation."""
+    query = customer_query(body)
+    expand = parse_expand(body.expand)
     async with db.read() as session:
         items, total = await repository.list_page(session, scope, query, body.limit, body.offset)
         page = Page(limit=body.limit, offset=body.offset)
-        return JSONResponse(page_body([service.customer_to_dict(c) for c in items], total, page))
+        return JSONResponse(page_body(await _customers_body(session, items, expand), total, page))
 
 
 @router.get("/external/{external_id}", response_model=Customer, responses=errors(404))
-async def get_customer_by_external_id(external_id: str, scope: AuthScope, db: DB) -> JSONResponse:
+async def get_customer_by_external_id(
+    external_id: str, scope: AuthScope, db: DB, expand: ExpandQuery = None
+) -> JSONResponse:
+    expanded = parse_expand(expand)
     async with db.read() as session:
         customer = await repository.get_published_by_external_id(session, scope, external_id)
         if customer is None:
             raise NotFound(f"customer with external_id {external_id!r} not found")
-        return JSONResponse(service.customer_to_dict(customer))
+        return JSONResponse((await _customers_body(session, [customer], expanded))[0])
 
 
 @router.get("/{customer_id}", response_model=Customer, responses=errors(404))
-async def get_customer(customer_id: str, scope: AuthScope, db: DB) -> JSONResponse:
+async def get_customer(customer_id: str, scope: AuthScope, db: DB, expand: ExpandQuery = None) -> JSONResponse:
+    expanded = parse_expand(expand)
     async with db.read() as session:
         customer = await repository.get(session, scope, customer_id)
         if customer is None:
             raise NotFound(f"customer {customer_id} not found")
-        return JSONResponse(service.customer_to_dict(customer))
+        return JSONResponse((await _customers_body(session, [customer], expanded))[0])
 
 
 async def _update(

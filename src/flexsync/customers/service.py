@@ -8,7 +8,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.customers import repository
-from flexsync.customers.schemas import NOT_NULLABLE, SYNC_OWNED_METADATA_KEYS, CustomerCreate, CustomerUpdate
+from flexsync.customers.schemas import (
+    NOT_NULLABLE,
+    SYNC_OWNED_METADATA_KEYS,
+    ContactPerson,
+    CustomerCreate,
+    CustomerUpdate,
+)
 from flexsync.ids import new_id
 from flexsync.kit.errors import AlreadyExists, NotFound, ValidationFailed
 from flexsync.models import Customer, utcnow
@@ -23,8 +29,12 @@ ADDRESS_FIELDS = (
     "address_postal_code",
     "address_country",
 )
-# Fields a client may set directly on a customer; metadata and parent links have rules of their own.
-PLAIN_FIELDS = ("external_id", "name", "email", *ADDRESS_FIELDS)
+# FlexPrice's billing fields: kept and returned, none of them mirrored in Stripe (the seed's mapping has none).
+BILLING_FIELDS = ("contact", "billing_currency", "tax_treatment")
+# Fields a client may set directly on a customer; metadata, parent links, the timezone and the lists of
+# contact persons and tax rate overrides have rules of their own.
+PLAIN_FIELDS = ("external_id", "name", "email", *ADDRESS_FIELDS, *BILLING_FIELDS)
+DEFAULT_TIMEZONE = "UTC"
 # The fields that Stripe mirrors: a change to any of them is worth pushing.
 SYNCED_FIELDS = frozenset({"name", "email", *ADDRESS_FIELDS, "external_id"})
 
@@ -48,11 +58,23 @@ def customer_to_dict(customer: Customer) -> dict[str, Any]:
         "environment_id": customer.environment_id,
         "parent_customer_id": customer.parent_customer_id,
         "parent_customer": None,
+        "timezone": customer.timezone,
+        "contact": customer.contact,
+        "contact_persons": list(customer.contact_persons or []),
+        "billing_currency": customer.billing_currency,
+        "tax_treatment": customer.tax_treatment,
+        "tax_rate_overrides": list(customer.tax_rate_overrides or []),
+        "onboarding_workflow_name": customer.onboarding_workflow_name,
         "created_at": customer.created_at,
         "updated_at": customer.updated_at,
         "created_by": customer.created_by,
         "updated_by": customer.updated_by,
     }
+
+
+def _contact_persons(persons: list[ContactPerson] | None) -> list[dict[str, Any]]:
+    """As stored and returned: as given, unset fields left out."""
+    return [person.model_dump(exclude_none=True) for person in persons or []]
 
 
 def _check_client_metadata(new: dict[str, str], current: dict[str, Any]) -> None:
@@ -135,6 +157,13 @@ async def create_customer(session: AsyncSession, scope: Scope, data: CustomerCre
         metadata_=dict(metadata),
         status="published",
         parent_customer_id=parent_id,
+        timezone=data.timezone or DEFAULT_TIMEZONE,
+        contact=data.contact,
+        contact_persons=_contact_persons(data.contact_persons),
+        billing_currency=data.billing_currency,
+        tax_treatment=data.tax_treatment,
+        tax_rate_overrides=[override.model_dump(exclude_none=True) for override in data.tax_rate_overrides or []],
+        onboarding_workflow_name=data.onboarding_workflow_name,
         version=1,
         created_at=now,
         updated_at=now,
@@ -145,7 +174,7 @@ async def create_customer(session: AsyncSession, scope: Scope, data: CustomerCre
     await _flush_unique(session, data.external_id)
     # The Stripe job commits with the customer, or neither does.
     if data.integration_entity_mapping:
-        await outbound.request_link(session, customer, data.integration_entity_mapping[0].id)
+        await outbound.request_link(session, customer, data.integration_entity_mapping[0].stripe_customer_id)
     else:
         await outbound.on_customer_created(session, customer)
     return customer
@@ -182,6 +211,14 @@ async def update_customer(
         if name in given and getattr(customer, name) != getattr(data, name):
             setattr(customer, name, getattr(data, name))
             changed.add(name)
+    if "timezone" in given and customer.timezone != (data.timezone or DEFAULT_TIMEZONE):
+        customer.timezone = data.timezone or DEFAULT_TIMEZONE
+        changed.add("timezone")
+    if "contact_persons" in given:
+        persons = _contact_persons(data.contact_persons)
+        if persons != customer.contact_persons:
+            customer.contact_persons = persons
+            changed.add("contact_persons")
     if "metadata" in given:
         merged = _merge_client_metadata(data.metadata or {}, customer.metadata_ or {})
         if merged != customer.metadata_:
@@ -202,7 +239,7 @@ async def update_customer(
     if changed & SYNCED_FIELDS:
         await outbound.on_customer_changed(session, customer)
     if data.integration_entity_mapping:
-        await outbound.request_link(session, customer, data.integration_entity_mapping[0].id)
+        await outbound.request_link(session, customer, data.integration_entity_mapping[0].stripe_customer_id)
     return changed
 
 
