@@ -17,6 +17,7 @@ from flexsync.connections.endpoints import router as connections_router
 from flexsync.context import AppContext, open_context
 from flexsync.customers.endpoints import router as customers_router
 from flexsync.db import temporary_failure
+from flexsync.integrations.endpoints import router as integrations_router
 from flexsync.jobs.endpoints import router as sync_jobs_router
 from flexsync.jobs.worker import Worker
 from flexsync.kit import openapi
@@ -26,6 +27,7 @@ from flexsync.kit.middleware import BodySizeLimit, DefaultJSONContentType, NoNul
 from flexsync.kit.schemas import ResponseModel
 from flexsync.metrics import exposition
 from flexsync.reconcile.endpoints import router as reconcile_router
+from flexsync.stripe.calls import StripeCaller
 from flexsync.web.app import install_dashboard
 from flexsync.webhooks import receiver
 from flexsync.webhooks.endpoints import router as webhook_events_router
@@ -54,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else None
         )
         webhooks = app.state.webhooks = WebhookPipeline(app.state.db)
+        # For the requests that call Stripe themselves (linking a customer through the integrations API).
+        stripe_caller = app.state.stripe_caller = StripeCaller(settings, app.state.db.sessions)
         try:
             webhooks.start()
             if worker is not None:
@@ -63,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if worker is not None:
                 await worker.stop()
             await webhooks.stop()
+            await stripe_caller.aclose()
             await app.state.db.close()
 
     app = FastAPI(
@@ -86,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(UnexpectedErrors, temporary=temporary_failure)
     app.include_router(receiver.router)
     app.include_router(customers_router)
+    app.include_router(integrations_router)
     app.include_router(sync_jobs_router)
     app.include_router(connections_router)
     app.include_router(webhook_events_router)

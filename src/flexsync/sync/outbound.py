@@ -35,6 +35,7 @@ from flexsync.jobs import repository as jobs
 from flexsync.jobs.service import succeed
 from flexsync.kit.errors import AlreadyExists, ValidationFailed
 from flexsync.models import Customer, CustomerLink, StripeConnection, SyncJob, utcnow
+from flexsync.stripe import customers
 from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed
 from flexsync.stripe.mapping import FLEXPRICE_ID_KEY, MAPPED_FIELDS, from_stripe, to_stripe
 from flexsync.sync import links
@@ -359,23 +360,12 @@ async def _delete(push: Push, caller: StripeCaller) -> Pushed:
 
 
 async def _link(push: Push, caller: StripeCaller) -> Pushed:
-    stripe_id, params = _target(push), cast("CustomerUpdateParams", push.params)
+    stripe_id = _target(push)
     try:
-        existing = await caller.call(
-            push.account, "customers.retrieve", lambda c: c.v1.customers.retrieve_async(stripe_id)
-        )
-    except StripeCallFailed as failure:
-        if failure.http_status == 404:
-            raise JobFailed(f"Stripe customer {stripe_id} does not exist ({failure.message})") from None
-        raise
-    if getattr(existing, "deleted", False):
-        raise JobFailed(f"Stripe customer {stripe_id} was deleted in Stripe")
-    updated = await caller.call(
-        push.account,
-        "customers.update",
-        lambda c: c.v1.customers.update_async(stripe_id, params, options=_options(push)),
-    )
-    return Pushed(stripe_customer_id=stripe_id, snapshot=from_stripe(updated.to_dict()).fields)
+        adopted = await customers.adopt(caller, push.account, stripe_id, push.customer_id, push.idempotency_key)
+    except customers.StripeCustomerMissing as missing:
+        raise JobFailed(missing.message) from None
+    return Pushed(stripe_customer_id=stripe_id, snapshot=from_stripe(adopted).fields)
 
 
 async def record(session: AsyncSession, push: Push, pushed: Pushed, job: SyncJob) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""FlexPrice's integrations API: link, unlink and list a customer's Stripe mappings (`/v1/integrations`)."""

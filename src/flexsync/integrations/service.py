@@ -1,0 +1,130 @@
+"""Linking and unlinking a customer and a Stripe customer through FlexPrice's integrations API.
+
+A link made here is the sync's own link (`customer_links`, through sync/links.py): afterwards the customer
+is pushed to, and updated from, that Stripe customer exactly as one the sync linked. Linking checks the
+Stripe customer through StripeCaller and stamps it with `metadata.flexprice_customer_id`, as the
+`integration_entity_mapping` of a new customer does; nothing else in Stripe changes, and unlinking changes
+nothing there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flexsync.connections.accounts import stripe_account
+from flexsync.connections.repository import get_live_connection
+from flexsync.context import AppContext
+from flexsync.customers import repository as customers
+from flexsync.ids import new_id
+from flexsync.integrations.schemas import DelinkRequest, LinkRequest
+from flexsync.kit.errors import AlreadyExists, APIError, NotFound, ValidationFailed
+from flexsync.models import Customer, CustomerLink, StripeConnection, utcnow
+from flexsync.stripe.calls import StripeCaller, StripeCallFailed
+from flexsync.stripe.customers import StripeCustomerMissing, adopt
+from flexsync.stripe.mapping import from_stripe
+from flexsync.sync import links
+from flexsync.sync.mappings import mapping_to_dict
+from flexsync.tenancy.service import Scope
+
+
+async def _customer(session: AsyncSession, scope: Scope, customer_id: str, *, for_update: bool = False) -> Customer:
+    customer = await customers.get(session, scope, customer_id, for_update=for_update)
+    if customer is None:
+        raise NotFound(f"customer {customer_id} not found", {"fields": {"entity_id": "not found"}})
+    return customer
+
+
+async def _connection(session: AsyncSession, scope: Scope) -> StripeConnection:
+    connection = await get_live_connection(session, scope.tenant_id, scope.environment_id)
+    if connection is None or connection.status != "active":
+        raise ValidationFailed(
+            "this environment has no active Stripe connection: add one (POST /v1/connections) before linking",
+            {"fields": {"provider_type": "no active Stripe connection"}},
+        )
+    return connection
+
+
+def _live(held: list[CustomerLink]) -> list[CustomerLink]:
+    """Links that still hold a Stripe customer: one that Stripe deleted makes way for a new link."""
+    return [link for link in held if link.status == "linked"]
+
+
+def _conflict(existing: CustomerLink, customer_id: str, stripe_customer_id: str) -> AlreadyExists:
+    if existing.customer_id == customer_id:
+        message = f"customer {customer_id} is already linked to Stripe customer {existing.stripe_customer_id}"
+    else:
+        message = f"Stripe customer {stripe_customer_id} is already linked to customer {existing.customer_id}"
+    return AlreadyExists(
+        message, {"customer_id": existing.customer_id, "provider_entity_id": existing.stripe_customer_id}
+    )
+
+
+def _the_same(held: list[CustomerLink], customer_id: str, stripe_customer_id: str) -> CustomerLink | None:
+    """The wanted link, if it exists already; a 409 if either side is linked elsewhere."""
+    for existing in _live(held):
+        if existing.customer_id == customer_id and existing.stripe_customer_id == stripe_customer_id:
+            return existing
+        raise _conflict(existing, customer_id, stripe_customer_id)
+    return None
+
+
+async def link(db: AppContext, caller: StripeCaller, scope: Scope, request: LinkRequest, actor: str) -> dict[str, Any]:
+    """Link, and answer the mapping; linking what is linked already answers the same mapping again."""
+    stripe_id = request.provider_entity_id
+    async with db.read() as session:
+        customer = await _customer(session, scope, request.entity_id)
+        if customer.status != "published":
+            raise ValidationFailed(f"customer {customer.id} is archived and cannot be linked")
+        connection = await _connection(session, scope)
+        held = list(await links.holding_either(session, connection.id, customer.id, stripe_id))
+        existing = _the_same(held, customer.id, stripe_id)
+        if existing is not None:
+            return mapping_to_dict(existing, customer)
+        account = stripe_account(connection, db.box, db.settings)
+
+    # The Stripe requests run outside any transaction.
+    try:
+        adopted = await adopt(caller, account, stripe_id, customer.id, f"flexsync:link:{customer.id}:{new_id('req')}")
+    except StripeCustomerMissing as missing:
+        raise ValidationFailed(missing.message, {"fields": {"provider_entity_id": "no such Stripe customer"}}) from None
+    except StripeCallFailed as failure:
+        if failure.retryable:
+            raise APIError(503, f"{failure.message}; nothing was linked, try again", code="internal_error") from None
+        raise ValidationFailed(f"{failure.message}; nothing was linked") from None
+
+    now = utcnow()
+    async with db.transaction() as session:
+        customer = await _customer(session, scope, request.entity_id, for_update=True)
+        if customer.status != "published":
+            raise ValidationFailed(f"customer {customer.id} was archived meanwhile and is not linked")
+        held = list(await links.holding_either(session, account.connection_id, customer.id, stripe_id))
+        for dead in [h for h in held if h.status != "linked" and h.customer_id == customer.id]:
+            await links.unlink(session, dead, customer)
+        values = {
+            "pushed_snapshot": from_stripe(adopted).fields,
+            "last_synced_at": now,
+            "metadata_": dict(request.metadata or {}),
+            "created_by": actor,
+        }
+        try:
+            made = await links.link(
+                session, account.connection_id, customer, stripe_id, held=_live(held), values=values
+            )
+        except links.LinkConflict as conflict:
+            raise _conflict(conflict.existing, customer.id, stripe_id) from None
+        return mapping_to_dict(made, customer)
+
+
+async def unlink(db: AppContext, scope: Scope, request: DelinkRequest) -> None:
+    async with db.transaction() as session:
+        customer = await _customer(session, scope, request.entity_id, for_update=True)
+        connection = await get_live_connection(session, scope.tenant_id, scope.environment_id)
+        found = await links.by_customer(session, connection.id, customer.id) if connection is not None else None
+        if found is None:
+            raise NotFound(
+                f"customer {customer.id} has no Stripe mapping to delink",
+                {"entity_id": customer.id, "entity_type": "customer", "provider_type": "stripe"},
+            )
+        await links.unlink(session, found, customer)
