@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite drives from outside Python: the system Chromium for the dashboard's browser
-# tests (Debian packages, when root with apt-get) and FlexPrice's npm SDK (when node is present).
+# tests (Debian packages, when root with apt-get), FlexPrice's Python SDK (PyPI, into an environment of its own)
+# and FlexPrice's npm SDK (when node is present).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,19 @@ if [ ! -x /usr/bin/chromium ]; then
         fi
     else
         echo "test-setup: /usr/bin/chromium not found (needs root and apt-get to install); dashboard tests will be skipped"
+    fi
+fi
+
+# FlexPrice's Python SDK gets its own environment, so that its pins never meet the project's. Reinstalled when
+# the pin changes; a failed install (no network) only skips its test.
+py_sdk_dir=tests/sdk-python
+if [ ! -f "$py_sdk_dir/.venv/.installed" ] || [ "$py_sdk_dir/requirements.txt" -nt "$py_sdk_dir/.venv/.installed" ]; then
+    echo "test-setup: installing FlexPrice's Python SDK into $py_sdk_dir/.venv ($(cat "$py_sdk_dir/requirements.txt"))"
+    if "${PYTHON:-python3}" -m venv "$py_sdk_dir/.venv" &&
+        "$py_sdk_dir/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$py_sdk_dir/requirements.txt"; then
+        touch "$py_sdk_dir/.venv/.installed"
+    else
+        echo "test-setup: installing FlexPrice's Python SDK failed; its compatibility test will be skipped"
     fi
 fi
 
