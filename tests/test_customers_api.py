@@ -201,6 +201,215 @@ def test_search_with_flexprice_filter(api: httpx.Client) -> None:
     assert_error(api.post("/v1/customers/search", json={"colour": "red"}), 400, "validation_error")
 
 
+def search(api: httpx.Client, **body: Any) -> list[str]:
+    """The external ids a search finds, in order."""
+    response = api.post("/v1/customers/search", json=body)
+    assert response.status_code == 200, (body, response.text)
+    return [c["external_id"] for c in response.json()["items"]]
+
+
+def condition(field: str, operator: str, data_type: str, **value: Any) -> dict[str, Any]:
+    return {"field": field, "operator": operator, "data_type": data_type, "value": value}
+
+
+def test_search_by_metadata_pairs(api: httpx.Client) -> None:
+    create(api, external_id="m1", metadata={"plan": "gold", "region": "eu"})
+    create(api, external_id="m2", metadata={"plan": "gold"})
+    create(api, external_id="m3", metadata={"plan": "silver", "region": "eu"})
+    # Keys a JSON path would need quoting for, and values that look like other JSON.
+    create(api, external_id="m4", metadata={'odd "key".$[0]': "1", "n": "true"})
+    assert search(api, metadata={"plan": "gold"}, order="asc") == ["m1", "m2"]
+    assert search(api, metadata={"plan": "gold", "region": "eu"}) == ["m1"]
+    assert search(api, metadata={"region": "eu"}, order="asc") == ["m1", "m3"]
+    assert search(api, metadata={"plan": "platinum"}) == []
+    assert search(api, metadata={'odd "key".$[0]': "1"}) == ["m4"]
+    assert search(api, metadata={"n": "true"}) == ["m4"]
+    assert search(api, metadata={"plan": "Gold"}) == []
+    assert len(search(api, metadata={})) == 4
+    assert_error(api.post("/v1/customers/search", json={"metadata": {"plan": 1}}), 400, "validation_error")
+
+
+def test_search_with_flexprice_filter_conditions(api: httpx.Client) -> None:
+    create(api, external_id="f1", name="Ada Lovelace", email="ada@example.com", timezone="Europe/London")
+    create(api, external_id="f2", name="Alan Turing", email="alan@example.org", billing_currency="GBP")
+    create(api, external_id="f3", name="Grace Hopper", contact="+1 555 0100")
+    since = api.get("/v1/customers/external/f2").json()["created_at"]
+
+    def found(*conditions: dict[str, Any]) -> list[str]:
+        return search(api, filters=list(conditions), order="asc")
+
+    assert found(condition("name", "eq", "string", string="Alan Turing")) == ["f2"]
+    assert found(condition("name", "contains", "string", string="LOVE")) == ["f1"]
+    assert found(condition("email", "contains", "string", string="%")) == []  # LIKE's wildcards are plain text
+    assert found(condition("email", "not_contains", "string", string="example.com")) == ["f2", "f3"]
+    assert found(condition("external_id", "in", "array", array=["f1", "f3", "nobody"])) == ["f1", "f3"]
+    assert found(condition("email", "not_in", "array", array=["ada@example.com"])) == ["f2", "f3"]
+    assert found(condition("timezone", "eq", "string", string="UTC")) == ["f2", "f3"]
+    assert found(condition("billing_currency", "eq", "string", string="gbp")) == ["f2"]
+    assert found(condition("contact", "contains", "string", string="555")) == ["f3"]
+    assert found(condition("created_at", "after", "date", date="2000-01-01T00:00:00Z")) == ["f1", "f2", "f3"]
+    assert found(condition("created_at", "before", "date", date="2000-01-01T00:00:00Z")) == []
+    assert found(condition("created_at", "gte", "date", date=since)) == ["f2", "f3"]
+    assert found(condition("created_at", "gt", "date", date=since)) == ["f3"]
+    assert found(condition("created_at", "lt", "date", date=since)) == ["f1"]
+    assert found(condition("created_at", "eq", "date", date=since)) == ["f2"]
+    # The data type may be left out: the operator says which value it takes.
+    assert found({"field": "name", "operator": "contains", "value": {"string": "hopper"}}) == ["f3"]
+    # Conditions add up, with each other and with the other filters.
+    both = [
+        condition("name", "contains", "string", string="a"),
+        condition("email", "contains", "string", string=".org"),
+    ]
+    assert found(*both) == ["f2"]
+    assert search(api, external_ids=["f1", "f2"], filters=[condition("name", "contains", "string", string="t")]) == [
+        "f2"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("conditions", "path", "says"),
+    [
+        ([condition("colour", "eq", "string", string="red")], "filters.0.field", "unknown customer field 'colour'"),
+        ([condition("metadata", "eq", "string", string="x")], "filters.0.field", "filter metadata with `metadata`"),
+        ([condition("name", "gt", "number", number=3)], "filters.0.operator", "'gt' does not apply to name"),
+        ([condition("name", "starts_with", "string", string="A")], "filters.0.operator", "'starts_with'"),
+        ([condition("created_at", "contains", "string", string="2")], "filters.0.operator", "a time"),
+        ([condition("name", "in", "string", string="A")], "filters.0.data_type", "takes data_type array"),
+        ([condition("name", "eq", "string", number=1)], "filters.0.value.string", "required"),
+        ([{"operator": "eq", "value": {"string": "x"}}], "filters.0.field", "required"),
+        ([{"field": "name", "value": {"string": "x"}}], "filters.0.operator", "required"),
+        (
+            [condition("name", "eq", "string", string="A"), condition("email", "in", "array")],
+            "filters.1.value.array",
+            "required",
+        ),
+    ],
+)
+def test_search_refuses_conditions_it_cannot_apply(
+    api: httpx.Client, conditions: list[dict[str, Any]], path: str, says: str
+) -> None:
+    error = assert_error(api.post("/v1/customers/search", json={"filters": conditions}), 400, "validation_error")
+    assert list(error["details"]["fields"]) == [path]
+    assert says in error["message"], error["message"]
+
+
+def test_search_sorts_by_several_fields(api: httpx.Client) -> None:
+    create(api, external_id="o1", name="Beta", email="b@example.com")
+    create(api, external_id="o2", name="Alpha", email="b@example.com")
+    create(api, external_id="o3", name="Alpha")
+    create(api, external_id="o4", name="Gamma", email="a@example.com")
+    by_email_then_name = [{"field": "email", "direction": "asc"}, {"field": "name", "direction": "desc"}]
+    # Customers without an email come last going up and first going down, on both databases.
+    assert search(api, sort=by_email_then_name) == ["o4", "o1", "o2", "o3"]
+    by_name = [{"field": "name"}, {"field": "email", "direction": "desc"}]
+    assert search(api, sort=by_name) == ["o3", "o2", "o1", "o4"]
+    # Ties left by the sort keep `order` by creation.
+    assert search(api, sort=[{"field": "name", "direction": "asc"}], order="desc")[:2] == ["o3", "o2"]
+    assert search(api, sort=[{"field": "timezone"}], order="asc") == ["o1", "o2", "o3", "o4"]
+    error = assert_error(
+        api.post("/v1/customers/search", json={"sort": [{"field": "name"}, {"field": "colour"}]}),
+        400,
+        "validation_error",
+    )
+    assert list(error["details"]["fields"]) == ["sort.1.field"]
+    bad_direction = {"sort": [{"field": "name", "direction": "up"}]}
+    assert_error(api.post("/v1/customers/search", json=bad_direction), 400, "validation_error")
+
+
+def test_search_status_time_range_and_expand(api: httpx.Client) -> None:
+    kept, archived = create(api, external_id="st1"), create(api, external_id="st2")
+    api.delete(f"/v1/customers/{archived['id']}")
+    assert search(api) == ["st1"]
+    assert search(api, status="published") == ["st1"]
+    assert search(api, status="archived") == ["st2"]
+    assert search(api, status="all", order="asc") == ["st1", "st2"]
+    # FlexPrice's `deleted`: deleting archives, so no customer is ever deleted.
+    assert search(api, status="deleted") == []
+    assert_error(api.post("/v1/customers/search", json={"status": "gone"}), 400, "validation_error")
+    # Empty id lists filter nothing out, as in FlexPrice.
+    assert search(api, customer_ids=[], external_ids=[]) == ["st1"]
+
+    backwards = {"start_time": "2030-01-01T00:00:00Z", "end_time": "2020-01-01T00:00:00Z"}
+    error = assert_error(api.post("/v1/customers/search", json=backwards), 400, "validation_error")
+    assert error["details"]["fields"] == {"end_time": "must not be before start_time"}
+
+    expanded = api.post("/v1/customers/search", json={"expand": "integrations"}).json()["items"]
+    assert [c["integrations"] for c in expanded] == [[]]
+    assert api.get(f"/v1/customers/{kept['id']}", params={"expand": "integrations"}).json()["integrations"] == []
+    for bad in ("subscriptions", "integrations.plans"):
+        error = assert_error(api.post("/v1/customers/search", json={"expand": bad}), 400, "validation_error")
+        assert "cannot be expanded" in error["message"]
+    assert_error(api.get(f"/v1/customers/{kept['id']}", params={"expand": "wallet"}), 400, "validation_error")
+    external = api.get("/v1/customers/external/st1", params={"expand": "integrations"})
+    assert external.json()["integrations"] == []
+
+
+def test_flexprice_billing_fields_are_kept_and_returned(api: httpx.Client) -> None:
+    person = {"first_name": "Grace", "last_name": "Hopper", "email": "Grace@Example.com", "is_primary": True}
+    override = {"tax_rate_code": "VAT-DE", "currency": "EUR", "priority": 2, "tax_behavior": "inclusive"}
+    body = create(
+        api,
+        external_id="b1",
+        timezone="Asia/Kolkata",
+        contact=" +91 80 1234 5678 ",
+        contact_persons=[person, {"first_name": "Howard", "mobile": "+1 555 0101"}],
+        billing_currency="Inr",
+        tax_treatment="taxable",
+        tax_rate_overrides=[override],
+        onboarding_workflow_name="enterprise",
+        skip_onboarding_workflow=True,
+    )
+    assert body["timezone"] == "Asia/Kolkata" and body["contact"] == "+91 80 1234 5678"
+    assert body["contact_persons"] == [
+        {"first_name": "Grace", "last_name": "Hopper", "email": "Grace@example.com", "is_primary": True},
+        {"first_name": "Howard", "mobile": "+1 555 0101", "is_primary": False},
+    ]
+    assert (body["billing_currency"], body["tax_treatment"]) == ("inr", "taxable")
+    assert body["tax_rate_overrides"] == [
+        {"tax_rate_code": "VAT-DE", "currency": "eur", "priority": 2, "auto_apply": True, "tax_behavior": "inclusive"}
+    ]
+    assert body["onboarding_workflow_name"] == "enterprise"
+    assert api.get(f"/v1/customers/{body['id']}").json() == body
+
+    plain = create(api, external_id="b2")
+    assert (plain["timezone"], plain["contact_persons"], plain["tax_rate_overrides"]) == ("UTC", [], [])
+    assert plain["contact"] is None and plain["billing_currency"] is None and plain["tax_treatment"] is None
+
+    updated = api.put(
+        f"/v1/customers/{body['id']}", json={"timezone": "", "contact_persons": [], "billing_currency": "usd"}
+    ).json()
+    assert (updated["timezone"], updated["contact_persons"], updated["billing_currency"]) == ("UTC", [], "usd")
+    assert updated["contact"] == "+91 80 1234 5678" and updated["tax_rate_overrides"] == body["tax_rate_overrides"]
+    unchanged = api.put(f"/v1/customers/{body['id']}", json={"timezone": "UTC"}).json()
+    assert unchanged["updated_at"] == updated["updated_at"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "path"),
+    [
+        ({"timezone": "Mars/Olympus_Mons"}, "timezone"),
+        ({"timezone": "utc"}, "timezone"),
+        ({"billing_currency": "ABC"}, "billing_currency"),
+        ({"billing_currency": "XAU"}, "billing_currency"),
+        ({"billing_currency": "dollars"}, "billing_currency"),
+        ({"contact": "1" * 21}, "contact"),
+        ({"tax_treatment": "reverse"}, "tax_treatment"),
+        ({"contact_persons": [{"last_name": "No first name"}]}, "contact_persons.0.first_name"),
+        ({"contact_persons": [{"first_name": "A", "email": "nope"}]}, "contact_persons.0.email"),
+        ({"contact_persons": [{"first_name": "A", "is_primary": True}] * 2}, "contact_persons"),
+        ({"contact_persons": [{"first_name": "A", "age": 3}]}, "contact_persons.0.age"),
+        ({"tax_rate_overrides": [{"tax_rate_code": "X"}]}, "tax_rate_overrides.0.currency"),
+        ({"tax_rate_overrides": [{"tax_rate_code": "X", "currency": "usd", "priority": -1}]}, "tax_rate_overrides.0.priority"),
+        ({"tax_rate_overrides": [{"tax_rate_code": "X", "currency": "usd", "tax_behavior": "both"}]}, "tax_rate_overrides.0.tax_behavior"),
+    ],
+)  # fmt: skip
+def test_billing_fields_follow_flexprices_rules(api: httpx.Client, fields: dict[str, Any], path: str) -> None:
+    response = api.post("/v1/customers", json={"external_id": "bad", "name": "Bad", **fields})
+    error = assert_error(response, 400, "validation_error")
+    assert path in error["details"]["fields"], error
+    assert total(api) == 0
+
+
 def test_search_by_creation_time_takes_any_time_there_is(api: httpx.Client) -> None:
     create(api, external_id="t1")
     for times in (
