@@ -93,3 +93,33 @@ def test_data_that_does_not_fit_is_dropped_and_reported() -> None:
     assert len(inbound.problems) == 3
     assert inbound.rejected == {"address_country", "email", "address_postal_code"}
     assert inbound.fields["name"] == "X"
+
+
+# FlexPrice's billing fields and Stripe's near equivalents: none is in the seed's tables, so none crosses.
+BILLING_FIELDS: dict[str, Any] = {
+    "timezone": "Asia/Kolkata",
+    "contact": "+91 80 1234 5678",
+    "contact_persons": [{"first_name": "Grace", "is_primary": True}],
+    "billing_currency": "inr",
+    "tax_treatment": "exempt",
+    "tax_rate_overrides": [{"tax_rate_code": "GST", "currency": "inr"}],
+    "onboarding_workflow_name": "enterprise",
+}
+
+
+def test_flexprices_billing_fields_stay_in_flexsync() -> None:
+    for for_update in (False, True):
+        plain = to_stripe(FLEXSYNC_CUSTOMER, environment_id="env_prod", for_update=for_update)
+        billed = to_stripe({**FLEXSYNC_CUSTOMER, **BILLING_FIELDS}, environment_id="env_prod", for_update=for_update)
+        assert billed == plain
+        assert set(billed) == {"name", "email", "address", "metadata"}
+
+
+def test_stripes_phone_locales_and_tax_status_stay_in_stripe() -> None:
+    stripe_customer = {"id": "cus_9", "name": "Grace Hopper", "email": "grace@example.com"}
+    extras = {"phone": "+1 555 0100", "preferred_locales": ["en-US"], "tax_exempt": "exempt", "currency": "usd"}
+    assert from_stripe({**stripe_customer, **extras}) == from_stripe(stripe_customer)
+    assert set(from_stripe({**stripe_customer, **extras}).fields) == {
+        "name", "email", "address_line1", "address_line2", "address_city", "address_state", "address_postal_code",
+        "address_country",
+    }  # fmt: skip
