@@ -384,6 +384,9 @@ def test_flexprice_billing_fields_are_kept_and_returned(api: httpx.Client) -> No
     assert unchanged["updated_at"] == updated["updated_at"]
 
 
+OVERRIDE = {"tax_rate_code": "X", "currency": "usd"}
+
+
 @pytest.mark.parametrize(
     ("fields", "path"),
     [
@@ -399,8 +402,9 @@ def test_flexprice_billing_fields_are_kept_and_returned(api: httpx.Client) -> No
         ({"contact_persons": [{"first_name": "A", "is_primary": True}] * 2}, "contact_persons"),
         ({"contact_persons": [{"first_name": "A", "age": 3}]}, "contact_persons.0.age"),
         ({"tax_rate_overrides": [{"tax_rate_code": "X"}]}, "tax_rate_overrides.0.currency"),
-        ({"tax_rate_overrides": [{"tax_rate_code": "X", "currency": "usd", "priority": -1}]}, "tax_rate_overrides.0.priority"),
-        ({"tax_rate_overrides": [{"tax_rate_code": "X", "currency": "usd", "tax_behavior": "both"}]}, "tax_rate_overrides.0.tax_behavior"),
+        ({"tax_rate_overrides": [{**OVERRIDE, "priority": -1}]}, "tax_rate_overrides.0.priority"),
+        ({"tax_rate_overrides": [{**OVERRIDE, "tax_behavior": "both"}]}, "tax_rate_overrides.0.tax_behavior"),
+        ({"tax_rate_overrides": [{**OVERRIDE, "currency": "usdollar"}]}, "tax_rate_overrides.0.currency"),
     ],
 )  # fmt: skip
 def test_billing_fields_follow_flexprices_rules(api: httpx.Client, fields: dict[str, Any], path: str) -> None:

@@ -69,6 +69,9 @@ def api_schema(openapi_server: Server, fresh_tenant: TenantContext) -> schemathe
     return schemathesis.openapi.from_url(f"{openapi_server.base_url}/openapi.json", config=config)
 
 
+INTEGRATIONS = {"expand": "integrations"}
+
+
 class DocumentedAPI:
     """An API client whose every answer must have the status expected and be one the document lists."""
 
@@ -85,6 +88,24 @@ class DocumentedAPI:
         return response.json() if response.content else None
 
 
+EVERY_CUSTOMER_FIELD = {
+    "external_id": "crm-1",
+    "name": "Ada",
+    "email": "a@b.co",
+    "address_line1": "12 Analytical Row",
+    "address_country": "GB",
+    "metadata": {"plan": "gold"},
+    "timezone": "Europe/London",
+    "contact": "+44 20 7946 0000",
+    "contact_persons": [{"first_name": "Ada", "last_name": "Lovelace", "email": "ada@b.co", "is_primary": True}],
+    "billing_currency": "gbp",
+    "tax_treatment": "taxable",
+    "tax_rate_overrides": [{"tax_rate_code": "VAT-GB", "currency": "gbp", "tax_behavior": "inclusive"}],
+    "onboarding_workflow_name": "default",
+    "skip_onboarding_workflow": True,
+}
+
+
 @pytest.fixture(scope="module")
 def real_ids(api_schema: schemathesis.BaseSchema, fresh_tenant: TenantContext) -> dict[str, str]:
     """One of each object in the fresh tenant, made through the API (so lists answer items, not only empty
@@ -95,7 +116,7 @@ def real_ids(api_schema: schemathesis.BaseSchema, fresh_tenant: TenantContext) -
         connection = api(
             "POST", "/v1/connections", 201, json={"name": "Stripe", **keys, "webhook_secret": WEBHOOK_SECRET}
         )
-        customer = api("POST", "/v1/customers", 201, json={"external_id": "crm-1", "name": "Ada", "email": "a@b.co"})
+        customer = api("POST", "/v1/customers", 201, json=EVERY_CUSTOMER_FIELD)
         sync = api("POST", "/v1/customers/{customer_id}/sync-to-stripe", 202, customer_id=customer["id"])
         event = json.dumps(stripe_event("customer.created", stripe_customer())).encode()
         webhook = "/v1/webhooks/stripe/{tenant_id}/{environment_id}"
@@ -113,6 +134,8 @@ def real_ids(api_schema: schemathesis.BaseSchema, fresh_tenant: TenantContext) -
         "connection_id": connection["id"],
         "event_id": stored_event["id"],
         "run_id": run["id"],
+        # The customer the applied event made from Stripe, linked by the sync.
+        "linked_customer_id": stored_event["customer_id"],
     }
 
 
@@ -128,6 +151,27 @@ def test_real_objects_are_answered_as_documented(
         api("GET", "/v1/customers/external/{external_id}", 200, external_id=real_ids["external_id"])
         api("PUT", "/v1/customers/{customer_id}", 200, customer_id=customer_id, json={"address_line1": "1 Main St"})
         assert api("GET", "/v1/customers/{customer_id}/sync", 200, customer_id=customer_id)["pending_jobs"]
+        search = {
+            "metadata": {"plan": "gold"},
+            "filters": [{"field": "name", "operator": "contains", "data_type": "string", "value": {"string": "ad"}}],
+            "sort": [{"field": "timezone", "direction": "desc"}, {"field": "name"}],
+            "expand": "integrations",
+            "status": "all",
+        }
+        assert api("POST", "/v1/customers/search", 200, json=search)["items"][0]["contact_persons"]
+        linked_id = real_ids["linked_customer_id"]
+        expanded = api("GET", "/v1/customers/{customer_id}", 200, customer_id=linked_id, params=INTEGRATIONS)
+        assert expanded["integrations"][0]["provider_type"] == "stripe"
+        mapped = {"entity_type": "customer", "entity_id": linked_id}
+        assert api("GET", "/v1/integrations/mappings", 200, params=mapped)["items"]
+        link = {**mapped, "provider_type": "stripe", "provider_entity_id": "cus_openapi"}
+        # Stripe cannot be reached here; the linked customer's link is a conflict before Stripe is asked.
+        unreachable = api("POST", "/v1/integrations/link", 400, json={**link, "entity_id": customer_id})
+        assert "could not reach Stripe" in unreachable["message"]
+        api("POST", "/v1/integrations/link", 409, json=link)
+        api(
+            "DELETE", "/v1/integrations/link", 404, json={**mapped, "entity_id": customer_id, "provider_type": "stripe"}
+        )
         api("GET", "/v1/sync-jobs/{job_id}", 200, job_id=real_ids["job_id"])
         # Only a failed job can be retried: 400, as documented.
         api("POST", "/v1/sync-jobs/{job_id}/retry", 400, job_id=real_ids["job_id"])
@@ -167,6 +211,7 @@ def test_the_documented_formats_are_the_ones_the_api_takes(database: DatabaseUnd
             (connection, "publishable_key", "pk_test_fmt3", "sk_test_fmt3"),
             (connection, "webhook_secret", "whsec_fmt+4/=", "wh_fmt4"),
             (customer, "address_country", "de", "DEU"),
+            (customer, "billing_currency", "eur", "EURO"),
         ]
         for properties, field, accepted, refused in cases:
             pattern = properties[field].get("pattern") or properties[field]["anyOf"][0]["pattern"]
@@ -213,6 +258,7 @@ def test_null_is_refused_exactly_where_the_document_says_a_field_is_not_nullable
                 checked[nullable].append(f"{model}.{field}")
         assert {"CustomerUpdate.name", "ConnectionUpdate.secret_key"} <= set(checked[False]), checked
         assert {"CustomerUpdate.email", "ConnectionUpdate.webhook_secret"} <= set(checked[True]), checked
+        assert {"CustomerUpdate.timezone", "CustomerUpdate.contact_persons"} <= set(checked[True]), checked
 
 
 def test_every_operation_has_an_id_of_its_own_and_may_answer_503(openapi_server: Server) -> None:

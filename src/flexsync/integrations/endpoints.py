@@ -29,10 +29,13 @@ def stripe_caller(request: Request) -> StripeCaller:
     "/link",
     response_model=LinkResponse,
     responses=errors(
-        (400, "validation_error: also when the Stripe customer does not exist or there is no Stripe connection"),
+        (
+            400,
+            "validation_error: also when the Stripe customer does not exist, Stripe cannot be reached or refuses, "
+            "or the environment has no Stripe connection; nothing is linked",
+        ),
         404,
         (409, "already_exists: the customer or the Stripe customer is linked to another"),
-        (503, "internal_error: Stripe could not be reached; nothing was linked"),
     ),
 )
 async def link_integration_mapping(

@@ -19,7 +19,7 @@ from flexsync.context import AppContext
 from flexsync.customers import repository as customers
 from flexsync.ids import new_id
 from flexsync.integrations.schemas import DelinkRequest, LinkRequest
-from flexsync.kit.errors import AlreadyExists, APIError, NotFound, ValidationFailed
+from flexsync.kit.errors import AlreadyExists, NotFound, ValidationFailed
 from flexsync.models import Customer, CustomerLink, StripeConnection, utcnow
 from flexsync.stripe.calls import StripeCaller, StripeCallFailed
 from flexsync.stripe.customers import StripeCustomerMissing, adopt
@@ -90,9 +90,9 @@ async def link(db: AppContext, caller: StripeCaller, scope: Scope, request: Link
     except StripeCustomerMissing as missing:
         raise ValidationFailed(missing.message, {"fields": {"provider_entity_id": "no such Stripe customer"}}) from None
     except StripeCallFailed as failure:
-        if failure.retryable:
-            raise APIError(503, f"{failure.message}; nothing was linked, try again", code="internal_error") from None
-        raise ValidationFailed(f"{failure.message}; nothing was linked") from None
+        # As when a connection's key is verified: the request names what went wrong in Stripe, a 400.
+        advice = "; nothing was linked, try again" if failure.retryable else "; nothing was linked"
+        raise ValidationFailed(failure.message + advice, {"fields": {"provider_entity_id": "Stripe error"}}) from None
 
     now = utcnow()
     async with db.transaction() as session:
