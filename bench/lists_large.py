@@ -2,11 +2,13 @@
 
 Builds one database: a tenant, an environment, a Stripe connection, `--events` stored webhook events (a busy
 account's months: mostly `applied`, 1 in 1,000 `failed`, 1 in 97 `ignored`, a few `customer.deleted`),
-`--customers` customers (1 in 20 archived) and as many sync jobs (mostly `succeeded`, 1 in 500 `failed`),
-vacuumed and analysed as autovacuum would leave them. Then `flexsync serve --no-worker` answers each list's
-first page (50 items, with its total), unfiltered and filtered; each is asked `--requests` times and the median
-reported. With `--baseline SRC` (the `src/` of another checkout) each round runs that version too on the same
-database, alternating which goes first.
+`--customers` customers (1 in 20 archived; metadata `plan` gold, silver or bronze, `region` one of five, and
+`tier: vip` on 1 in 1,000) and as many sync jobs (mostly `succeeded`, 1 in 500 `failed`), vacuumed and
+analysed as autovacuum would leave them. Then `flexsync serve --no-worker` answers each list's first page (50
+items, with its total), unfiltered and filtered, and FlexPrice's customer search (`POST /v1/customers/search`)
+by metadata, by a filter condition and sorted; each is asked `--requests` times and the median reported. With
+`--baseline SRC` (the `src/` of another checkout) each round runs that version too on the same database,
+alternating which goes first.
 
     python bench/lists_large.py [--events 2000000] [--customers 500000] [--rounds 3] [--baseline ../wt-base/src]
 """
@@ -36,6 +38,16 @@ QUERIES = {
     "sync-jobs": ("/v1/sync-jobs", {}),
     "sync-jobs status=failed": ("/v1/sync-jobs", {"status": "failed"}),
 }
+# FlexPrice's customer search: bodies of POST /v1/customers/search.
+SEARCHES: dict[str, dict[str, Any]] = {
+    "search metadata tier=vip": {"metadata": {"tier": "vip"}},
+    "search metadata plan=gold,region=eu": {"metadata": {"plan": "gold", "region": "eu"}},
+    "search sort name": {"sort": [{"field": "name", "direction": "asc"}]},
+    "search sort email desc,name": {"sort": [{"field": "email", "direction": "desc"}, {"field": "name"}]},
+    "search filter name contains": {
+        "filters": [{"field": "name", "operator": "contains", "data_type": "string", "value": {"string": "er 4242"}}]
+    },
+}
 
 FILL = """
 INSERT INTO webhook_events (id, tenant_id, environment_id, connection_id, stripe_event_id, type, stripe_object_id,
@@ -52,7 +64,10 @@ FROM generate_series(1, $4) AS g
 FILL_CUSTOMERS = """
 INSERT INTO customers (id, tenant_id, environment_id, external_id, name, email, metadata, status, version,
     created_at, updated_at, created_by, updated_by)
-SELECT 'cust_' || lpad(g::text, 12, '0'), $1, $2, 'crm-' || g, 'Customer ' || g, 'c' || g || '@example.com', '{}',
+SELECT 'cust_' || lpad(g::text, 12, '0'), $1, $2, 'crm-' || g, 'Customer ' || g, 'c' || g || '@example.com',
+    jsonb_build_object('plan', (ARRAY['gold', 'silver', 'bronze'])[g % 3 + 1],
+        'region', (ARRAY['eu', 'us', 'apac', 'latam', 'mea'])[g % 5 + 1])
+        || CASE WHEN g % 1000 = 0 THEN '{"tier": "vip"}'::jsonb ELSE '{}'::jsonb END,
     CASE WHEN g % 20 = 0 THEN 'archived' ELSE 'published' END, 1,
     now() - make_interval(secs => ($3 - g) * 10), now(), 'key_bench', 'key_bench'
 FROM generate_series(1, $3) AS g
@@ -80,18 +95,29 @@ async def _fill(dsn: str, tenant_id: str, environment_id: str, events: int, cust
         await conn.close()
 
 
+def _requests(client: httpx.Client) -> dict[str, Any]:
+    """Each query's request, by label: a call that answers the response."""
+    calls: dict[str, Any] = {
+        label: (lambda path=path, params=params: client.get(path, params=params))
+        for label, (path, params) in QUERIES.items()
+    }
+    for label, body in SEARCHES.items():
+        calls[label] = lambda body=body: client.post("/v1/customers/search", json=body)
+    return calls
+
+
 def _time_lists(env: dict[str, str], api_key: str, requests: int) -> dict[str, float]:
     """Median milliseconds per query, on a server started with `env`."""
     server, base_url = start_serve(env)
     try:
         medians = {}
         with httpx.Client(base_url=base_url, headers={"x-api-key": api_key}, timeout=60) as client:
-            for label, (path, params) in QUERIES.items():
-                client.get(path, params=params).raise_for_status()  # warm: plans, caches
+            for label, call in _requests(client).items():
+                call().raise_for_status()  # warm: plans, caches
                 times = []
                 for _ in range(requests):
                     started = time.perf_counter()
-                    client.get(path, params=params).raise_for_status()
+                    call().raise_for_status()
                     times.append((time.perf_counter() - started) * 1000)
                 medians[label] = round(statistics.median(times), 1)
         return medians
@@ -135,7 +161,8 @@ def main() -> None:
                 print(f"{name}#{round_number + 1:<3} " + ", ".join(f"{q} {ms} ms" for q, ms in medians.items()))
 
     summary: dict[str, Any] = {
-        name: {q: statistics.median(run[q] for run in results) for q in QUERIES} for name, results in runs.items()
+        name: {q: statistics.median(run[q] for run in results) for q in [*QUERIES, *SEARCHES]}
+        for name, results in runs.items()
     }
     print("medians (ms):", json.dumps(summary))
 

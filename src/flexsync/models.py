@@ -128,6 +128,15 @@ class Customer(Base):
         Index("ix_customers_env_created", "environment_id", "created_at"),
         # Emails are looked up lower-cased (API filter, email matching, dashboard search).
         Index("ix_customers_env_email_lower", "environment_id", text("lower(email)")),
+        # FlexPrice's search sorted by name, its commonest sort, reads the first page instead of sorting them all.
+        Index("ix_customers_env_name", "environment_id", "name"),
+        # Metadata containment (`@>`, the search's metadata pairs) on PostgreSQL; SQLite has no index for it.
+        Index(
+            "ix_customers_metadata",
+            "metadata",
+            postgresql_using="gin",
+            postgresql_ops={"metadata": "jsonb_path_ops"},
+        ).ddl_if(dialect="postgresql"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
