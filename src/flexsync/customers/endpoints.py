@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from flexsync.customers import repository, service
@@ -27,10 +25,8 @@ from flexsync.kit.errors import NotFound, ValidationFailed
 from flexsync.kit.json import JSONResponse
 from flexsync.kit.openapi import API_KEY_REQUIRED, errors
 from flexsync.kit.pagination import Page, PageQuery, page_body
-from flexsync.models import Customer as CustomerRow
 from flexsync.sync import outbound
 from flexsync.sync import status as sync_status
-from flexsync.sync.mappings import mappings_of
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"], responses=API_KEY_REQUIRED)
 
@@ -44,17 +40,6 @@ ALREADY_EXISTS = (
 ExpandQuery = Annotated[
     str | None, Query(description="`integrations`: the customer's Stripe link, as FlexPrice's mappings.")
 ]
-
-
-async def _customers_body(
-    session: AsyncSession, customers: Sequence[CustomerRow], expand: frozenset[str]
-) -> list[dict[str, Any]]:
-    bodies = [service.customer_to_dict(customer) for customer in customers]
-    if "integrations" in expand:
-        mappings = await mappings_of(session, customers)
-        for body in bodies:
-            body["integrations"] = mappings[body["id"]]
-    return bodies
 
 
 @router.post("", status_code=201, response_model=Customer, responses=errors(ALREADY_EXISTS))
@@ -99,7 +84,7 @@ async def search_customers(body: CustomerSearch, scope: AuthScope, db: DB) -> JS
     async with db.read() as session:
         items, total = await repository.list_page(session, scope, query, body.limit, body.offset)
         page = Page(limit=body.limit, offset=body.offset)
-        return JSONResponse(page_body(await _customers_body(session, items, expand), total, page))
+        return JSONResponse(page_body(await service.customers_to_dicts(session, items, expand), total, page))
 
 
 @router.get("/external/{external_id}", response_model=Customer, responses=errors(404))
@@ -111,7 +96,7 @@ async def get_customer_by_external_id(
         customer = await repository.get_published_by_external_id(session, scope, external_id)
         if customer is None:
             raise NotFound(f"customer with external_id {external_id!r} not found")
-        return JSONResponse((await _customers_body(session, [customer], expanded))[0])
+        return JSONResponse((await service.customers_to_dicts(session, [customer], expanded))[0])
 
 
 @router.get("/{customer_id}", response_model=Customer, responses=errors(404))
@@ -121,7 +106,7 @@ async def get_customer(customer_id: str, scope: AuthScope, db: DB, expand: Expan
         customer = await repository.get(session, scope, customer_id)
         if customer is None:
             raise NotFound(f"customer {customer_id} not found")
-        return JSONResponse((await _customers_body(session, [customer], expanded))[0])
+        return JSONResponse((await service.customers_to_dicts(session, [customer], expanded))[0])
 
 
 async def _update(

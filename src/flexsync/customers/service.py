@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -19,6 +20,7 @@ from flexsync.ids import new_id
 from flexsync.kit.errors import AlreadyExists, NotFound, ValidationFailed
 from flexsync.models import Customer, utcnow
 from flexsync.sync import outbound
+from flexsync.sync.mappings import mappings_of
 from flexsync.tenancy.service import Scope
 
 ADDRESS_FIELDS = (
@@ -70,6 +72,18 @@ def customer_to_dict(customer: Customer) -> dict[str, Any]:
         "created_by": customer.created_by,
         "updated_by": customer.updated_by,
     }
+
+
+async def customers_to_dicts(
+    session: AsyncSession, customers: Sequence[Customer], expand: frozenset[str]
+) -> list[dict[str, Any]]:
+    """The customers as the API answers them, with their Stripe links as FlexPrice's mappings if expanded."""
+    bodies = [customer_to_dict(customer) for customer in customers]
+    if "integrations" in expand:
+        mappings = await mappings_of(session, customers)
+        for body in bodies:
+            body["integrations"] = mappings[body["id"]]
+    return bodies
 
 
 def _contact_persons(persons: list[ContactPerson] | None) -> list[dict[str, Any]]:

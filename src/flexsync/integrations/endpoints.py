@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from flexsync.customers import repository as customers
 from flexsync.customers.schemas import EntityType
 from flexsync.deps import DB, AuthScope
 from flexsync.integrations import service
@@ -15,7 +14,6 @@ from flexsync.kit.json import JSONResponse
 from flexsync.kit.openapi import API_KEY_REQUIRED, errors
 from flexsync.kit.pagination import PageQuery, page_body
 from flexsync.stripe.calls import StripeCaller
-from flexsync.sync.mappings import mappings_of
 
 router = APIRouter(prefix="/v1/integrations", tags=["integrations"], responses=API_KEY_REQUIRED)
 
@@ -63,11 +61,6 @@ async def get_entity_integration_mappings(
     entity_id: Annotated[str, Query(description="The customer's id.")],
 ) -> JSONResponse:
     """The entity's mappings: a customer's Stripe link, if it has one; other entity types have none."""
-    items = []
-    if entity_type == "customer":
-        async with db.read() as session:
-            customer = await customers.get(session, scope, entity_id)
-            if customer is not None:
-                items = (await mappings_of(session, [customer]))[customer.id]
+    items = await service.mappings(db, scope, entity_type, entity_id)
     shown = items[page.offset : page.offset + page.limit]
     return JSONResponse(page_body(shown, len(items), page))

@@ -25,7 +25,7 @@ from flexsync.stripe.calls import StripeCaller, StripeCallFailed
 from flexsync.stripe.customers import StripeCustomerMissing, adopt
 from flexsync.stripe.mapping import from_stripe
 from flexsync.sync import links
-from flexsync.sync.mappings import mapping_to_dict
+from flexsync.sync.mappings import mapping_to_dict, mappings_of
 from flexsync.tenancy.service import Scope
 
 
@@ -46,11 +46,6 @@ async def _connection(session: AsyncSession, scope: Scope) -> StripeConnection:
     return connection
 
 
-def _live(held: list[CustomerLink]) -> list[CustomerLink]:
-    """Links that still hold a Stripe customer: one that Stripe deleted makes way for a new link."""
-    return [link for link in held if link.status == "linked"]
-
-
 def _conflict(existing: CustomerLink, customer_id: str, stripe_customer_id: str) -> AlreadyExists:
     if existing.customer_id == customer_id:
         message = f"customer {customer_id} is already linked to Stripe customer {existing.stripe_customer_id}"
@@ -61,15 +56,6 @@ def _conflict(existing: CustomerLink, customer_id: str, stripe_customer_id: str)
     )
 
 
-def _the_same(held: list[CustomerLink], customer_id: str, stripe_customer_id: str) -> CustomerLink | None:
-    """The wanted link, if it exists already; a 409 if either side is linked elsewhere."""
-    for existing in _live(held):
-        if existing.customer_id == customer_id and existing.stripe_customer_id == stripe_customer_id:
-            return existing
-        raise _conflict(existing, customer_id, stripe_customer_id)
-    return None
-
-
 async def link(db: AppContext, caller: StripeCaller, scope: Scope, request: LinkRequest, actor: str) -> dict[str, Any]:
     """Link, and answer the mapping; linking what is linked already answers the same mapping again."""
     stripe_id = request.provider_entity_id
@@ -78,8 +64,11 @@ async def link(db: AppContext, caller: StripeCaller, scope: Scope, request: Link
         if customer.status != "published":
             raise ValidationFailed(f"customer {customer.id} is archived and cannot be linked")
         connection = await _connection(session, scope)
-        held = list(await links.holding_either(session, connection.id, customer.id, stripe_id))
-        existing = _the_same(held, customer.id, stripe_id)
+        held = await links.holding_either(session, connection.id, customer.id, stripe_id)
+        try:
+            existing = links.made_already(held, customer.id, stripe_id)
+        except links.LinkConflict as conflict:
+            raise _conflict(conflict.existing, customer.id, stripe_id) from None
         if existing is not None:
             return mapping_to_dict(existing, customer)
         account = stripe_account(connection, db.box, db.settings)
@@ -99,9 +88,6 @@ async def link(db: AppContext, caller: StripeCaller, scope: Scope, request: Link
         customer = await _customer(session, scope, request.entity_id, for_update=True)
         if customer.status != "published":
             raise ValidationFailed(f"customer {customer.id} was archived meanwhile and is not linked")
-        held = list(await links.holding_either(session, account.connection_id, customer.id, stripe_id))
-        for dead in [h for h in held if h.status != "linked" and h.customer_id == customer.id]:
-            await links.unlink(session, dead, customer)
         values = {
             "pushed_snapshot": from_stripe(adopted).fields,
             "last_synced_at": now,
@@ -109,9 +95,7 @@ async def link(db: AppContext, caller: StripeCaller, scope: Scope, request: Link
             "created_by": actor,
         }
         try:
-            made = await links.link(
-                session, account.connection_id, customer, stripe_id, held=_live(held), values=values
-            )
+            made = await links.link_anew(session, connection.id, customer, stripe_id, values=values)
         except links.LinkConflict as conflict:
             raise _conflict(conflict.existing, customer.id, stripe_id) from None
         return mapping_to_dict(made, customer)
@@ -128,3 +112,14 @@ async def unlink(db: AppContext, scope: Scope, request: DelinkRequest) -> None:
                 {"entity_id": customer.id, "entity_type": "customer", "provider_type": "stripe"},
             )
         await links.unlink(session, found, customer)
+
+
+async def mappings(db: AppContext, scope: Scope, entity_type: str, entity_id: str) -> list[dict[str, Any]]:
+    """The entity's mappings: a customer's Stripe link, if it has one; other entity types have none."""
+    if entity_type != "customer":
+        return []
+    async with db.read() as session:
+        customer = await customers.get(session, scope, entity_id)
+        if customer is None:
+            return []
+        return (await mappings_of(session, [customer]))[customer.id]

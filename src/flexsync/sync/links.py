@@ -1,4 +1,5 @@
-"""The link between a flexsync customer and a Stripe customer, used by inbound, outbound and reconcile.
+"""The link between a flexsync customer and a Stripe customer, used by inbound, outbound, reconcile and
+FlexPrice's integrations API.
 
 A link is a row in `customer_links` (unique on both sides per connection) mirrored into the customer's
 `metadata.stripe_customer_id`. Concurrent linkers (a webhook and the worker racing over one new customer)
@@ -126,6 +127,38 @@ def _the_same_link(existing: CustomerLink, customer: Customer, stripe_customer_i
         f"customer {existing.customer_id} is already linked to Stripe customer {existing.stripe_customer_id}",
         existing,
     )
+
+
+def made_already(held: Sequence[CustomerLink], customer_id: str, stripe_customer_id: str) -> CustomerLink | None:
+    """Among `holding_either`'s links, the one wanted if it is made already; a LinkConflict if either side is
+    linked elsewhere. A link to a Stripe customer deleted in Stripe counts for nothing: it makes way."""
+    for existing in held:
+        if existing.status != "linked":
+            continue
+        if existing.customer_id == customer_id and existing.stripe_customer_id == stripe_customer_id:
+            return existing
+        raise LinkConflict(
+            f"customer {existing.customer_id} is already linked to Stripe customer {existing.stripe_customer_id}",
+            existing,
+        )
+    return None
+
+
+async def link_anew(
+    session: AsyncSession,
+    connection_id: str,
+    customer: Customer,
+    stripe_customer_id: str,
+    *,
+    values: Mapping[str, Any] | None = None,
+) -> CustomerLink:
+    """`link`, once the customer's link to a Stripe customer deleted in Stripe, if any, has made way."""
+    held = await holding_either(session, connection_id, customer.id, stripe_customer_id)
+    dead = [h for h in held if h.customer_id == customer.id and h.status != "linked"]
+    for stale in dead:
+        await unlink(session, stale, customer)
+    live = [h for h in held if h not in dead]
+    return await link(session, connection_id, customer, stripe_customer_id, held=live, values=values)
 
 
 async def unlink(session: AsyncSession, link_row: CustomerLink, customer: Customer | None) -> None:

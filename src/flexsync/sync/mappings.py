@@ -1,6 +1,6 @@
 """A customer's Stripe link as FlexPrice shows it: an entity integration mapping.
 
-The mapping is the very `customer_links` row the sync keeps (stripe/links.py): one table, read here in
+The mapping is the very `customer_links` row the sync keeps (sync/links.py): one table, read here in
 FlexPrice's shape for `GET /v1/integrations/mappings`, `POST /v1/integrations/link` and the customers'
 `expand=integrations`. Only links of the environment's live Stripe connection count, as for the sync itself.
 """

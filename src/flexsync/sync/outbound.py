@@ -387,20 +387,8 @@ async def record(session: AsyncSession, push: Push, pushed: Pushed, job: SyncJob
         result = {"action": "deleted", "stripe_customer_id": pushed.stripe_customer_id}
     else:
         if push.action in LINKING_KINDS:
-            held = await links.holding_either(session, connection_id, customer.id, pushed.stripe_customer_id)
-            # A link left by a Stripe customer deleted in Stripe makes way for the new one.
-            dead = [h for h in held if h.customer_id == customer.id and h.status != "linked"]
-            for stale in dead:
-                await links.unlink(session, stale, customer)
             try:
-                link = await links.link(
-                    session,
-                    connection_id,
-                    customer,
-                    pushed.stripe_customer_id,
-                    held=[h for h in held if h not in dead],
-                    values=synced,
-                )
+                link = await links.link_anew(session, connection_id, customer, pushed.stripe_customer_id, values=synced)
             except links.LinkConflict as conflict:
                 raise JobFailed(str(conflict)) from None
         else:
