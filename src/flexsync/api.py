@@ -17,6 +17,7 @@ from flexsync.connections.endpoints import router as connections_router
 from flexsync.context import AppContext, open_context
 from flexsync.customers.endpoints import router as customers_router
 from flexsync.db import temporary_failure
+from flexsync.idempotency.middleware import IdempotentWrites
 from flexsync.integrations.endpoints import router as integrations_router
 from flexsync.jobs.endpoints import router as sync_jobs_router
 from flexsync.jobs.worker import Worker
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     openapi.install(app)
+    app.add_middleware(IdempotentWrites)
     app.add_middleware(DefaultJSONContentType)
     app.add_middleware(BodySizeLimit)
     # Stripe's deliveries, the busiest route, are answered by this middleware, ahead of the app's own stack

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from flexsync.config import Settings
 from flexsync.crypto import SecretBox, secret_box
 from flexsync.db import create_engine, driver_transaction, read_session_factory, session_factory, transaction
+from flexsync.idempotency import writes
 
 
 @dataclass(slots=True)
@@ -37,8 +38,15 @@ class AppContext:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A unit of work that commits once at the end, or rolls back on any error."""
-        async with transaction(self.sessions) as session:
+        """A unit of work that commits once at the end, or rolls back on any error. In a request made with an
+        idempotency key, the request's write instead, which commits with the key's record once the answer is known
+        (idempotency/writes.py)."""
+        write = writes.keyed_write()
+        if write is None:
+            async with transaction(self.sessions) as session:
+                yield session
+            return
+        async with write.unit_of_work() as session:
             yield session
 
     @asynccontextmanager

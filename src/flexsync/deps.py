@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from flexsync.context import AppContext
+from flexsync.idempotency import writes
 from flexsync.kit.errors import Unauthorized
 from flexsync.tenancy.service import Scope, resolve_api_key
 
@@ -35,6 +36,7 @@ async def require_scope(request: Request, db: Annotated[AppContext, Depends(get_
         scope = await resolve_api_key(session, key)
     if scope is None:
         raise Unauthorized("invalid or revoked API key")
+    writes.note_environment(scope.environment_id)
     return scope
 
 

@@ -3,11 +3,23 @@ house (api, cli) asks for the registry here, so the worker itself imports no dom
 
 from __future__ import annotations
 
-from flexsync.jobs.registry import Registry
+import structlog
+
+from flexsync.idempotency import retention as idempotency
+from flexsync.jobs.registry import Registry, Sweep, WorkerContext
+from flexsync.models import utcnow
 from flexsync.reconcile import runner
 from flexsync.sync import push_jobs
 from flexsync.web import sweeps as dashboard_sweeps
 from flexsync.webhooks import sweeps
+
+log = structlog.get_logger(__name__)
+
+
+async def prune_idempotency_records(work: WorkerContext) -> None:
+    deleted = await idempotency.prune(work.ctx.sessions, utcnow())
+    if deleted:
+        log.info("pruned expired idempotency keys", worker=work.holder, deleted=deleted)
 
 
 def job_registry() -> Registry:
@@ -16,4 +28,13 @@ def job_registry() -> Registry:
     runner.register(registry)
     sweeps.register(registry)
     dashboard_sweeps.register(registry)
+    # Hourly, beside the webhook events' pruning (idempotency/ sits below the jobs package, so it is wired here).
+    registry.sweep(
+        Sweep(
+            "pruning expired idempotency keys",
+            sweeps.PRUNE_INTERVAL_SECONDS,
+            prune_idempotency_records,
+            own_task=True,
+        )
+    )
     return registry

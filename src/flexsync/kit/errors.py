@@ -26,6 +26,7 @@ ErrorCode = Literal[
     "already_exists",
     "payload_too_large",
     "too_many_requests",
+    "idempotency_error",
     "internal_error",
 ]
 
