@@ -4,6 +4,7 @@ keys belong to one environment; a record is forgotten after 24 hours and pruned 
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import timedelta
 from collections.abc import Callable
@@ -256,3 +257,36 @@ def test_workers_prune_records_older_than_24_hours(
         wait_for(lambda: "pruned expired idempotency keys" in worker.log(), 10, "the worker to log it")
     finally:
         worker.stop()
+
+
+def hidden_field(page: str, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]+)"', page)
+    assert found is not None, f"no {name} field"
+    return found.group(1)
+
+
+def test_a_dashboard_form_sent_twice_makes_one_customer(
+    database: DatabaseUnderTest, server: Server, tenant: TenantContext
+) -> None:
+    with httpx.Client(base_url=server.base_url) as browser:
+        sign_in = browser.get("/signin").text
+        signed = browser.post("/signin", data={"api_key": tenant.api_key, "csrf_token": hidden_field(sign_in, "csrf_token")})
+        assert signed.status_code == 303
+        form_page = browser.get("/customers/new").text
+        another_form = browser.get("/customers/new").text
+        form = {
+            "csrf_token": hidden_field(form_page, "csrf_token"),
+            "idempotency_key": hidden_field(form_page, "idempotency_key"),
+            "external_id": new_id("crm"),
+            "name": "Grace Hopper",
+        }
+        # Each form shown has a key of its own.
+        assert hidden_field(another_form, "idempotency_key") != form["idempotency_key"]
+
+        first = browser.post("/customers/new", data=form)
+        second = browser.post("/customers/new", data=form)
+
+    assert first.status_code == second.status_code == 303, second.text
+    assert first.headers["location"].startswith("/customers/cust_")
+    assert second.headers["location"] == first.headers["location"]
+    assert count_customers(database, tenant, form["external_id"]) == 1

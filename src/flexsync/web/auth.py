@@ -16,6 +16,7 @@ from flexsync.context import AppContext
 from flexsync.crypto import configured_keys
 from flexsync.db import temporary_failure
 from flexsync.deps import DB
+from flexsync.idempotency import writes
 from flexsync.models import utcnow
 from flexsync.tenancy import dashboard_sessions
 from flexsync.tenancy.service import Scope
@@ -127,6 +128,7 @@ async def require_viewer(request: Request, db: DB) -> Viewer:
     if not isinstance(found, dashboard_sessions.SignedIn):
         raise SignInRequired(next_path, notice=found.reason)
     await _note_activity(db, session_id, found, now)
+    writes.note_environment(found.scope.environment_id)
     return Viewer(key=found, session_id=session_id, csrf_token=signer(request).csrf_token(session_id))
 
 
@@ -154,7 +156,14 @@ async def checked_form(request: Request, session_id: str | None) -> FormData:
 
 
 async def viewer_form(request: Request, viewer: SignedIn) -> FormData:
-    return await checked_form(request, viewer.session_id)
+    """The signed-in viewer's posted form; its key (a hidden field of every form) makes it one write however
+    often it is sent."""
+    body = await request.body()
+    form = await checked_form(request, viewer.session_id)
+    key = form.get(writes.FORM_FIELD)
+    if isinstance(key, str):
+        writes.use_form_key(key, request.method, request.url.path, body)
+    return form
 
 
 PostedForm = Annotated[FormData, Depends(viewer_form)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,9 @@ templates = Jinja2Templates(directory=TEMPLATES_DIR)
 templates.env.filters["time"] = format_time
 templates.env.filters["iso"] = iso_time
 templates.env.globals["stripe_customer_url"] = stripe_customer_url
+# Every form carries a key of its own, made when it is shown: the same form sent twice (a double click, a
+# resubmit) is one write (flexsync/idempotency).
+templates.env.globals["new_form_key"] = lambda: secrets.token_urlsafe(18)
 
 
 # The main navigation: (key, path, label); a page passes its key to mark itself current.

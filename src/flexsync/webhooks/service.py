@@ -61,8 +61,10 @@ async def replay(db: AppContext, event_id: str, scope: Scope | None = None) -> d
         elif await repository.get(session, scope, event_id) is None:
             raise NotFound(f"webhook event {event_id} not found")
     await stored.replay_event(db, event_id)
-    async with db.read() as session:
-        replayed = await session.get(WebhookEvent, event_id)
+    # In a unit of work, not a read session: an API request with an idempotency key commits only once answered,
+    # and its answer must show what the replay did.
+    async with db.transaction() as session:
+        replayed = await session.get(WebhookEvent, event_id, populate_existing=True)
         if replayed is None:  # its connection was deleted meanwhile, and the event with it
             raise NotFound(f"webhook event {event_id} not found")
         return event_to_dict(replayed)
