@@ -273,6 +273,27 @@ def test_every_operation_has_an_id_of_its_own_and_may_answer_503(openapi_server:
             assert "Retry-After" in operation["responses"]["503"]["headers"], path
 
 
+def test_every_write_documents_its_idempotency_key(openapi_server: Server) -> None:
+    """Every /v1/ POST, PUT and DELETE but Stripe's webhook takes an Idempotency-Key; its answers say when they
+    are replayed, and its errors include idempotency_error."""
+    document = httpx.get(f"{openapi_server.base_url}/openapi.json", timeout=30).json()
+    writes = 0
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            parameters = {p["name"]: p for p in operation.get("parameters", []) if p["in"] == "header"}
+            takes_key = path.startswith("/v1/") and method in ("post", "put", "delete") and "webhooks" not in path
+            assert ("Idempotency-Key" in parameters) == takes_key, (method, path)
+            if not takes_key:
+                continue
+            writes += 1
+            assert parameters["Idempotency-Key"]["schema"]["maxLength"] == 255
+            assert "idempotency_error" in operation["responses"]["400"]["description"], (method, path)
+            assert "idempotency_error" in operation["responses"]["409"]["description"], (method, path)
+            success = [r for status, r in operation["responses"].items() if status.startswith("2")]
+            assert all("Idempotent-Replayed" in r["headers"] for r in success), (method, path)
+    assert writes >= 10
+
+
 def test_the_api_key_is_required_where_documented_and_only_there(openapi_server: Server) -> None:
     with httpx.Client(base_url=openapi_server.base_url, timeout=30) as anonymous:
         document = anonymous.get("/openapi.json").json()

@@ -11,7 +11,10 @@ elsewhere:
 - 500 `internal_error` on every `/v1/` operation (an unexpected failure), and 503 `internal_error` with
   `Retry-After` (the database busy or unreachable for now: kit.middleware.UnexpectedErrors);
 - the API key's security requirement on every operation that documents 401, which routers of authenticated
-  routes declare once, with `responses=API_KEY_REQUIRED`.
+  routes declare once, with `responses=API_KEY_REQUIRED`;
+- the `Idempotency-Key` header on every `/v1/` write (POST, PUT, DELETE; Stripe's webhook aside), its
+  `idempotency_error` answers (400, 409) and the `Idempotent-Replayed` header of a replayed answer
+  (flexsync/idempotency).
 """
 
 from __future__ import annotations
@@ -39,6 +42,29 @@ DESCRIPTIONS = {
     503: "internal_error: the database is busy or unreachable for now; send the request again after `Retry-After` "
     "seconds",
 }
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Makes the write safe to send again: a retry with the same key and the same method, path, query and body, "
+        "within 24 hours, answers what the first request answered (with `Idempotent-Replayed: true`) and changes "
+        "nothing. Keys belong to the API key's environment; use a new one (a UUID) for each new request."
+    ),
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+IDEMPOTENCY_ERRORS = {
+    400: "idempotency_error: the Idempotency-Key was used for another request",
+    409: "idempotency_error: a request with this Idempotency-Key is still being processed",
+}
+REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored answer of an earlier request with the same Idempotency-Key.",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+IDEMPOTENT_METHODS = ("post", "put", "delete")
+STRIPE_WEBHOOK = "/v1/webhooks/stripe/"
 RETRY_AFTER = {
     "Retry-After": {"description": "Seconds to wait before sending the request again.", "schema": {"type": "integer"}}
 }
@@ -83,14 +109,29 @@ def errors(*statuses: int | tuple[int, str]) -> Responses:
 API_KEY_REQUIRED = errors(401)
 
 
+def _idempotent(operation: dict[str, Any], responses: Responses) -> None:
+    operation.setdefault("parameters", []).append(IDEMPOTENCY_KEY)
+    for status, description in IDEMPOTENCY_ERRORS.items():
+        documented = responses.get(str(status))
+        if documented is None:
+            responses[str(status)] = _error(description)
+        else:
+            responses[str(status)] = {**documented, "description": f"{documented['description']}; or {description}"}
+    for status, response in responses.items():
+        if str(status).startswith("2"):
+            responses[status] = {**response, "headers": {**response.get("headers", {}), **REPLAYED}}
+
+
 def _amend(document: dict[str, Any]) -> dict[str, Any]:
     for path, item in document.get("paths", {}).items():
-        for operation in item.values():
+        for method, operation in item.items():
             responses = operation.setdefault("responses", {})
             if responses.pop("422", None) is not None:
                 responses.setdefault("400", _error(DESCRIPTIONS[400]))
             if "requestBody" in operation:
                 responses.setdefault("413", _error(DESCRIPTIONS[413]))
+            if path.startswith("/v1/") and not path.startswith(STRIPE_WEBHOOK) and method in IDEMPOTENT_METHODS:
+                _idempotent(operation, responses)
             if path.startswith("/v1/"):
                 responses.setdefault("500", _error(DESCRIPTIONS[500]))
                 responses.setdefault("503", {**_error(DESCRIPTIONS[503]), "headers": RETRY_AFTER})
