@@ -1,11 +1,12 @@
-"""Every query on the idempotency records."""
+"""Every query on the idempotency records. The request path's statements are built once (the key's lookup and
+the answer's insert run in every write that carries a key)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, tuple_
+from sqlalchemy import bindparam, delete, insert, select, tuple_
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -13,19 +14,25 @@ from flexsync.models import IdempotencyKey
 
 RECORDS = IdempotencyKey.__table__
 
+_FIND = select(
+    RECORDS.c.fingerprint, RECORDS.c.status_code, RECORDS.c.headers, RECORDS.c.body, RECORDS.c.created_at
+).where(RECORDS.c.environment_id == bindparam("environment_id"), RECORDS.c.key == bindparam("key"))
+_ADD = insert(RECORDS)
+_FORGET = delete(RECORDS).where(
+    RECORDS.c.environment_id == bindparam("environment_id"), RECORDS.c.key == bindparam("key")
+)
+
+
 async def find(session: AsyncSession, environment_id: str, key: str) -> Row[Any] | None:
-    query = select(
-        RECORDS.c.fingerprint, RECORDS.c.status_code, RECORDS.c.headers, RECORDS.c.body, RECORDS.c.created_at
-    ).where(RECORDS.c.environment_id == environment_id, RECORDS.c.key == key)
-    return (await session.execute(query)).one_or_none()
+    return (await session.execute(_FIND, {"environment_id": environment_id, "key": key})).one_or_none()
 
 
 async def add(session: AsyncSession, record: dict[str, Any]) -> None:
-    await session.execute(insert(RECORDS), record)
+    await session.execute(_ADD, record)
 
 
 async def forget(session: AsyncSession, environment_id: str, key: str) -> None:
-    await session.execute(delete(RECORDS).where(RECORDS.c.environment_id == environment_id, RECORDS.c.key == key))
+    await session.execute(_FORGET, {"environment_id": environment_id, "key": key})
 
 
 async def prune(session: AsyncSession, created_before: datetime, limit: int) -> int:
