@@ -101,7 +101,10 @@ def main() -> None:
             stop(server)
 
     medians = {
-        kind: {name: statistics.median(run[name] for run in runs) for name in ("p50_ms", "p99_ms", "per_s", "server_cpu_us")}
+        kind: {
+            name: statistics.median(run[name] for run in runs)
+            for name in ("p50_ms", "p99_ms", "per_s", "server_cpu_us")
+        }
         for kind, runs in results.items()
     }
     plain, keyed_medians = medians["plain"], medians["keyed"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import re
 import threading
-from datetime import timedelta
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,9 @@ def test_another_request_under_a_used_key_is_refused(
     assert api.post("/v1/customers", json=body, headers=keyed("create-2")).status_code == 201
 
     other_body = api.post("/v1/customers", json=customer_body(), headers=keyed("create-2"))
-    other_path = api.put(f"/v1/customers?external_customer_id={body['external_id']}", json={}, headers=keyed("create-2"))
+    other_path = api.put(
+        f"/v1/customers?external_customer_id={body['external_id']}", json={}, headers=keyed("create-2")
+    )
 
     error = assert_error(other_body, 400, "idempotency_error")
     assert "Idempotency-Key" in error["message"]
@@ -140,7 +142,9 @@ def test_keys_belong_to_one_environment(database: DatabaseUnderTest, server: Ser
     assert theirs.json()["environment_id"] == other.environment_id
 
 
-def test_a_request_without_a_key_stores_nothing(database: DatabaseUnderTest, api: httpx.Client, tenant: TenantContext) -> None:
+def test_a_request_without_a_key_stores_nothing(
+    database: DatabaseUnderTest, api: httpx.Client, tenant: TenantContext
+) -> None:
     assert api.post("/v1/customers", json=customer_body()).status_code == 201
     assert count_records(database, tenant.environment_id) == 0
 
@@ -157,9 +161,7 @@ def test_a_failed_request_is_not_remembered(api: httpx.Client) -> None:
     assert fixed.status_code == 201, fixed.text
 
 
-def test_concurrent_requests_with_one_key_make_one_customer(
-    database: DatabaseUnderTest, tenant: TenantContext
-) -> None:
+def test_concurrent_requests_with_one_key_make_one_customer(database: DatabaseUnderTest, tenant: TenantContext) -> None:
     body = customer_body()
     answers: list[httpx.Response] = []
     clients = 8
@@ -187,7 +189,9 @@ def test_concurrent_requests_with_one_key_make_one_customer(
     assert count_customers(database, tenant, body["external_id"]) == 1
 
 
-def test_a_replay_queues_no_second_sync_job(database: DatabaseUnderTest, api: httpx.Client, tenant: TenantContext) -> None:
+def test_a_replay_queues_no_second_sync_job(
+    database: DatabaseUnderTest, api: httpx.Client, tenant: TenantContext
+) -> None:
     add_connection(database, tenant)
     body = customer_body()
 
@@ -201,6 +205,7 @@ def test_a_replay_queues_no_second_sync_job(database: DatabaseUnderTest, api: ht
 
 def age_records(db: DatabaseUnderTest, environment_id: str, hours: float) -> None:
     """Move the environment's records `hours` into the past: the clock, as far as they can tell."""
+
     async def work(session: AsyncSession) -> None:
         records = select(IdempotencyKey.key, IdempotencyKey.created_at).where(
             IdempotencyKey.environment_id == environment_id
@@ -215,7 +220,9 @@ def age_records(db: DatabaseUnderTest, environment_id: str, hours: float) -> Non
     db.run(work)
 
 
-def test_a_key_is_forgotten_after_24_hours(database: DatabaseUnderTest, api: httpx.Client, tenant: TenantContext) -> None:
+def test_a_key_is_forgotten_after_24_hours(
+    database: DatabaseUnderTest, api: httpx.Client, tenant: TenantContext
+) -> None:
     body = customer_body()
     assert api.post("/v1/customers", json=body, headers=keyed("day-old")).status_code == 201
     age_records(database, tenant.environment_id, 23.5)
@@ -270,7 +277,9 @@ def test_a_dashboard_form_sent_twice_makes_one_customer(
 ) -> None:
     with httpx.Client(base_url=server.base_url) as browser:
         sign_in = browser.get("/signin").text
-        signed = browser.post("/signin", data={"api_key": tenant.api_key, "csrf_token": hidden_field(sign_in, "csrf_token")})
+        signed = browser.post(
+            "/signin", data={"api_key": tenant.api_key, "csrf_token": hidden_field(sign_in, "csrf_token")}
+        )
         assert signed.status_code == 303
         form_page = browser.get("/customers/new").text
         another_form = browser.get("/customers/new").text

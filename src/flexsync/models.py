@@ -357,9 +357,7 @@ class IdempotencyKey(Base):
 
     __tablename__ = "idempotency_keys"
 
-    environment_id: Mapped[str] = mapped_column(
-        ForeignKey("environments.id", ondelete="CASCADE"), primary_key=True
-    )
+    environment_id: Mapped[str] = mapped_column(ForeignKey("environments.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     # SHA-256 (hex) of the request: method, path, query string and body.
     fingerprint: Mapped[str] = mapped_column(String(64))

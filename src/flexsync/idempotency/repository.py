@@ -6,13 +6,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, tuple_
+from sqlalchemy import Table, bindparam, delete, insert, select, tuple_
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.models import IdempotencyKey
 
-RECORDS = IdempotencyKey.__table__
+RECORDS: Table = IdempotencyKey.__table__  # type: ignore[assignment]
 
 _FIND = select(
     RECORDS.c.fingerprint, RECORDS.c.status_code, RECORDS.c.headers, RECORDS.c.body, RECORDS.c.created_at
@@ -23,7 +23,7 @@ _FORGET = delete(RECORDS).where(
 )
 
 
-async def find(session: AsyncSession, environment_id: str, key: str) -> Row[Any] | None:
+async def find(session: AsyncSession, environment_id: str, key: str) -> Row[Any, Any, Any, Any, Any] | None:
     return (await session.execute(_FIND, {"environment_id": environment_id, "key": key})).one_or_none()
 
 

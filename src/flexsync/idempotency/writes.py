@@ -61,6 +61,7 @@ _TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:lock)")
 _LOCK = text("SELECT pg_advisory_xact_lock(:lock)")
 _OUTCOME_WAIT = text(f"SET LOCAL lock_timeout = '{OUTCOME_WAIT_SECONDS}s'")
 
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     status_code: int
@@ -68,7 +69,7 @@ class Answer:
     body: bytes
 
 
-class Replayed(Exception):  # noqa: N818 (not an error: the request's answer is the stored one)
+class Replayed(Exception):
     """The request was made before under its key: `answer` is what it answered then."""
 
     def __init__(self, answer: Answer):
@@ -76,7 +77,7 @@ class Replayed(Exception):  # noqa: N818 (not an error: the request's answer is 
         self.answer = answer
 
 
-class OutcomeUnknown(Exception):  # noqa: N818
+class OutcomeUnknown(Exception):
     """The connection was lost at COMMIT and the database could not be asked whether the commit happened."""
 
 

@@ -111,12 +111,12 @@ API_KEY_REQUIRED = errors(401)
 
 def _idempotent(operation: dict[str, Any], responses: Responses) -> None:
     operation.setdefault("parameters", []).append(IDEMPOTENCY_KEY)
-    for status, description in IDEMPOTENCY_ERRORS.items():
-        documented = responses.get(str(status))
+    for code, description in IDEMPOTENCY_ERRORS.items():
+        documented = responses.get(str(code))
         if documented is None:
-            responses[str(status)] = _error(description)
+            responses[str(code)] = _error(description)
         else:
-            responses[str(status)] = {**documented, "description": f"{documented['description']}; or {description}"}
+            responses[str(code)] = {**documented, "description": f"{documented['description']}; or {description}"}
     for status, response in responses.items():
         if str(status).startswith("2"):
             responses[status] = {**response, "headers": {**response.get("headers", {}), **REPLAYED}}
