@@ -20,6 +20,7 @@ from flexsync.ids import new_id
 from flexsync.models import Customer, IdempotencyKey
 from tests.support import DatabaseUnderTest, Server, TenantContext, assert_error, new_tenant, wait_for
 from tests.sync_support import add_connection, start_worker
+from tests.webhook_support import inbound_tenant, stripe_customer, stripe_event
 
 
 def customer_body(**fields: Any) -> dict[str, Any]:
@@ -299,3 +300,22 @@ def test_a_dashboard_form_sent_twice_makes_one_customer(
     assert first.headers["location"].startswith("/customers/cust_")
     assert second.headers["location"] == first.headers["location"]
     assert count_customers(database, tenant, form["external_id"]) == 1
+
+
+def test_a_webhook_event_replayed_with_a_key_is_applied_once(database: DatabaseUnderTest, server: Server) -> None:
+    """The event replay is several units of work (claim and apply, then record the outcome): with a key they
+    are one write, answered with what it did."""
+    with inbound_tenant(database, server.base_url) as inbound:
+        created = stripe_event("customer.created", stripe_customer(name="Replayed"))
+        inbound.deliver_ok(created, "applied")
+        stored = inbound.event_for(created["id"])
+        path = f"/v1/webhook-events/{stored['id']}/replay"
+
+        first = inbound.api.post(path, headers=keyed("replay-1"))
+        again = inbound.api.post(path, headers=keyed("replay-1"))
+
+        assert first.status_code == 200, first.text
+        assert (first.json()["status"], first.json()["attempts"]) == ("applied", 2)
+        assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
+        assert inbound.event_for(created["id"])["attempts"] == 2
+        assert len(inbound.customers()) == 1
