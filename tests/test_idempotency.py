@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.ids import new_id
 from flexsync.models import Customer, IdempotencyKey
-from tests.support import DatabaseUnderTest, Server, TenantContext, assert_error, new_tenant, wait_for
+from tests.support import DatabaseUnderTest, Server, TenantContext, assert_error, new_tenant, start_server, wait_for
 from tests.sync_support import add_connection, start_worker
 from tests.webhook_support import inbound_tenant, stripe_customer, stripe_event
 
@@ -237,16 +236,9 @@ def test_a_key_is_forgotten_after_24_hours(
     assert api.post("/v1/customers", json=customer_body(), headers=keyed("day-old")).status_code == 201
 
 
-@pytest.fixture
-def fresh_tenant(fresh_db: DatabaseUnderTest) -> Callable[[], TenantContext]:
-    return lambda: new_tenant(fresh_db, "")
-
-
 def test_workers_prune_records_older_than_24_hours(
     fresh_db: DatabaseUnderTest, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    from tests.support import start_server
-
     server = start_server(fresh_db, tmp_path_factory.mktemp("prune-logs"), "--no-worker")
     try:
         tenant = new_tenant(fresh_db, server.base_url)
