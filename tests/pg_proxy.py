@@ -16,8 +16,9 @@ COMMIT_MESSAGE = b"COMMIT;\x00"
 class CommitCutter:
     upstream: tuple[str, int]
     port: int = 0
-    # Cut the connection that sends the next COMMIT (once).
-    armed: bool = False
+    # Cut the connection that next sends a COMMIT after it has sent these bytes (a value the transaction wrote, such
+    # as a new customer's external_id): that transaction's COMMIT, not another's (a background sweep commits too).
+    marker: bytes | None = None
     # With the cut, end every connection and refuse new ones until `reopen` (the database "away").
     then_refuse: bool = False
     refusing: bool = False
@@ -37,9 +38,9 @@ class CommitCutter:
 
         return make_url(database_url).set(host="127.0.0.1", port=self.port).render_as_string(hide_password=False)
 
-    def arm(self, *, then_refuse: bool = False) -> None:
+    def arm(self, marker: str, *, then_refuse: bool = False) -> None:
         with self._lock:
-            self.armed, self.then_refuse = True, then_refuse
+            self.marker, self.then_refuse = marker.encode(), then_refuse
 
     def reopen(self) -> None:
         with self._lock:
@@ -65,10 +66,14 @@ class CommitCutter:
             threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
 
     def _pump(self, source: socket.socket, target: socket.socket, from_client: bool) -> None:
+        marked = False
         try:
             while data := source.recv(65536):
                 target.sendall(data)
-                if from_client and COMMIT_MESSAGE in data and self._take_cut():
+                if not from_client:
+                    continue
+                marked = marked or (self.marker is not None and self.marker in data)
+                if marked and COMMIT_MESSAGE in data and self._take_cut():
                     self._cut(source, target)
                     return
         except OSError:
@@ -80,9 +85,9 @@ class CommitCutter:
 
     def _take_cut(self) -> bool:
         with self._lock:
-            if not self.armed:
+            if self.marker is None:
                 return False
-            self.armed = False
+            self.marker = None
             self.cuts += 1
             if self.then_refuse:
                 self.refusing = True

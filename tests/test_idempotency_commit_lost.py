@@ -1,7 +1,7 @@
 """A write whose COMMIT lost its connection (PostgreSQL): it was committed, but flexsync never heard so.
 
 A proxy between `flexsync serve` and PostgreSQL (tests/pg_proxy.py) cuts the connection right after forwarding
-the create's COMMIT. With an `Idempotency-Key`, the server learns on a fresh connection that the commit happened
+the create's COMMIT (the COMMIT of the connection that sent the new customer's external_id). With an `Idempotency-Key`, the server learns on a fresh connection that the commit happened
 and answers the real 201; when the database cannot be reached at all, it answers 503, and the client's retry with
 the key gets the original 201. Either way: one customer, one sync job, one Stripe customer (a worker pushing to
 localstripe), and never a 409 against the client's own customer. SQLite has no connection to lose: its commit
@@ -119,7 +119,7 @@ def test_the_server_learns_that_its_lost_commit_happened(
     body = {"external_id": new_id("crm"), "name": "Ada Lovelace"}
     cuts = cutter.cuts
     with tenant.client() as api:
-        cutter.arm()
+        cutter.arm(body["external_id"])
         first = api.post("/v1/customers", json=body, headers={"Idempotency-Key": "lost-1"})
         assert cutter.cuts == cuts + 1  # the connection was cut at COMMIT
 
@@ -139,7 +139,7 @@ def test_a_client_retrying_with_its_key_gets_the_original_answer(
 ) -> None:
     body = {"external_id": new_id("crm"), "name": "Grace Hopper"}
     with tenant.client() as api:
-        cutter.arm(then_refuse=True)
+        cutter.arm(body["external_id"], then_refuse=True)
         first = api.post("/v1/customers", json=body, headers={"Idempotency-Key": "lost-2"})
         # The database is away: the server cannot learn whether its commit happened, and says so.
         error = assert_error(first, 503, "internal_error")
