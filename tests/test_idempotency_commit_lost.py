@@ -1,11 +1,11 @@
 """A write whose COMMIT lost its connection (PostgreSQL): it was committed, but flexsync never heard so.
 
 A proxy between `flexsync serve` and PostgreSQL (tests/pg_proxy.py) cuts the connection right after forwarding
-the create's COMMIT (the COMMIT of the connection that sent the new customer's external_id). With an `Idempotency-Key`, the server learns on a fresh connection that the commit happened
-and answers the real 201; when the database cannot be reached at all, it answers 503, and the client's retry with
-the key gets the original 201. Either way: one customer, one sync job, one Stripe customer (a worker pushing to
-localstripe), and never a 409 against the client's own customer. SQLite has no connection to lose: its commit
-happens in the process."""
+the create's COMMIT (the COMMIT of the connection that sent the new customer's external_id). With an
+`Idempotency-Key`, the server learns on a fresh connection that the commit happened and answers the real 201;
+when the database cannot be reached at all, it answers 503, and the client's retry with the key gets the original
+201. Either way: one customer, one sync job, one Stripe customer (a worker pushing to localstripe), and never a
+409 against the client's own customer. SQLite has no connection to lose: its commit happens in the process."""
 
 from __future__ import annotations
 
