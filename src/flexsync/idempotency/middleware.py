@@ -44,8 +44,7 @@ class IdempotentWrites:
             await self.app(scope, receive, _AfterCommit(write, send))
         except writes.Replayed as replayed:
             answer = replayed.answer
-            headers = [*answer.headers, (writes.REPLAYED_HEADER.lower().encode(), b"true")]
-            await send({"type": "http.response.start", "status": answer.status_code, "headers": headers})
+            await send({"type": "http.response.start", "status": answer.status_code, "headers": answer.headers})
             await send({"type": "http.response.body", "body": answer.body})
         except writes.OutcomeUnknown:
             message = (
@@ -102,7 +101,9 @@ class _AfterCommit:
         self.chunks.append(message.get("body", b""))
         if message.get("more_body", False):
             return
-        body = b"".join(self.chunks)
-        await self.write.record(writes.Answer(self.start["status"], list(self.start.get("headers", [])), body))
+        held = writes.Answer(self.start["status"], list(self.start.get("headers", [])), b"".join(self.chunks))
+        answer = await self.write.record(held)
+        if answer is not held:
+            self.start = {**self.start, "status": answer.status_code, "headers": answer.headers}
         await self.send(self.start)
-        await self.send({"type": "http.response.body", "body": body})
+        await self.send({"type": "http.response.body", "body": answer.body})

@@ -13,7 +13,11 @@ request join that one (as savepoints), so the request writes once. Claiming the 
 - PostgreSQL: the claim takes a transaction-level advisory lock on the key without waiting: when another
   request holds it (the same key, still running), 409 `idempotency_error`. The lock ends with its transaction
   however that ends (commit, rollback, a dropped connection, a killed process), so nothing is left behind that
-  could block the key: there is no "in progress" row, the record only exists once its write has committed;
+  could block the key: there is no "in progress" row, the record only exists once its write has committed.
+  The lock and the lookup are one statement, so the lookup reads the snapshot taken as the statement began: a
+  first request that commits in the instant between that and the lock is not seen. Its record is then found
+  when this one fails (its write meeting the first one's, or its own record's insert meeting the first one's
+  record, whose key is unique), and answered: a retry never ends in a conflict with its own first attempt;
 - SQLite: a unit of work holds the database's one write lock from its start, so a second request with the key
   waits for the first to finish, then finds its record and replays it.
 
@@ -37,6 +41,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from flexsync.db import is_unavailable, transaction
@@ -57,7 +62,6 @@ OUTCOME_WAIT_SECONDS = 5
 # Answer headers that belong to one answer only, not kept in the record.
 _NOT_KEPT = frozenset({b"set-cookie", b"date", b"server"})
 
-_TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:lock)")
 _LOCK = text("SELECT pg_advisory_xact_lock(:lock)")
 _OUTCOME_WAIT = text(f"SET LOCAL lock_timeout = '{OUTCOME_WAIT_SECONDS}s'")
 
@@ -124,8 +128,18 @@ class RequestWrite:
         session = self._sessions()
         try:
             await self._claim(session)
+        except BaseException:
+            await session.close()
+            raise
+        try:
             yield session
             await session.flush()
+        except Exception as exc:
+            await session.close()
+            first = await self._first_answer() if self._postgresql else None
+            if first is not None:
+                raise Replayed(first) from exc
+            raise
         except BaseException:
             await session.close()
             raise
@@ -133,11 +147,14 @@ class RequestWrite:
 
     async def _claim(self, session: AsyncSession) -> None:
         assert self.environment_id is not None and self.key is not None
-        if self._postgresql and not (await session.execute(_TRY_LOCK, {"lock": self._lock_id()})).scalar_one():
-            raise idempotency_error(
-                409, f"a request with this {HEADER} is still being processed; send it again once it has finished"
-            )
-        found = await repository.find(session, self.environment_id, self.key)
+        if self._postgresql:
+            locked, found = await repository.lock_and_find(session, self._lock_id(), self.environment_id, self.key)
+            if not locked:
+                raise idempotency_error(
+                    409, f"a request with this {HEADER} is still being processed; send it again once it has finished"
+                )
+        else:
+            found = await repository.find(session, self.environment_id, self.key)
         if found is None:
             return
         if found.created_at <= utcnow() - KEPT_FOR:
@@ -149,16 +166,29 @@ class RequestWrite:
                 f"this {HEADER} was used for another request (another method, path, query or body) in the last "
                 f"{KEPT_FOR.total_seconds() / 3600:g} hours; send a new request with a new key",
             )
-        headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in found.headers]
-        raise Replayed(Answer(found.status_code, headers, found.body))
+        raise Replayed(_stored_answer(found))
 
-    async def record(self, answer: Answer) -> None:
-        """Store the answer beside the write and commit both; an answer 5xx rolls the write back instead."""
+    async def _first_answer(self) -> Answer | None:
+        """PostgreSQL, after this request's write failed: the answer of a first request with the key that
+        committed while this one was claiming it (see the module's docstring), if there is one."""
+        assert self.environment_id is not None and self.key is not None
+        try:
+            async with self._sessions() as session:
+                found = await repository.find(session, self.environment_id, self.key)
+        except Exception:
+            return None
+        if found is None or found.fingerprint != self.fingerprint or found.created_at <= utcnow() - KEPT_FOR:
+            return None
+        return _stored_answer(found)
+
+    async def record(self, answer: Answer) -> Answer:
+        """Store the answer beside the write and commit both; an answer 5xx rolls the write back instead. Returns
+        the answer to send: this one, or a first request's when that one committed under the key meanwhile."""
         session, self.pending = self.pending, None
         assert session is not None and self.environment_id is not None
         try:
             if answer.status_code >= 500:
-                return
+                return answer
             kept = [[name.decode("latin-1"), value.decode("latin-1")] for name, value in answer.headers]
             record: dict[str, Any] = {
                 "environment_id": self.environment_id,
@@ -171,6 +201,12 @@ class RequestWrite:
             }
             await repository.add(session, record)
             await session.commit()
+        except IntegrityError:
+            await session.close()
+            first = await self._first_answer()
+            if first is None:
+                raise
+            return first
         except Exception as exc:
             if not is_unavailable(exc):
                 raise
@@ -182,6 +218,7 @@ class RequestWrite:
             log.info("the connection was lost at COMMIT; the write was committed", environment_id=self.environment_id)
         finally:
             await session.close()
+        return answer
 
     async def _committed(self) -> bool | None:
         """Whether this request's record (so its write) was committed; None if the database cannot tell now."""
@@ -202,6 +239,11 @@ class RequestWrite:
         session, self.pending = self.pending, None
         if session is not None:
             await session.close()
+
+
+def _stored_answer(found: Any) -> Answer:
+    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in found.headers]
+    return Answer(found.status_code, [*headers, (REPLAYED_HEADER.lower().encode(), b"true")], found.body)
 
 
 _CURRENT: ContextVar[RequestWrite | None] = ContextVar("flexsync_request_write", default=None)
