@@ -1,7 +1,7 @@
 """idempotency_keys: the writes made with an Idempotency-Key, and their answers, kept 24 hours
 
 Revision ID: 0009
-Revises: 0010
+Revises: 0008
 Create Date: 2026-12-06 23:59:00
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0009"
-down_revision: str | None = "0010"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
