@@ -203,6 +203,32 @@ class StripeConnection(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class WebhookEndpoint(Base):
+    """The Stripe webhook endpoint flexsync manages for a connection (connections/managed_endpoint.py): what Stripe
+    last said of it, the endpoints still to delete after a move, and the lease that lets one process at a time
+    change it. Its signing secret is the connection's newest webhook secret."""
+
+    __tablename__ = "webhook_endpoints"
+
+    connection_id: Mapped[str] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True)
+    stripe_endpoint_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    url: Mapped[str | None] = mapped_column(Text, default=None)
+    # Stripe's `enabled` or `disabled`, or `missing` when Stripe no longer knows the endpoint.
+    status: Mapped[str | None] = mapped_column(String(16), default=None)
+    enabled_events: Mapped[list[Any]] = mapped_column(default=list)
+    managed: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Replaced endpoints (an older URL's, or one made by hand) to delete in Stripe; the status check retries.
+    retiring_endpoint_ids: Mapped[list[Any]] = mapped_column(default=list)
+    # After this time only the newest webhook secret is kept: the replaced endpoints' deliveries have ended.
+    old_secrets_until: Mapped[datetime | None] = mapped_column(default=None)
+    # Counts the endpoints created, so that each creation has an Idempotency-Key of its own.
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    lease_holder: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    checked_at: Mapped[datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class CustomerLink(Base):
     """One Stripe customer <-> one flexsync customer, per connection, enforced on both sides."""
 
