@@ -13,6 +13,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from flexsync import __version__
 from flexsync.config import Settings, get_settings
+from flexsync.connections import managed_endpoint
 from flexsync.connections.endpoints import router as connections_router
 from flexsync.context import AppContext, open_context
 from flexsync.customers.endpoints import router as customers_router
@@ -126,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Documented as text (Prometheus' format); the answer's content type also names the format's version.
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     async def metrics() -> Response:
+        await managed_endpoint.publish_status_metric(app.state.db)
         return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
     install_dashboard(app)

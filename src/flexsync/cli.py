@@ -45,6 +45,8 @@ app.add_typer(environment_app, name="environment")
 app.add_typer(api_key_app, name="api-key")
 events_app = typer.Typer(help="Stripe webhook events.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
+connections_app = typer.Typer(help="Stripe connections.", no_args_is_help=True)
+app.add_typer(connections_app, name="connections")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -248,6 +250,31 @@ def events_replay(
 
 
 _EVENT_DETAILS = (("customer_id", "customer"), ("note", "note"), ("last_error", "error"))
+
+
+@connections_app.command("sync-endpoint")
+def connections_sync_endpoint(
+    connection_id: Annotated[str, typer.Argument(help="The connection's id (conn_...).")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Create, adopt or move the connection's managed Stripe webhook endpoint to the current webhook URL
+    (FLEXSYNC_PUBLIC_URL): the new endpoint first, both signing secrets verifying, then the old one deleted."""
+    from flexsync.connections import managed_endpoint
+
+    async def work(db: Database) -> dict[str, Any] | None:
+        return await managed_endpoint.sync_endpoint(db, connection_id)
+
+    try:
+        endpoint = _with_database(get_settings(), work)
+    except APIError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(code=1) from None
+    assert endpoint is not None
+    _emit(
+        as_json,
+        endpoint,
+        [f"webhook endpoint {endpoint['id']} ({endpoint['status']}): {endpoint['url']}"],
+    )
 
 
 @events_app.command("prune")

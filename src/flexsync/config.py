@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     database_max_connections: int = Field(DEFAULT_DATABASE_MAX_CONNECTIONS, ge=2, le=1000)
     # Minutes without a page view after which a dashboard session ends (it ends 12 hours after sign-in anyway).
     dashboard_idle_minutes: int = Field(120, ge=1, le=12 * 60)
+    # How often workers read the status of each managed Stripe webhook endpoint; 0 turns the check off.
+    webhook_endpoint_check_seconds: float = Field(300.0, ge=0)
 
     @field_validator("database_url")
     @classmethod

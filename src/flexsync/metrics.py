@@ -38,3 +38,13 @@ def exposition() -> bytes:
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest()
+
+
+# Managed Stripe webhook endpoints (connections/managed_endpoint.py): 1 while Stripe reports the connection's
+# endpoint enabled, 0 when it is disabled or gone. Set from the database when /metrics is read.
+WEBHOOK_ENDPOINT_ENABLED = Gauge(
+    "flexsync_stripe_webhook_endpoint_enabled",
+    "1 while the connection's managed Stripe webhook endpoint is enabled, 0 when Stripe disabled it or it is gone",
+    ["connection_id"],
+    multiprocess_mode="livemostrecent",
+)

@@ -5,10 +5,12 @@ Stripe is asked (`verify: true`) before the database transaction opens, so no lo
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from flexsync.connections import repository, secrets, service
+from flexsync.connections import managed_endpoint, repository, secrets, service
 from flexsync.connections.schemas import Connection, ConnectionCreate, ConnectionList, ConnectionUpdate
 from flexsync.deps import DB, AuthScope
 from flexsync.kit.json import JSONResponse
@@ -44,22 +46,35 @@ async def create_connection(body: ConnectionCreate, scope: AuthScope, db: DB) ->
     verified = await service.verify_with_stripe(body.secret_key.get_secret_value(), db) if body.verify else None
     async with db.transaction() as session:
         connection = await service.create_connection(session, db.box, scope, body, verified)
-        payload = service.connection_to_dict(connection, db.settings)
-    return JSONResponse(payload, status_code=201)
+    if body.manage_webhook_endpoint:
+        url = db.settings.webhook_url(scope.tenant_id, scope.environment_id)
+        try:
+            await managed_endpoint.set_up(db, connection.id, url)
+        except BaseException:
+            await managed_endpoint.discard_connection(db, connection.id)
+            raise
+    return JSONResponse(await _payload(db, scope, connection.id), status_code=201)
+
+
+async def _payload(db: DB, scope: AuthScope, connection_id: str) -> dict[str, Any]:
+    async with db.read() as session:
+        payload = service.connection_to_dict(await service.find(session, scope, connection_id), db.settings)
+        await managed_endpoint.with_endpoints(session, [payload])
+    return payload
 
 
 @router.get("", response_model=ConnectionList)
 async def list_connections(scope: AuthScope, db: DB, page: PageQuery) -> JSONResponse:
     async with db.read() as session:
         items, total = await repository.list_page(session, scope, page.limit, page.offset)
-        return JSONResponse(page_body([service.connection_to_dict(c, db.settings) for c in items], total, page))
+        payloads = [service.connection_to_dict(c, db.settings) for c in items]
+        await managed_endpoint.with_endpoints(session, payloads)
+        return JSONResponse(page_body(payloads, total, page))
 
 
 @router.get("/{connection_id}", response_model=Connection, responses=errors(404))
 async def get_connection(connection_id: str, scope: AuthScope, db: DB) -> JSONResponse:
-    async with db.read() as session:
-        connection = await service.find(session, scope, connection_id)
-        return JSONResponse(service.connection_to_dict(connection, db.settings))
+    return JSONResponse(await _payload(db, scope, connection_id))
 
 
 @router.put(
@@ -78,16 +93,35 @@ async def update_connection(connection_id: str, body: ConnectionUpdate, scope: A
             async with db.read() as session:
                 key = secrets.secret_key(db.box, await service.find(session, scope, connection_id))
         verified = await service.verify_with_stripe(key, db)
+    if body.manage_webhook_endpoint is not None:
+        await _manage_endpoint(db, scope, connection_id, body)
     async with db.transaction() as session:
         connection = await service.find(session, scope, connection_id, for_update=True)
         service.update_connection(connection, db.box, body, verified)
-        payload = service.connection_to_dict(connection, db.settings)
-    return JSONResponse(payload)
+        if body.model_fields_set & set(service.WEBHOOK_SECRET_CHANGES):
+            await managed_endpoint.forget(session, connection.id)
+    return JSONResponse(await _payload(db, scope, connection_id))
+
+
+async def _manage_endpoint(db: DB, scope: AuthScope, connection_id: str, body: ConnectionUpdate) -> None:
+    """Stripe's side first, once the rest of the update is known to be acceptable: a refusal saves nothing."""
+    async with db.read() as session:
+        service.check_update(await service.find(session, scope, connection_id), body)
+    if not body.manage_webhook_endpoint:
+        await managed_endpoint.stop_managing(db, connection_id)
+        return
+    new_key = body.secret_key.get_secret_value() if body.secret_key is not None else None
+    url = db.settings.webhook_url(scope.tenant_id, scope.environment_id)
+    await managed_endpoint.set_up(db, connection_id, url, secret_key=new_key)
 
 
 @router.delete("/{connection_id}", status_code=204, responses=errors(404))
 async def delete_connection(connection_id: str, scope: AuthScope, db: DB) -> Response:
-    """Delete the connection and its secrets; the environment is free for a new connection."""
+    """Delete the connection and its secrets (and the webhook endpoint flexsync manages for it in Stripe); the
+    environment is free for a new connection."""
+    async with db.read() as session:
+        await service.find(session, scope, connection_id)
+    await managed_endpoint.tear_down(db, connection_id)
     async with db.transaction() as session:
         connection = await service.find(session, scope, connection_id, for_update=True)
         service.delete_connection(connection)

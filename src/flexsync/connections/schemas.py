@@ -11,7 +11,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, SecretStr, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, SecretStr, StringConstraints, model_validator
 
 from flexsync.connections.settings import ConnectionSettings
 from flexsync.kit.pagination import ListPage
@@ -85,6 +85,17 @@ PublishableKey = Annotated[
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
 
 
+# --- The managed webhook endpoint (connections/managed_endpoint.py) ---
+MANAGE_WEBHOOK_ENDPOINT = (
+    "`true`: flexsync creates (or adopts) the Stripe webhook endpoint for `webhook_url` with the customer events "
+    "and stores the signing secret Stripe returns; no `webhook_secret` is needed. When Stripe refuses (its "
+    "endpoint limit, a key without the Webhook Endpoints permission, a URL it will not take) the request answers "
+    "400 naming the cause in `details.cause` and saves nothing. On an existing connection it also moves the "
+    "endpoint to the current URL and re-enables an endpoint Stripe disabled."
+)
+MANAGED_SECRET_CONFLICT = "give either webhook_secret or manage_webhook_endpoint: true, not both"  # noqa: S105
+
+
 class ConnectionCreate(StrictModel):
     """The Stripe connection of the API key's environment. Both keys must be of one mode: `sk_test_`/`rk_test_`
     with `pk_test_`, or `sk_live_`/`rk_live_` with `pk_live_` (400 otherwise); the mode is the connection's for
@@ -103,6 +114,13 @@ class ConnectionCreate(StrictModel):
     verify: bool = Field(
         default=False, description="Check the secret key with Stripe before saving; a rejected key answers 400."
     )
+    manage_webhook_endpoint: bool = Field(default=False, description=MANAGE_WEBHOOK_ENDPOINT)
+
+    @model_validator(mode="after")
+    def _one_source_of_webhook_secret(self) -> ConnectionCreate:
+        if self.manage_webhook_endpoint and self.webhook_secret is not None:
+            raise ValueError(MANAGED_SECRET_CONFLICT)
+        return self
 
 
 class ConnectionUpdate(StrictModel):
@@ -139,6 +157,21 @@ class ConnectionUpdate(StrictModel):
         default=False,
         description="Check the secret key (the new one if given, else the stored one) with Stripe before saving.",
     )
+    manage_webhook_endpoint: bool | None = Field(
+        default=None,
+        description=MANAGE_WEBHOOK_ENDPOINT + " `false`: flexsync stops changing the endpoint and leaves it in Stripe.",
+    )
+
+
+# --- The managed webhook endpoint in answers ---
+class WebhookEndpointInfo(ResponseModel):
+    id: str = Field(description="Stripe's endpoint id, `we_…`.")
+    url: str | None
+    status: Literal["enabled", "disabled", "missing"] | None = Field(
+        description="As Stripe last reported it (read every few minutes); `missing`: deleted in Stripe."
+    )
+    enabled_events: list[str]
+    managed: bool = Field(description="Whether flexsync creates, moves and deletes this endpoint.")
 
 
 class Connection(ResponseModel):
@@ -156,6 +189,9 @@ class Connection(ResponseModel):
     webhook_url: str = Field(description="Where Stripe sends this environment's events.")
     settings: ConnectionSettings = Field(description="The effective settings, defaults included.")
     stripe_account_id: str | None = Field(description="Known once `verify` has read it from Stripe.")
+    webhook_endpoint: WebhookEndpointInfo | None = Field(
+        description="The Stripe webhook endpoint flexsync manages for `webhook_url`; null when unknown."
+    )
     tenant_id: str
     environment_id: str
     created_at: datetime

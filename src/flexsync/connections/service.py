@@ -184,6 +184,8 @@ def _check_update(data: ConnectionUpdate) -> None:
             raise ValidationFailed(f"{name} must not be null", {"fields": {name: "must not be null"}})
     # `remove_old_webhook_secrets: false` asks for nothing, so a form may always send it.
     changes = [name for name in WEBHOOK_SECRET_CHANGES if name in given and getattr(data, name) is not False]
+    if data.manage_webhook_endpoint:
+        changes.append("manage_webhook_endpoint")
     if len(changes) > 1:
         raise ValidationFailed(
             f"give only one of {', '.join(WEBHOOK_SECRET_CHANGES)} per request",
@@ -191,9 +193,15 @@ def _check_update(data: ConnectionUpdate) -> None:
         )
 
 
-def _update_keys(connection: StripeConnection, box: SecretBox, data: ConnectionUpdate) -> bool:
-    if data.secret_key is None and data.publishable_key is None:
-        return False
+def check_update(connection: StripeConnection, data: ConnectionUpdate) -> None:
+    """Refuse an update `update_connection` would refuse, without changing anything: for checks that must
+    pass before Stripe is asked to change something (the managed webhook endpoint)."""
+    _check_update(data)
+    _checked_keys(connection, data)
+
+
+def _checked_keys(connection: StripeConnection, data: ConnectionUpdate) -> tuple[str | None, str]:
+    """The update's new secret key (None: unchanged) and the publishable key the connection ends up with."""
     secret_key = data.secret_key.get_secret_value() if data.secret_key is not None else None
     secret_mode = key_mode(secret_key) if secret_key is not None else connection.mode
     if secret_mode != connection.mode:
@@ -204,6 +212,13 @@ def _update_keys(connection: StripeConnection, box: SecretBox, data: ConnectionU
         )
     publishable_key = data.publishable_key or connection.publishable_key
     _check_same_mode(secret_mode, key_mode(publishable_key))
+    return secret_key, publishable_key
+
+
+def _update_keys(connection: StripeConnection, box: SecretBox, data: ConnectionUpdate) -> bool:
+    if data.secret_key is None and data.publishable_key is None:
+        return False
+    secret_key, publishable_key = _checked_keys(connection, data)
     changed = publishable_key != connection.publishable_key
     connection.publishable_key = publishable_key
     if secret_key is not None and secret_key != secrets.secret_key(box, connection):

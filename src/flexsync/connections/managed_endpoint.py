@@ -1,0 +1,400 @@
+"""The Stripe webhook endpoint flexsync manages for a connection (`manage_webhook_endpoint`), so nobody copies a
+signing secret by hand.
+
+`establish` makes Stripe's side right for the connection's webhook URL: it lists the account's endpoints and
+- adopts the endpoint it made before (its secret is the connection's) when it points at the URL, setting its
+  events and enabling it if Stripe disabled it;
+- otherwise creates one and stores the secret Stripe returns once; endpoints it replaces (one at an older URL,
+  or one at this URL made by hand, whose secret Stripe will not reveal) are deleted only after the new secret is
+  stored, and the old secrets keep verifying for `OLD_SECRETS_GRACE` so no delivery in flight is refused.
+
+One process at a time per connection: a lease in the connection's `webhook_endpoints` row, taken in a short
+transaction of its own. Stripe is never called inside a database transaction (on SQLite that would hold the one
+write lock, and the Stripe rate limit's own transaction would wait for it). Should a lease run out under a stuck
+holder, the creation's Idempotency-Key (the connection, its count of endpoints made, the URL) still makes two
+creates one endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import delete as sql_delete
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flexsync.connections import endpoint_repository as repository
+from flexsync.connections.schemas import MAX_WEBHOOK_SECRETS
+from flexsync.deps import Database
+from flexsync.kit.errors import APIError, NotFound, ValidationFailed
+from flexsync.metrics import WEBHOOK_ENDPOINT_ENABLED
+from flexsync.models import StripeConnection, WebhookEndpoint, utcnow
+from flexsync.stripe import webhook_endpoints as stripe_endpoints
+from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed
+from flexsync.stripe.webhook_endpoints import CUSTOMER_EVENTS, StripeEndpoint
+
+log = structlog.get_logger(__name__)
+
+# Longer than a few Stripe requests at their timeout: a holder that died frees the endpoint after this.
+LEASE_SECONDS = 120.0
+LEASE_POLL_SECONDS = 0.1
+# Stripe may still be delivering, signed with a replaced endpoint's secret, what it sent before the deletion.
+OLD_SECRETS_GRACE = timedelta(minutes=10)
+CHECK_BATCH = 100
+
+
+def endpoint_to_dict(row: WebhookEndpoint | None) -> dict[str, Any] | None:
+    """The connection's `webhook_endpoint`: null while flexsync knows of none."""
+    if row is None or row.stripe_endpoint_id is None:
+        return None
+    return {
+        "id": row.stripe_endpoint_id,
+        "url": row.url,
+        "status": row.status,
+        "enabled_events": list(row.enabled_events),
+        "managed": row.managed,
+    }
+
+
+async def with_endpoints(session: AsyncSession, payloads: Sequence[dict[str, Any]]) -> None:
+    """Add `webhook_endpoint` to public connection objects."""
+    rows = await repository.for_connections(session, [payload["id"] for payload in payloads])
+    for payload in payloads:
+        payload["webhook_endpoint"] = endpoint_to_dict(rows.get(payload["id"]))
+
+
+def _refused(failure: StripeCallFailed, doing: str) -> APIError:
+    refusal = stripe_endpoints.refusal(failure)
+    fields = {"url_refused": "webhook_url", "key_permission": "secret_key", "key_rejected": "secret_key"}
+    details: dict[str, Any] = {"cause": refusal.cause, "stripe_status": refusal.http_status}
+    if refusal.cause in fields:
+        details["fields"] = {fields[refusal.cause]: refusal.cause}
+    return ValidationFailed(f"could not {doing}: {refusal.message}; nothing was changed", details)
+
+
+@asynccontextmanager
+async def _lease(db: Database, connection_id: str) -> AsyncIterator[None]:
+    holder = secrets.token_hex(8)
+    async with db.transaction() as session:
+        await repository.add_row(session, connection_id)
+    while True:
+        now = utcnow()
+        async with db.transaction() as session:
+            if await repository.take_lease(session, connection_id, holder, now, now + timedelta(seconds=LEASE_SECONDS)):
+                break
+        await asyncio.sleep(LEASE_POLL_SECONDS)
+    try:
+        yield
+    finally:
+        try:
+            async with db.transaction() as session:
+                await repository.release_lease(session, connection_id, holder)
+        except Exception:
+            log.warning("could not release the webhook endpoint lease; it runs out by itself", exc_info=True)
+
+
+def _idempotency_key(connection_id: str, generation: int, url: str) -> str:
+    return f"flexsync-webhook-endpoint-{connection_id}-{generation}-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
+
+
+def _description(connection: StripeConnection) -> str:
+    return f"flexsync: customer sync for connection {connection.id} ({connection.name})"[:5000]
+
+
+async def _load(db: Database, connection_id: str) -> tuple[StripeConnection, WebhookEndpoint]:
+    async with db.read() as session:
+        connection = await repository.connection(session, connection_id)
+        row = await repository.get(session, connection_id)
+    if connection is None or row is None:
+        raise NotFound(f"connection {connection_id} not found")
+    return connection, row
+
+
+async def establish(db: Database, caller: StripeCaller, account: StripeAccount, url: str) -> None:
+    """Create, adopt or move the connection's endpoint so that Stripe sends its customer events to `url`.
+
+    Raises ValidationFailed naming the cause when Stripe refuses; nothing is stored then.
+    """
+    connection_id = account.connection_id
+    async with _lease(db, connection_id):
+        connection, row = await _load(db, connection_id)
+        try:
+            listed = await stripe_endpoints.list_all(caller, account)
+            held = next((e for e in listed if row.stripe_endpoint_id and e.id == row.stripe_endpoint_id), None)
+            created: StripeEndpoint | None = None
+            if held is not None and held.url == url:
+                endpoint = await _adopt(caller, account, held)
+            else:
+                key = _idempotency_key(connection_id, row.generation, url)
+                created = endpoint = await stripe_endpoints.create(caller, account, url, _description(connection), key)
+        except StripeCallFailed as failure:
+            raise _refused(failure, "set up the Stripe webhook endpoint") from None
+        retire = [e.id for e in listed if e.url == url and e.id != endpoint.id]
+        if held is not None and held.id != endpoint.id:
+            retire.append(held.id)
+        await _record(db, connection_id, endpoint, created, retire)
+        log.info(
+            "webhook endpoint set up",
+            connection_id=connection_id,
+            endpoint_id=endpoint.id,
+            created=created is not None,
+            replacing=retire,
+        )
+        await _retire(db, caller, account)
+
+
+async def _adopt(caller: StripeCaller, account: StripeAccount, held: StripeEndpoint) -> StripeEndpoint:
+    changes: dict[str, Any] = {}
+    if sorted(held.enabled_events) != sorted(CUSTOMER_EVENTS):
+        changes["enabled_events"] = list(CUSTOMER_EVENTS)
+    if held.status == "disabled":
+        changes["disabled"] = False
+    if held.metadata.get(stripe_endpoints.CONNECTION_METADATA_KEY) != account.connection_id:
+        changes["metadata"] = {stripe_endpoints.CONNECTION_METADATA_KEY: account.connection_id}
+    if not changes:
+        return held
+    return await stripe_endpoints.update(caller, account, held.id, **changes)
+
+
+def _note(row: WebhookEndpoint, endpoint: StripeEndpoint, now: datetime) -> None:
+    row.stripe_endpoint_id = endpoint.id
+    row.url = endpoint.url
+    row.status = endpoint.status
+    row.enabled_events = list(endpoint.enabled_events)
+    row.checked_at = now
+    row.updated_at = now
+
+
+async def _record(
+    db: Database,
+    connection_id: str,
+    endpoint: StripeEndpoint,
+    created: StripeEndpoint | None,
+    retire: Sequence[str],
+) -> None:
+    now = utcnow()
+    async with db.transaction() as session:
+        connection = await repository.connection(session, connection_id, for_update=True)
+        row = await repository.get(session, connection_id, for_update=True)
+        if connection is None or row is None:
+            raise NotFound(f"connection {connection_id} not found")
+        if created is not None and created.secret:
+            kept = list(connection.webhook_secrets_encrypted)
+            connection.webhook_secrets_encrypted = [db.box.encrypt(created.secret), *kept][:MAX_WEBHOOK_SECRETS]
+            connection.updated_at = now
+            row.generation += 1
+            if kept:
+                row.old_secrets_until = now + OLD_SECRETS_GRACE
+        _note(row, endpoint, now)
+        row.managed = True
+        row.retiring_endpoint_ids = sorted({*row.retiring_endpoint_ids, *retire} - {endpoint.id})
+
+
+async def _retire(db: Database, caller: StripeCaller, account: StripeAccount) -> None:
+    """Delete the replaced endpoints in Stripe; what fails is left for the status check to try again."""
+    _, row = await _load(db, account.connection_id)
+    deleted: list[str] = []
+    for endpoint_id in row.retiring_endpoint_ids:
+        try:
+            await stripe_endpoints.delete(caller, account, endpoint_id)
+        except StripeCallFailed as failure:
+            log.warning(
+                "could not delete a replaced webhook endpoint; trying again later",
+                connection_id=account.connection_id,
+                endpoint_id=endpoint_id,
+                error=failure.message,
+            )
+            continue
+        deleted.append(endpoint_id)
+    if not deleted:
+        return
+    now = utcnow()
+    async with db.transaction() as session:
+        fresh = await repository.get(session, account.connection_id, for_update=True)
+        if fresh is not None:
+            fresh.retiring_endpoint_ids = [i for i in fresh.retiring_endpoint_ids if i not in deleted]
+            # The grace for the replaced endpoints' secrets runs from their deletion.
+            fresh.old_secrets_until = now + OLD_SECRETS_GRACE
+            fresh.updated_at = now
+
+
+async def stop_managing(db: Database, connection_id: str) -> None:
+    """`manage_webhook_endpoint: false`: flexsync leaves the endpoint in Stripe as it is and stops changing it."""
+    async with db.transaction() as session:
+        row = await repository.get(session, connection_id, for_update=True)
+        if row is not None and row.managed:
+            row.managed = False
+            row.updated_at = utcnow()
+
+
+async def forget(session: AsyncSession, connection_id: str) -> None:
+    """The webhook secrets were set by hand: the managed endpoint's secret may be gone, so flexsync no longer
+    counts the endpoint as its own (a later `establish` replaces it)."""
+    row = await repository.get(session, connection_id, for_update=True)
+    if row is not None and row.stripe_endpoint_id is not None:
+        row.stripe_endpoint_id = None
+        row.managed = False
+        row.status = None
+        row.updated_at = utcnow()
+
+
+async def remove(db: Database, caller: StripeCaller, account: StripeAccount) -> None:
+    """Delete the connection's managed endpoint (and any replaced one still waiting) in Stripe, before the
+    connection itself is deleted. Stripe out of reach stops the deletion; a key Stripe no longer accepts does
+    not (the endpoint then fails its deliveries and Stripe disables it)."""
+    connection_id = account.connection_id
+    async with _lease(db, connection_id):
+        _, row = await _load(db, connection_id)
+        current = [row.stripe_endpoint_id] if row.managed and row.stripe_endpoint_id else []
+        ids = [*current, *row.retiring_endpoint_ids]
+        for endpoint_id in ids:
+            try:
+                await stripe_endpoints.delete(caller, account, endpoint_id)
+            except StripeCallFailed as failure:
+                if failure.retryable:
+                    raise ValidationFailed(
+                        f"could not delete the connection's webhook endpoint {endpoint_id} in Stripe: "
+                        f"{failure.message}; nothing was deleted: try again",
+                        {"cause": "unreachable"},
+                    ) from None
+                log.warning(
+                    "could not delete the managed webhook endpoint; deleting the connection anyway",
+                    connection_id=connection_id,
+                    endpoint_id=endpoint_id,
+                    error=failure.message,
+                )
+        async with db.transaction() as session:
+            fresh = await repository.get(session, connection_id, for_update=True)
+            if fresh is not None:
+                fresh.stripe_endpoint_id = None
+                fresh.status = None
+                fresh.retiring_endpoint_ids = []
+                fresh.updated_at = utcnow()
+
+
+async def has_managed_endpoint(session: AsyncSession, connection_id: str) -> bool:
+    row = await repository.get(session, connection_id)
+    return bool(row is not None and ((row.managed and row.stripe_endpoint_id) or row.retiring_endpoint_ids))
+
+
+async def discard_connection(db: Database, connection_id: str) -> None:
+    """Undo a connection created in the same request whose endpoint Stripe refused: nothing is kept."""
+    async with db.transaction() as session:
+        # Its endpoint row and rate-limit slot go with it (ON DELETE CASCADE).
+        await session.execute(sql_delete(StripeConnection).where(StripeConnection.id == connection_id))
+
+
+async def check(db: Database, caller: StripeCaller, connection_id: str) -> None:
+    """Read the endpoint's status from Stripe; finish deleting replaced endpoints; drop replaced secrets whose
+    grace has run out."""
+    connection, row = await _load(db, connection_id)
+    if connection.deleted_at is not None or not row.managed or row.stripe_endpoint_id is None:
+        return
+    account = StripeAccount.of(connection, db.box, db.settings)
+    try:
+        endpoint = await stripe_endpoints.retrieve(caller, account, row.stripe_endpoint_id)
+    except StripeCallFailed as failure:
+        log.warning("could not read the webhook endpoint's status", connection_id=connection_id, error=failure.message)
+        return
+    if row.retiring_endpoint_ids:
+        await _retire(db, caller, account)
+    now = utcnow()
+    async with db.transaction() as session:
+        fresh = await repository.get(session, connection_id, for_update=True)
+        locked = await repository.connection(session, connection_id, for_update=True)
+        if fresh is None or locked is None or fresh.stripe_endpoint_id != row.stripe_endpoint_id:
+            return
+        if endpoint is None:
+            fresh.status = "missing"
+        else:
+            _note(fresh, endpoint, now)
+        fresh.checked_at = now
+        fresh.updated_at = now
+        expired = fresh.old_secrets_until is not None and fresh.old_secrets_until <= now
+        if expired and not fresh.retiring_endpoint_ids:
+            locked.webhook_secrets_encrypted = locked.webhook_secrets_encrypted[:1]
+            fresh.old_secrets_until = None
+    if endpoint is not None and endpoint.status == "disabled":
+        log.warning("Stripe has disabled the webhook endpoint", connection_id=connection_id, endpoint_id=endpoint.id)
+
+
+async def check_due(db: Database, caller: StripeCaller, interval_seconds: float) -> int:
+    """The periodic status check (a worker sweep): each managed endpoint at most once per interval, however
+    many workers run it. Returns how many were checked."""
+    now = utcnow()
+    checked_before = now - timedelta(seconds=interval_seconds)
+    async with db.read() as session:
+        due = await repository.due_for_check(session, checked_before, CHECK_BATCH)
+    checked = 0
+    for connection_id in due:
+        async with db.transaction() as session:
+            claimed = await repository.claim_check(session, connection_id, checked_before, utcnow())
+        if not claimed:
+            continue
+        try:
+            await check(db, caller, connection_id)
+        except Exception:
+            log.exception("webhook endpoint check failed", connection_id=connection_id)
+        checked += 1
+    return checked
+
+
+async def publish_status_metric(db: Database) -> None:
+    """Set the endpoint status gauge from the database, just before /metrics answers: the check may run in
+    another process (a `flexsync worker`)."""
+    async with db.read() as session:
+        rows = await repository.statuses(session)
+    WEBHOOK_ENDPOINT_ENABLED.clear()
+    for connection_id, status in rows:
+        WEBHOOK_ENDPOINT_ENABLED.labels(connection_id).set(1 if status == "enabled" else 0)
+
+
+async def _account(db: Database, connection_id: str, secret_key: str | None) -> StripeAccount:
+    async with db.read() as session:
+        connection = await repository.connection(session, connection_id)
+    if connection is None:
+        raise NotFound(f"connection {connection_id} not found")
+    account = StripeAccount.of(connection, db.box, db.settings)
+    return account if secret_key is None else replace(account, secret_key=secret_key)
+
+
+async def set_up(db: Database, connection_id: str, url: str, *, secret_key: str | None = None) -> None:
+    """`establish` for a request or a command, with a Stripe caller of its own; `secret_key`: a key the
+    connection is about to take instead of its stored one."""
+    account = await _account(db, connection_id, secret_key)
+    caller = StripeCaller(db)
+    try:
+        await establish(db, caller, account, url)
+    finally:
+        await caller.aclose()
+
+
+async def tear_down(db: Database, connection_id: str) -> None:
+    """`remove` for a request deleting the connection: nothing to do unless flexsync manages an endpoint."""
+    async with db.read() as session:
+        if not await has_managed_endpoint(session, connection_id):
+            return
+    account = await _account(db, connection_id, None)
+    caller = StripeCaller(db)
+    try:
+        await remove(db, caller, account)
+    finally:
+        await caller.aclose()
+
+
+async def sync_endpoint(db: Database, connection_id: str) -> dict[str, Any] | None:
+    """`flexsync connections sync-endpoint ID`: `set_up` at the webhook URL of this process's settings."""
+    async with db.read() as session:
+        connection = await repository.connection(session, connection_id)
+    if connection is None or connection.deleted_at is not None:
+        raise NotFound(f"connection {connection_id} not found")
+    await set_up(db, connection_id, db.settings.webhook_url(connection.tenant_id, connection.environment_id))
+    async with db.read() as session:
+        return endpoint_to_dict(await repository.get(session, connection_id))
