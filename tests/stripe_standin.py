@@ -10,6 +10,8 @@ slowly. This proxy forwards every request to localstripe and adds, as Stripe doe
   Stripe-Should-Retry, without reaching localstripe), `timeout_after_commit` (forward and store the answer,
   then stall `seconds` so the client times out after Stripe has committed), `hold` (forward and store, then
   stall until released: a worker can be killed mid-request), `delay` (stall `seconds`, then forward).
+- Webhook endpoints (`/v1/webhook_endpoints`, which localstripe lacks), served on top of localstripe's own
+  webhook configuration: tests/standin_webhook_endpoints.py.
 - Counters: creates that reached localstripe per `metadata[flexprice_customer_id]`, requests per route,
   when each request arrived (seconds since the epoch, per route): what a rate limit is checked against, and
   how many TCP connections the requests came over.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
 import re
 import time
 from collections import Counter, defaultdict
@@ -29,6 +32,8 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
 from aiohttp import ClientSession, ClientTimeout, web
+
+from tests import standin_webhook_endpoints as webhook_endpoints
 
 CUSTOMER_PATH = re.compile(r"/v1/customers/[^/]+")
 KEY_REUSED = "Keys for idempotent requests can only be used with the same parameters they were first used with."
@@ -92,6 +97,10 @@ def error_response(fault: Fault) -> web.Response:
 
 async def forward(state: State, request: web.Request, body: bytes) -> Stored:
     assert state.session is not None
+    # --- Webhook endpoints: served by the stand-in (tests/standin_webhook_endpoints.py), not by localstripe ---
+    if webhook_endpoints.PATH.fullmatch(request.path):
+        status, answer = await webhook_endpoints.serve(state.session, request.app["webhook_endpoints"], request, body)
+        return Stored("", status, json.dumps(answer).encode(), "application/json")
     headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
     async with state.session.request(
         request.method, state.upstream + request.path_qs, data=body, headers=headers
@@ -203,6 +212,22 @@ async def reset(request: web.Request) -> web.Response:
     return web.json_response({"reset": True})
 
 
+async def clear_webhook_endpoints(request: web.Request) -> web.Response:
+    session = request.app["state"].session
+    return await webhook_endpoints.clear(session, request.app["webhook_endpoints"])
+
+
+async def disable_webhook_endpoint(request: web.Request) -> web.Response:
+    session = request.app["state"].session
+    return await webhook_endpoints.disable(session, request.app["webhook_endpoints"], request.match_info["id"])
+
+
+async def refuse_webhook_endpoint_keys(request: web.Request) -> web.Response:
+    keys = (await request.json())["keys"]
+    request.app["webhook_endpoints"].keys_without_permission = set(keys)
+    return web.json_response({"keys": len(keys)})
+
+
 def make_app(upstream: str) -> web.Application:
     app = web.Application(client_max_size=2**20)
     app["state"] = State(upstream=upstream.rstrip("/"))
@@ -221,6 +246,11 @@ def make_app(upstream: str) -> web.Application:
     app.router.add_post("/_standin/release", release)
     app.router.add_post("/_standin/reset", reset)
     app.router.add_get("/_standin/stats", stats)
+    # --- Webhook endpoints (tests/standin_webhook_endpoints.py) ---
+    app["webhook_endpoints"] = webhook_endpoints.Endpoints(upstream=upstream.rstrip("/"))
+    app.router.add_post("/_standin/webhook_endpoints/clear", clear_webhook_endpoints)
+    app.router.add_post("/_standin/webhook_endpoints/disable/{id}", disable_webhook_endpoint)
+    app.router.add_post("/_standin/webhook_endpoints/keys_without_permission", refuse_webhook_endpoint_keys)
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app
 

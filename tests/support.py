@@ -187,7 +187,7 @@ def start_server(db: DatabaseUnderTest, log_dir: Path, *args: str, **env: str) -
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "flexsync", "serve", "--port", str(port), "--no-migrate", *args],
-            env=server_env(db, FLEXSYNC_PUBLIC_URL=base_url, **env),
+            env=server_env(db, **{"FLEXSYNC_PUBLIC_URL": base_url, **env}),
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )

@@ -264,8 +264,11 @@ def connections_sync_endpoint(
     async def work(db: Database) -> dict[str, Any] | None:
         return await managed_endpoint.sync_endpoint(db, connection_id)
 
+    settings = get_settings()
+    # Warnings only (a replaced endpoint Stripe would not delete yet), on stderr: stdout is the answer.
+    configure_logging("warning", settings.log_format)
     try:
-        endpoint = _with_database(get_settings(), work)
+        endpoint = _with_database(settings, work)
     except APIError as exc:
         err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(code=1) from None
