@@ -48,11 +48,7 @@ async def create_connection(body: ConnectionCreate, scope: AuthScope, db: DB) ->
         connection = await service.create_connection(session, db.box, scope, body, verified)
     if body.manage_webhook_endpoint:
         url = db.settings.webhook_url(scope.tenant_id, scope.environment_id)
-        try:
-            await managed_endpoint.set_up(db, connection.id, url)
-        except BaseException:
-            await managed_endpoint.discard_connection(db, connection.id)
-            raise
+        await managed_endpoint.set_up_new(db, connection.id, url)
     return JSONResponse(await _payload(db, scope, connection.id), status_code=201)
 
 

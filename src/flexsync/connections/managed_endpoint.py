@@ -398,3 +398,19 @@ async def sync_endpoint(db: Database, connection_id: str) -> dict[str, Any] | No
     await set_up(db, connection_id, db.settings.webhook_url(connection.tenant_id, connection.environment_id))
     async with db.read() as session:
         return endpoint_to_dict(await repository.get(session, connection_id))
+
+
+async def set_up_new(db: Database, connection_id: str, url: str) -> None:
+    """`set_up` for a connection created just now: when it fails, the connection goes too (nothing saved)."""
+    try:
+        await set_up(db, connection_id, url)
+    except BaseException:
+        await discard_connection(db, connection_id)
+        raise
+
+
+async def shown(session: AsyncSession, connection: StripeConnection | None) -> dict[str, Any] | None:
+    """The connection's `webhook_endpoint`, for a page."""
+    if connection is None:
+        return None
+    return endpoint_to_dict(await repository.get(session, connection.id))

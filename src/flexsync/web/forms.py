@@ -201,4 +201,6 @@ def connection_form(form: FormData, editing: bool) -> tuple[FormState, dict[str,
             body[name] = ""
     body["settings"] = connection_settings(form)
     body["verify"] = form.get("verify") == "on"
+    if not editing and form.get("manage_webhook_endpoint") == "on":
+        body["manage_webhook_endpoint"] = True
     return state, body

@@ -77,6 +77,8 @@ NOTICES = {
     "connection-disabled": "Stripe connection disabled: nothing syncs until it is enabled again.",
     "connection-enabled": "Stripe connection enabled.",
     "connection-deleted": "Stripe connection deleted, with its secrets. You can add a new one.",
+    "webhook-endpoint-ready": "Stripe webhook endpoint ready: Stripe sends the customer events to flexsync, "
+    "signed with the secret flexsync stored.",
     "event-replayed": "Webhook event replayed.",
     "job-retried": "Sync job queued to run now.",
     "reconciliation-started": "Reconciliation started: this page follows it until it finishes.",

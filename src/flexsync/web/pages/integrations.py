@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 
-from flexsync.connections import repository, secrets, service
+from flexsync.connections import managed_endpoint, repository, secrets, service
 from flexsync.connections.schemas import ConnectionCreate, ConnectionUpdate
 from flexsync.connections.settings import effective_settings
 from flexsync.deps import DB
@@ -31,12 +31,14 @@ async def _page(
     state: forms.FormState | None = None,
     typed_settings: dict[str, Any] | None = None,
     test_result: tuple[bool, str] | None = None,
+    endpoint_result: str | None = None,
     status_code: int = 200,
 ) -> Response:
     scope = viewer.scope
     async with db.read() as session:
         connection = await repository.get_live_connection(session, scope.tenant_id, scope.environment_id)
         health = await queries.health(session, scope)
+        endpoint = await managed_endpoint.shown(session, connection)
     if state is None:
         values = {"name": connection.name, "publishable_key": connection.publishable_key} if connection else {}
         state = forms.FormState(values=values)
@@ -52,6 +54,8 @@ async def _page(
             "state": state,
             "settings": current,
             "test_result": test_result,
+            "webhook_endpoint": endpoint,
+            "endpoint_result": endpoint_result,
             # Only the last four characters are stored in the clear; sk_ or rk_ is not known without decrypting.
             "secret_key_mask": f"••••••••{connection.secret_key_last4}" if connection else "",
             "webhook_url": db.settings.webhook_url(scope.tenant_id, scope.environment_id),
@@ -82,7 +86,10 @@ async def add_connection(request: Request, viewer: SignedIn, form: PostedForm, d
     try:
         verified = await service.verify_with_stripe(data.secret_key.get_secret_value(), db) if data.verify else None
         async with db.transaction() as session:
-            await service.create_connection(session, db.box, viewer.scope, data, verified)
+            connection = await service.create_connection(session, db.box, viewer.scope, data, verified)
+        if data.manage_webhook_endpoint:
+            url = db.settings.webhook_url(viewer.scope.tenant_id, viewer.scope.environment_id)
+            await managed_endpoint.set_up_new(db, connection.id, url)
     except APIError as exc:
         state.errors.update(forms.api_errors(exc))
         return await _page(request, viewer, db, state=state, typed_settings=body["settings"], status_code=exc.status)
@@ -128,7 +135,15 @@ async def set_connection_status(connection_id: str, viewer: SignedIn, form: Post
 
 
 @router.post(PAGE + "/{connection_id}/delete")
-async def delete_connection(connection_id: str, viewer: SignedIn, _form: PostedForm, db: DB) -> Response:
+async def delete_connection(
+    request: Request, connection_id: str, viewer: SignedIn, _form: PostedForm, db: DB
+) -> Response:
+    async with db.read() as session:
+        await service.find(session, viewer.scope, connection_id)
+    try:
+        await managed_endpoint.tear_down(db, connection_id)
+    except APIError as exc:
+        return await _page(request, viewer, db, endpoint_result=exc.message, status_code=exc.status)
     async with db.transaction() as session:
         connection = await service.find(session, viewer.scope, connection_id, for_update=True)
         service.delete_connection(connection)
@@ -148,3 +163,21 @@ async def test_connection(
         connection = await service.find(session, viewer.scope, connection_id)
     account = f" (account {connection.stripe_account_id})" if connection.stripe_account_id else ""
     return await _page(request, viewer, db, test_result=(True, f"Stripe accepted the secret key{account}."))
+
+
+# --- The managed webhook endpoint ---
+
+
+@router.post(PAGE + "/{connection_id}/webhook-endpoint")
+async def manage_webhook_endpoint(
+    request: Request, connection_id: str, viewer: SignedIn, _form: PostedForm, db: DB
+) -> Response:
+    """Create the endpoint in Stripe (or adopt, move or re-enable it) and store its signing secret."""
+    async with db.read() as session:
+        await service.find(session, viewer.scope, connection_id)
+    url = db.settings.webhook_url(viewer.scope.tenant_id, viewer.scope.environment_id)
+    try:
+        await managed_endpoint.set_up(db, connection_id, url)
+    except APIError as exc:
+        return await _page(request, viewer, db, endpoint_result=exc.message, status_code=exc.status)
+    return RedirectResponse(f"{PAGE}?notice=webhook-endpoint-ready", status_code=303)
