@@ -43,6 +43,8 @@ CONNECTION_KEYS = {
     "webhook_secrets_count", "webhook_url", "settings", "stripe_account_id", "tenant_id", "environment_id",
     "created_at", "updated_at",
 }  # fmt: skip
+# The managed Stripe webhook endpoint (tests/test_managed_endpoint.py); null unless flexsync manages one.
+CONNECTION_KEYS.add("webhook_endpoint")
 DEFAULT_SETTINGS = {
     "inbound_enabled": True,
     "outbound_enabled": True,
