@@ -401,3 +401,21 @@ def test_manage_webhook_endpoint_and_a_webhook_secret_conflict(api: httpx.Client
         json={"manage_webhook_endpoint": True, "add_webhook_secret": "whsec_other"},
     )
     assert "manage_webhook_endpoint" in assert_error(refused, 400, "validation_error")["details"]["fields"]
+
+
+def test_a_secret_pasted_by_hand_takes_over_and_managing_again_replaces_the_endpoint(
+    api: httpx.Client, tenant: TenantContext, stripe_api: stripe.StripeClient
+) -> None:
+    connection = connect(api)
+    first = connection["webhook_endpoint"]["id"]
+    pasted = api.put(f"/v1/connections/{connection['id']}", json={"webhook_secret": "whsec_pastedbyhand"})
+    assert pasted.status_code == 200, pasted.text
+    assert pasted.json()["webhook_endpoint"] is None  # its secret is gone: no longer flexsync's endpoint
+
+    again = api.put(f"/v1/connections/{connection['id']}", json={"manage_webhook_endpoint": True})
+    assert again.status_code == 200, again.text
+    second = again.json()["webhook_endpoint"]["id"]
+    assert second != first
+    assert [e.id for e in endpoints_at(stripe_api, webhook_url(tenant))] == [second]
+    created = stripe_api.v1.customers.create({"name": "Mae Jemison"})
+    wait_imported(api, created.id)

@@ -94,8 +94,7 @@ async def update_connection(connection_id: str, body: ConnectionUpdate, scope: A
     async with db.transaction() as session:
         connection = await service.find(session, scope, connection_id, for_update=True)
         service.update_connection(connection, db.box, body, verified)
-        if body.model_fields_set & set(service.WEBHOOK_SECRET_CHANGES):
-            await managed_endpoint.forget(session, connection.id)
+        await managed_endpoint.forget_if_secret_set_by_hand(session, connection.id, body)
     return JSONResponse(await _payload(db, scope, connection_id))
 
 

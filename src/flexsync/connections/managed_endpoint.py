@@ -31,7 +31,7 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.connections import endpoint_repository as repository
-from flexsync.connections.schemas import MAX_WEBHOOK_SECRETS
+from flexsync.connections.schemas import MAX_WEBHOOK_SECRETS, ConnectionUpdate
 from flexsync.deps import Database
 from flexsync.kit.errors import APIError, NotFound, ValidationFailed
 from flexsync.metrics import WEBHOOK_ENDPOINT_ENABLED
@@ -234,9 +234,12 @@ async def stop_managing(db: Database, connection_id: str) -> None:
             row.updated_at = utcnow()
 
 
-async def forget(session: AsyncSession, connection_id: str) -> None:
-    """The webhook secrets were set by hand: the managed endpoint's secret may be gone, so flexsync no longer
-    counts the endpoint as its own (a later `establish` replaces it)."""
+async def forget_if_secret_set_by_hand(session: AsyncSession, connection_id: str, data: ConnectionUpdate) -> None:
+    """A webhook secret set by hand (replacing them all, or added as the newest) takes the managed endpoint's
+    place: flexsync no longer counts the endpoint as its own (a later `establish` replaces it). Dropping the old
+    secrets keeps the newest, so it changes nothing here."""
+    if "webhook_secret" not in data.model_fields_set and data.add_webhook_secret is None:
+        return
     row = await repository.get(session, connection_id, for_update=True)
     if row is not None and row.stripe_endpoint_id is not None:
         row.stripe_endpoint_id = None

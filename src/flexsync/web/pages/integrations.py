@@ -110,6 +110,7 @@ async def _update(db: DB, viewer: Viewer, connection_id: str, data: ConnectionUp
     async with db.transaction() as session:
         connection = await service.find(session, viewer.scope, connection_id, for_update=True)
         service.update_connection(connection, db.box, data, verified)
+        await managed_endpoint.forget_if_secret_set_by_hand(session, connection.id, data)
 
 
 @router.post(PAGE + "/{connection_id}")
