@@ -419,3 +419,22 @@ def test_a_secret_pasted_by_hand_takes_over_and_managing_again_replaces_the_endp
     assert [e.id for e in endpoints_at(stripe_api, webhook_url(tenant))] == [second]
     created = stripe_api.v1.customers.create({"name": "Mae Jemison"})
     wait_imported(api, created.id)
+
+
+def test_stripe_busy_is_retried_and_stripe_down_saves_nothing(
+    api: httpx.Client, tenant: TenantContext, stripe_api: stripe.StripeClient, standin: StandIn
+) -> None:
+    """The stand-in answers 429 and 500 (localstripe never does): a short burst is backed off and retried, the
+    create replayed under its Idempotency-Key; a Stripe that stays down is a 400 saying so, and nothing is kept."""
+    create = {"action": "status", "method": "POST", "path": "/v1/webhook_endpoints"}
+    standin.faults({**create, "status": 500, "count": 10})
+    body = {"name": "Stripe", "provider": "stripe", **TEST_KEYS, "manage_webhook_endpoint": True}
+    down = api.post("/v1/connections", json=body)
+    assert assert_error(down, 400, "validation_error")["details"]["cause"] == "unreachable"
+    assert api.get("/v1/connections").json()["items"] == []
+
+    injected = standin.stats()["injected"]
+    standin.faults({**create, "status": 429, "count": 2})
+    connection = connect(api)
+    assert standin.stats()["injected"] == injected + 2
+    assert [e.id for e in endpoints_at(stripe_api, webhook_url(tenant))] == [connection["webhook_endpoint"]["id"]]

@@ -7,18 +7,24 @@ Stripe, secret included, never repeated.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import stripe
 
 from flexsync.logs import redact
-from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed
+from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed, retry_delay
 
 CUSTOMER_EVENTS = ("customer.created", "customer.updated", "customer.deleted")
 CONNECTION_METADATA_KEY = "flexsync_connection_id"
 PAGE_SIZE = 100
+# A person or a command waits for these requests: a few quick retries (0.5 s, 1 s, 2 s) of a 429, a 5xx or a lost
+# connection, then the failure is theirs to see. The create is replayed under its Idempotency-Key.
+ATTEMPTS = 4
 
+T = TypeVar("T")
 RefusalCause = Literal["endpoint_limit", "key_permission", "key_rejected", "url_refused", "refused", "unreachable"]
 
 
@@ -93,6 +99,20 @@ def refusal(failure: StripeCallFailed) -> Refusal:
     return Refusal("refused", f"Stripe refused the webhook endpoint request{said}", status, False)
 
 
+async def _call(
+    caller: StripeCaller, account: StripeAccount, operation: str, request: Callable[[stripe.StripeClient], Awaitable[T]]
+) -> T:
+    attempt = 1
+    while True:
+        try:
+            return await caller.call(account, operation, request)
+        except StripeCallFailed as failure:
+            if not failure.retryable or attempt >= ATTEMPTS:
+                raise
+        await asyncio.sleep(retry_delay(attempt))
+        attempt += 1
+
+
 async def list_all(caller: StripeCaller, account: StripeAccount) -> list[StripeEndpoint]:
     """Every webhook endpoint of the account (Stripe allows a few dozen at most: a page or two)."""
     found: list[StripeEndpoint] = []
@@ -109,7 +129,8 @@ async def list_all(caller: StripeCaller, account: StripeAccount) -> list[StripeE
 
 
 async def _list_page(caller: StripeCaller, account: StripeAccount, params: dict[str, Any]) -> Any:
-    return await caller.call(
+    return await _call(
+        caller,
         account,
         "webhook_endpoints.list",
         lambda client: client.v1.webhook_endpoints.list_async(params),  # type: ignore[arg-type]
@@ -126,7 +147,8 @@ async def create(
         "metadata": {CONNECTION_METADATA_KEY: account.connection_id},
     }
     options: dict[str, Any] = {"idempotency_key": idempotency_key}
-    created = await caller.call(
+    created = await _call(
+        caller,
         account,
         "webhook_endpoints.create",
         lambda client: client.v1.webhook_endpoints.create_async(params, options),  # type: ignore[arg-type]
@@ -135,7 +157,8 @@ async def create(
 
 
 async def update(caller: StripeCaller, account: StripeAccount, endpoint_id: str, **params: Any) -> StripeEndpoint:
-    updated = await caller.call(
+    updated = await _call(
+        caller,
         account,
         "webhook_endpoints.update",
         lambda client: client.v1.webhook_endpoints.update_async(endpoint_id, params),  # type: ignore[arg-type]
@@ -146,7 +169,8 @@ async def update(caller: StripeCaller, account: StripeAccount, endpoint_id: str,
 async def retrieve(caller: StripeCaller, account: StripeAccount, endpoint_id: str) -> StripeEndpoint | None:
     """The endpoint, or None when Stripe no longer has it (deleted in Stripe's dashboard)."""
     try:
-        found = await caller.call(
+        found = await _call(
+            caller,
             account,
             "webhook_endpoints.retrieve",
             lambda client: client.v1.webhook_endpoints.retrieve_async(endpoint_id),
@@ -161,8 +185,11 @@ async def retrieve(caller: StripeCaller, account: StripeAccount, endpoint_id: st
 async def delete(caller: StripeCaller, account: StripeAccount, endpoint_id: str) -> None:
     """Delete the endpoint; one Stripe no longer has counts as deleted."""
     try:
-        await caller.call(
-            account, "webhook_endpoints.delete", lambda client: client.v1.webhook_endpoints.delete_async(endpoint_id)
+        await _call(
+            caller,
+            account,
+            "webhook_endpoints.delete",
+            lambda client: client.v1.webhook_endpoints.delete_async(endpoint_id),
         )
     except StripeCallFailed as failure:
         if failure.http_status != 404:
