@@ -282,12 +282,12 @@ async def remove(db: Database, caller: StripeCaller, account: StripeAccount) -> 
                 fresh.updated_at = utcnow()
 
 
-async def has_managed_endpoint(session: AsyncSession, connection_id: str) -> bool:
+async def _has_managed_endpoint(session: AsyncSession, connection_id: str) -> bool:
     row = await repository.get(session, connection_id)
     return bool(row is not None and ((row.managed and row.stripe_endpoint_id) or row.retiring_endpoint_ids))
 
 
-async def discard_connection(db: Database, connection_id: str) -> None:
+async def _discard_connection(db: Database, connection_id: str) -> None:
     """Undo a connection created in the same request whose endpoint Stripe refused: nothing is kept."""
     async with db.transaction() as session:
         # Its endpoint row and rate-limit slot go with it (ON DELETE CASCADE).
@@ -382,7 +382,7 @@ async def set_up(db: Database, connection_id: str, url: str, *, secret_key: str 
 async def tear_down(db: Database, connection_id: str) -> None:
     """`remove` for a request deleting the connection: nothing to do unless flexsync manages an endpoint."""
     async with db.read() as session:
-        if not await has_managed_endpoint(session, connection_id):
+        if not await _has_managed_endpoint(session, connection_id):
             return
     account = await _account(db, connection_id, None)
     caller = StripeCaller(db)
@@ -408,7 +408,7 @@ async def set_up_new(db: Database, connection_id: str, url: str) -> None:
     try:
         await set_up(db, connection_id, url)
     except BaseException:
-        await discard_connection(db, connection_id)
+        await _discard_connection(db, connection_id)
         raise
 
 
