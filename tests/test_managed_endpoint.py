@@ -438,3 +438,29 @@ def test_stripe_busy_is_retried_and_stripe_down_saves_nothing(
     connection = connect(api)
     assert standin.stats()["injected"] == injected + 2
     assert [e.id for e in endpoints_at(stripe_api, webhook_url(tenant))] == [connection["webhook_endpoint"]["id"]]
+
+
+def test_an_endpoint_deleted_in_stripe_shows_missing_and_is_created_again(
+    api: httpx.Client, tenant: TenantContext, stripe_api: stripe.StripeClient, endpoint_server: Server
+) -> None:
+    connection = connect(api)
+    stripe_api.v1.webhook_endpoints.delete(connection["webhook_endpoint"]["id"])
+
+    def shown_missing() -> bool:
+        return bool(api.get(f"/v1/connections/{connection['id']}").json()["webhook_endpoint"]["status"] == "missing")
+
+    wait_for(shown_missing, timeout=30, what="the status check to see the endpoint gone")
+    assert endpoint_gauge(endpoint_server, connection["id"]) == 0
+
+    again = api.put(f"/v1/connections/{connection['id']}", json={"manage_webhook_endpoint": True})
+    assert again.status_code == 200, again.text
+    [in_stripe] = endpoints_at(stripe_api, webhook_url(tenant))
+    assert again.json()["webhook_endpoint"] == {
+        "id": in_stripe.id,
+        "url": webhook_url(tenant),
+        "status": "enabled",
+        "enabled_events": ["customer.created", "customer.updated", "customer.deleted"],
+        "managed": True,
+    }
+    created = stripe_api.v1.customers.create({"name": "Valerie Thomas"})
+    wait_imported(api, created.id)
