@@ -173,6 +173,7 @@ def test_conflicts_and_unknown_ids_fail_with_a_clear_message(cli: CLI) -> None:
     assert "not found" in cli.fails("api-key", "create", "--tenant", "nope", "--environment", "e1")
     assert "not found" in cli.fails("api-key", "create", "--tenant", "t1", "--environment", "nope")
     assert "id must be" in cli.fails("tenant", "create", "Bad", "--id", "has space")
+    assert "connection conn_nope not found" in cli.fails("connections", "sync-endpoint", "conn_nope")
     # Names that do not fit their column: the same message on both databases, never the database's own.
     assert "tenant name must be at most 255 characters" in cli.fails("tenant", "create", "T" * 256)
     assert "environment name must be at most 255 characters" in cli.fails(
@@ -252,6 +253,7 @@ def test_a_damaged_development_key_file_is_named_and_never_replaced(cli: CLI) ->
         ["rotate-keys"],
         ["events", "replay", "whevt_unknown"],
         ["reconcile", "--connection", "conn_unknown"],
+        ["connections", "sync-endpoint", "conn_unknown"],
     )
     for args in commands:
         problem = " ".join(cli.fails(*args, **dev_key).split())

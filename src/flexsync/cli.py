@@ -259,16 +259,15 @@ def connections_sync_endpoint(
 ) -> None:
     """Create, adopt or move the connection's managed Stripe webhook endpoint to the current webhook URL
     (FLEXSYNC_PUBLIC_URL): the new endpoint first, both signing secrets verifying, then the old one deleted."""
-    from flexsync.connections import managed_endpoint
+    from flexsync.connections.managed_endpoint import sync_endpoint
+    from flexsync.kit.errors import APIError
+    from flexsync.logs import configure_logging
 
-    async def work(db: Database) -> dict[str, Any] | None:
-        return await managed_endpoint.sync_endpoint(db, connection_id)
-
-    settings = get_settings()
+    settings = _settings()
     # Warnings only (a replaced endpoint Stripe would not delete yet), on stderr: stdout is the answer.
     configure_logging("warning", settings.log_format)
     try:
-        endpoint = _with_database(settings, work)
+        endpoint = _with_database(settings, lambda db: sync_endpoint(db, connection_id))
     except APIError as exc:
         err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(code=1) from None

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import structlog
 
+from flexsync.connections import sweeps as connection_sweeps
 from flexsync.idempotency import retention as idempotency
 from flexsync.jobs.registry import Registry, Sweep, WorkerContext
 from flexsync.models import utcnow
 from flexsync.reconcile import runner
 from flexsync.sync import push_jobs
 from flexsync.web import sweeps as dashboard_sweeps
-from flexsync.webhooks import sweeps
+from flexsync.webhooks import sweeps as webhook_sweeps
 
 log = structlog.get_logger(__name__)
 
@@ -26,13 +27,14 @@ def job_registry() -> Registry:
     registry = Registry()
     push_jobs.register(registry)
     runner.register(registry)
-    sweeps.register(registry)
+    webhook_sweeps.register(registry)
+    connection_sweeps.register(registry)
     dashboard_sweeps.register(registry)
     # Hourly, beside the webhook events' pruning (idempotency/ sits below the jobs package, so it is wired here).
     registry.sweep(
         Sweep(
             "pruning expired idempotency keys",
-            sweeps.PRUNE_INTERVAL_SECONDS,
+            webhook_sweeps.PRUNE_INTERVAL_SECONDS,
             prune_idempotency_records,
             own_task=True,
         )

@@ -31,8 +31,9 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.connections import endpoint_repository as repository
+from flexsync.connections.accounts import stripe_account
 from flexsync.connections.schemas import MAX_WEBHOOK_SECRETS, ConnectionUpdate
-from flexsync.deps import Database
+from flexsync.context import AppContext
 from flexsync.kit.errors import APIError, NotFound, ValidationFailed
 from flexsync.metrics import WEBHOOK_ENDPOINT_ENABLED
 from flexsync.models import StripeConnection, WebhookEndpoint, utcnow
@@ -80,7 +81,7 @@ def _refused(failure: StripeCallFailed, doing: str) -> APIError:
 
 
 @asynccontextmanager
-async def _lease(db: Database, connection_id: str) -> AsyncIterator[None]:
+async def _lease(db: AppContext, connection_id: str) -> AsyncIterator[None]:
     holder = secrets.token_hex(8)
     async with db.transaction() as session:
         await repository.add_row(session, connection_id)
@@ -108,7 +109,7 @@ def _description(connection: StripeConnection) -> str:
     return f"flexsync: customer sync for connection {connection.id} ({connection.name})"[:5000]
 
 
-async def _load(db: Database, connection_id: str) -> tuple[StripeConnection, WebhookEndpoint]:
+async def _load(db: AppContext, connection_id: str) -> tuple[StripeConnection, WebhookEndpoint]:
     async with db.read() as session:
         connection = await repository.connection(session, connection_id)
         row = await repository.get(session, connection_id)
@@ -117,12 +118,11 @@ async def _load(db: Database, connection_id: str) -> tuple[StripeConnection, Web
     return connection, row
 
 
-async def establish(db: Database, caller: StripeCaller, account: StripeAccount, url: str) -> None:
+async def establish(db: AppContext, caller: StripeCaller, connection_id: str, account: StripeAccount, url: str) -> None:
     """Create, adopt or move the connection's endpoint so that Stripe sends its customer events to `url`.
 
     Raises ValidationFailed naming the cause when Stripe refuses; nothing is stored then.
     """
-    connection_id = account.connection_id
     async with _lease(db, connection_id):
         connection, row = await _load(db, connection_id)
         try:
@@ -130,10 +130,12 @@ async def establish(db: Database, caller: StripeCaller, account: StripeAccount, 
             held = next((e for e in listed if row.stripe_endpoint_id and e.id == row.stripe_endpoint_id), None)
             created: StripeEndpoint | None = None
             if held is not None and held.url == url:
-                endpoint = await _adopt(caller, account, held)
+                endpoint = await _adopt(caller, connection_id, account, held)
             else:
                 key = _idempotency_key(connection_id, row.generation, url)
-                created = endpoint = await stripe_endpoints.create(caller, account, url, _description(connection), key)
+                created = endpoint = await stripe_endpoints.create(
+                    caller, account, url, _description(connection), key, connection_id=connection_id
+                )
         except StripeCallFailed as failure:
             raise _refused(failure, "set up the Stripe webhook endpoint") from None
         retire = [e.id for e in listed if e.url == url and e.id != endpoint.id]
@@ -147,17 +149,19 @@ async def establish(db: Database, caller: StripeCaller, account: StripeAccount, 
             created=created is not None,
             replacing=retire,
         )
-        await _retire(db, caller, account)
+        await _retire(db, caller, connection_id, account)
 
 
-async def _adopt(caller: StripeCaller, account: StripeAccount, held: StripeEndpoint) -> StripeEndpoint:
+async def _adopt(
+    caller: StripeCaller, connection_id: str, account: StripeAccount, held: StripeEndpoint
+) -> StripeEndpoint:
     changes: dict[str, Any] = {}
     if sorted(held.enabled_events) != sorted(CUSTOMER_EVENTS):
         changes["enabled_events"] = list(CUSTOMER_EVENTS)
     if held.status == "disabled":
         changes["disabled"] = False
-    if held.metadata.get(stripe_endpoints.CONNECTION_METADATA_KEY) != account.connection_id:
-        changes["metadata"] = {stripe_endpoints.CONNECTION_METADATA_KEY: account.connection_id}
+    if held.metadata.get(stripe_endpoints.CONNECTION_METADATA_KEY) != connection_id:
+        changes["metadata"] = {stripe_endpoints.CONNECTION_METADATA_KEY: connection_id}
     if not changes:
         return held
     return await stripe_endpoints.update(caller, account, held.id, **changes)
@@ -173,7 +177,7 @@ def _note(row: WebhookEndpoint, endpoint: StripeEndpoint, now: datetime) -> None
 
 
 async def _record(
-    db: Database,
+    db: AppContext,
     connection_id: str,
     endpoint: StripeEndpoint,
     created: StripeEndpoint | None,
@@ -197,9 +201,9 @@ async def _record(
         row.retiring_endpoint_ids = sorted({*row.retiring_endpoint_ids, *retire} - {endpoint.id})
 
 
-async def _retire(db: Database, caller: StripeCaller, account: StripeAccount) -> None:
+async def _retire(db: AppContext, caller: StripeCaller, connection_id: str, account: StripeAccount) -> None:
     """Delete the replaced endpoints in Stripe; what fails is left for the status check to try again."""
-    _, row = await _load(db, account.connection_id)
+    _, row = await _load(db, connection_id)
     deleted: list[str] = []
     for endpoint_id in row.retiring_endpoint_ids:
         try:
@@ -207,7 +211,7 @@ async def _retire(db: Database, caller: StripeCaller, account: StripeAccount) ->
         except StripeCallFailed as failure:
             log.warning(
                 "could not delete a replaced webhook endpoint; trying again later",
-                connection_id=account.connection_id,
+                connection_id=connection_id,
                 endpoint_id=endpoint_id,
                 error=failure.message,
             )
@@ -217,7 +221,7 @@ async def _retire(db: Database, caller: StripeCaller, account: StripeAccount) ->
         return
     now = utcnow()
     async with db.transaction() as session:
-        fresh = await repository.get(session, account.connection_id, for_update=True)
+        fresh = await repository.get(session, connection_id, for_update=True)
         if fresh is not None:
             fresh.retiring_endpoint_ids = [i for i in fresh.retiring_endpoint_ids if i not in deleted]
             # The grace for the replaced endpoints' secrets runs from their deletion.
@@ -225,7 +229,7 @@ async def _retire(db: Database, caller: StripeCaller, account: StripeAccount) ->
             fresh.updated_at = now
 
 
-async def stop_managing(db: Database, connection_id: str) -> None:
+async def stop_managing(db: AppContext, connection_id: str) -> None:
     """`manage_webhook_endpoint: false`: flexsync leaves the endpoint in Stripe as it is and stops changing it."""
     async with db.transaction() as session:
         row = await repository.get(session, connection_id, for_update=True)
@@ -248,11 +252,10 @@ async def forget_if_secret_set_by_hand(session: AsyncSession, connection_id: str
         row.updated_at = utcnow()
 
 
-async def remove(db: Database, caller: StripeCaller, account: StripeAccount) -> None:
+async def remove(db: AppContext, caller: StripeCaller, connection_id: str, account: StripeAccount) -> None:
     """Delete the connection's managed endpoint (and any replaced one still waiting) in Stripe, before the
     connection itself is deleted. Stripe out of reach stops the deletion; a key Stripe no longer accepts does
     not (the endpoint then fails its deliveries and Stripe disables it)."""
-    connection_id = account.connection_id
     async with _lease(db, connection_id):
         _, row = await _load(db, connection_id)
         current = [row.stripe_endpoint_id] if row.managed and row.stripe_endpoint_id else []
@@ -287,27 +290,27 @@ async def _has_managed_endpoint(session: AsyncSession, connection_id: str) -> bo
     return bool(row is not None and ((row.managed and row.stripe_endpoint_id) or row.retiring_endpoint_ids))
 
 
-async def _discard_connection(db: Database, connection_id: str) -> None:
+async def _discard_connection(db: AppContext, connection_id: str) -> None:
     """Undo a connection created in the same request whose endpoint Stripe refused: nothing is kept."""
     async with db.transaction() as session:
         # Its endpoint row and rate-limit slot go with it (ON DELETE CASCADE).
         await session.execute(sql_delete(StripeConnection).where(StripeConnection.id == connection_id))
 
 
-async def check(db: Database, caller: StripeCaller, connection_id: str) -> None:
+async def check(db: AppContext, caller: StripeCaller, connection_id: str) -> None:
     """Read the endpoint's status from Stripe; finish deleting replaced endpoints; drop replaced secrets whose
     grace has run out."""
     connection, row = await _load(db, connection_id)
     if connection.deleted_at is not None or not row.managed or row.stripe_endpoint_id is None:
         return
-    account = StripeAccount.of(connection, db.box, db.settings)
+    account = stripe_account(connection, db.box, db.settings)
     try:
         endpoint = await stripe_endpoints.retrieve(caller, account, row.stripe_endpoint_id)
     except StripeCallFailed as failure:
         log.warning("could not read the webhook endpoint's status", connection_id=connection_id, error=failure.message)
         return
     if row.retiring_endpoint_ids:
-        await _retire(db, caller, account)
+        await _retire(db, caller, connection_id, account)
     now = utcnow()
     async with db.transaction() as session:
         fresh = await repository.get(session, connection_id, for_update=True)
@@ -328,14 +331,13 @@ async def check(db: Database, caller: StripeCaller, connection_id: str) -> None:
         log.warning("Stripe has disabled the webhook endpoint", connection_id=connection_id, endpoint_id=endpoint.id)
 
 
-async def check_due(db: Database, caller: StripeCaller, interval_seconds: float) -> int:
-    """The periodic status check (a worker sweep): each managed endpoint at most once per interval, however
-    many workers run it. Returns how many were checked."""
+async def check_due(db: AppContext, caller: StripeCaller) -> None:
+    """The periodic status check (connections/sweeps.py): each managed endpoint at most once per
+    FLEXSYNC_WEBHOOK_ENDPOINT_CHECK_SECONDS, however many workers run it."""
     now = utcnow()
-    checked_before = now - timedelta(seconds=interval_seconds)
+    checked_before = now - timedelta(seconds=db.settings.webhook_endpoint_check_seconds)
     async with db.read() as session:
         due = await repository.due_for_check(session, checked_before, CHECK_BATCH)
-    checked = 0
     for connection_id in due:
         async with db.transaction() as session:
             claimed = await repository.claim_check(session, connection_id, checked_before, utcnow())
@@ -345,11 +347,9 @@ async def check_due(db: Database, caller: StripeCaller, interval_seconds: float)
             await check(db, caller, connection_id)
         except Exception:
             log.exception("webhook endpoint check failed", connection_id=connection_id)
-        checked += 1
-    return checked
 
 
-async def publish_status_metric(db: Database) -> None:
+async def publish_status_metric(db: AppContext) -> None:
     """Set the endpoint status gauge from the database, just before /metrics answers: the check may run in
     another process (a `flexsync worker`)."""
     async with db.read() as session:
@@ -359,40 +359,40 @@ async def publish_status_metric(db: Database) -> None:
         WEBHOOK_ENDPOINT_ENABLED.labels(connection_id).set(1 if status == "enabled" else 0)
 
 
-async def _account(db: Database, connection_id: str, secret_key: str | None) -> StripeAccount:
+async def _account(db: AppContext, connection_id: str, secret_key: str | None) -> StripeAccount:
     async with db.read() as session:
         connection = await repository.connection(session, connection_id)
     if connection is None:
         raise NotFound(f"connection {connection_id} not found")
-    account = StripeAccount.of(connection, db.box, db.settings)
+    account = stripe_account(connection, db.box, db.settings)
     return account if secret_key is None else replace(account, secret_key=secret_key)
 
 
-async def set_up(db: Database, connection_id: str, url: str, *, secret_key: str | None = None) -> None:
+async def set_up(db: AppContext, connection_id: str, url: str, *, secret_key: str | None = None) -> None:
     """`establish` for a request or a command, with a Stripe caller of its own; `secret_key`: a key the
     connection is about to take instead of its stored one."""
     account = await _account(db, connection_id, secret_key)
-    caller = StripeCaller(db)
+    caller = StripeCaller(db.settings, db.sessions)
     try:
-        await establish(db, caller, account, url)
+        await establish(db, caller, connection_id, account, url)
     finally:
         await caller.aclose()
 
 
-async def tear_down(db: Database, connection_id: str) -> None:
+async def tear_down(db: AppContext, connection_id: str) -> None:
     """`remove` for a request deleting the connection: nothing to do unless flexsync manages an endpoint."""
     async with db.read() as session:
         if not await _has_managed_endpoint(session, connection_id):
             return
     account = await _account(db, connection_id, None)
-    caller = StripeCaller(db)
+    caller = StripeCaller(db.settings, db.sessions)
     try:
-        await remove(db, caller, account)
+        await remove(db, caller, connection_id, account)
     finally:
         await caller.aclose()
 
 
-async def sync_endpoint(db: Database, connection_id: str) -> dict[str, Any] | None:
+async def sync_endpoint(db: AppContext, connection_id: str) -> dict[str, Any] | None:
     """`flexsync connections sync-endpoint ID`: `set_up` at the webhook URL of this process's settings."""
     async with db.read() as session:
         connection = await repository.connection(session, connection_id)
@@ -403,7 +403,7 @@ async def sync_endpoint(db: Database, connection_id: str) -> dict[str, Any] | No
         return endpoint_to_dict(await repository.get(session, connection_id))
 
 
-async def set_up_new(db: Database, connection_id: str, url: str) -> None:
+async def set_up_new(db: AppContext, connection_id: str, url: str) -> None:
     """`set_up` for a connection created just now: when it fails, the connection goes too (nothing saved)."""
     try:
         await set_up(db, connection_id, url)

@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 import stripe
 
 from flexsync.logs import redact
-from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed, retry_delay
+from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed, stripe_call_backoff
 
 CUSTOMER_EVENTS = ("customer.created", "customer.updated", "customer.deleted")
 CONNECTION_METADATA_KEY = "flexsync_connection_id"
@@ -109,7 +109,7 @@ async def _call(
         except StripeCallFailed as failure:
             if not failure.retryable or attempt >= ATTEMPTS:
                 raise
-        await asyncio.sleep(retry_delay(attempt))
+        await asyncio.sleep(stripe_call_backoff(attempt))
         attempt += 1
 
 
@@ -138,13 +138,19 @@ async def _list_page(caller: StripeCaller, account: StripeAccount, params: dict[
 
 
 async def create(
-    caller: StripeCaller, account: StripeAccount, url: str, description: str, idempotency_key: str
+    caller: StripeCaller,
+    account: StripeAccount,
+    url: str,
+    description: str,
+    idempotency_key: str,
+    *,
+    connection_id: str,
 ) -> StripeEndpoint:
     params: dict[str, Any] = {
         "url": url,
         "enabled_events": list(CUSTOMER_EVENTS),
         "description": description,
-        "metadata": {CONNECTION_METADATA_KEY: account.connection_id},
+        "metadata": {CONNECTION_METADATA_KEY: connection_id},
     }
     options: dict[str, Any] = {"idempotency_key": idempotency_key}
     created = await _call(
