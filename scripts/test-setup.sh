@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite drives from outside Python: the system Chromium for the dashboard's browser
-# tests (Debian packages, when root with apt-get), FlexPrice's Python SDK (PyPI, into an environment of its own)
-# and FlexPrice's npm SDK (when node is present).
+# tests and Prometheus' promtool for the alert rules' tests (Debian packages, when root with apt-get), FlexPrice's
+# Python SDK (PyPI, into an environment of its own) and FlexPrice's npm SDK (when node is present).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,19 @@ if [ ! -x /usr/bin/chromium ]; then
         fi
     else
         echo "test-setup: /usr/bin/chromium not found (needs root and apt-get to install); dashboard tests will be skipped"
+    fi
+fi
+
+# promtool checks the shipped alert rules (deploy/prometheus/); it comes with Debian's prometheus package.
+if ! command -v promtool >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "test-setup: installing promtool for the alert rules' tests (apt-get install prometheus)"
+        # A failed install only skips the alert rules' tests; it does not stop the suite.
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; then
+            echo "test-setup: installing prometheus failed; the alert rules' tests will be skipped"
+        fi
+    else
+        echo "test-setup: promtool not found (needs root and apt-get to install); the alert rules' tests will be skipped"
     fi
 fi
 

@@ -9,7 +9,11 @@ slowly. This proxy forwards every request to localstripe and adds, as Stripe doe
   `status` (answer with that status and a Stripe-shaped error, optionally with headers such as
   Stripe-Should-Retry, without reaching localstripe), `timeout_after_commit` (forward and store the answer,
   then stall `seconds` so the client times out after Stripe has committed), `hold` (forward and store, then
-  stall until released: a worker can be killed mid-request), `delay` (stall `seconds`, then forward).
+  stall until released: a worker can be killed mid-request), `delay` (stall `seconds`, then forward), `pass`
+  (forward as is: lets the first `count` matching requests through before the faults after it).
+- Scripted events (catch-up tests, below): `GET /v1/events` answered from a list the test sets, newest first
+  as Stripe lists them (localstripe lists oldest first), filtered by `type` and `created`, paged by
+  `starting_after`.
 - Webhook endpoints (`/v1/webhook_endpoints`, which localstripe lacks), served on top of localstripe's own
   webhook configuration: tests/standin_webhook_endpoints.py.
 - Counters: creates that reached localstripe per `metadata[flexprice_customer_id]`, requests per route,
@@ -29,6 +33,7 @@ import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import ClientSession, ClientTimeout, web
@@ -76,6 +81,8 @@ class State:
     held: int = 0
     release: asyncio.Event = field(default_factory=asyncio.Event)
     session: ClientSession | None = None
+    # Scripted events (see scripted_events); None: /v1/events is forwarded to localstripe.
+    events: list[dict[str, Any]] | None = None
 
 
 def route_of(method: str, path: str) -> str:
@@ -135,6 +142,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         return error_response(fault)
     if fault is not None and fault.action == "delay":
         await asyncio.sleep(fault.seconds)
+    if state.events is not None and request.method == "GET" and request.path == "/v1/events":
+        return scripted_events(state.events, request)
     key = request.headers.get("Idempotency-Key")
     if key is None or request.method not in ("POST", "DELETE"):
         return as_response(await forward(state, request, body))
@@ -228,6 +237,32 @@ async def refuse_webhook_endpoint_keys(request: web.Request) -> web.Response:
     return web.json_response({"keys": len(keys)})
 
 
+# --- Scripted events: GET /v1/events as Stripe answers it, for the catch-up tests ----------------------------------
+
+
+def scripted_events(events: list[dict[str, Any]], request: web.Request) -> web.Response:
+    query = request.query
+    chosen = [event for event in events if query.get("type") in (None, event["type"])]
+    if "created[gte]" in query:
+        chosen = [event for event in chosen if event["created"] >= int(query["created[gte]"])]
+    if "created[lte]" in query:
+        chosen = [event for event in chosen if event["created"] <= int(query["created[lte]"])]
+    # Stripe's order: newest first; events of one second, the later-made first.
+    chosen = [event for _position, event in sorted(enumerate(chosen), key=lambda p: (p[1]["created"], p[0]))][::-1]
+    if "starting_after" in query:
+        ids = [event["id"] for event in chosen]
+        chosen = chosen[ids.index(query["starting_after"]) + 1 :]
+    limit = int(query.get("limit", 10))
+    body = {"object": "list", "url": "/v1/events", "data": chosen[:limit], "has_more": len(chosen) > limit}
+    return web.json_response(body)
+
+
+async def set_events(request: web.Request) -> web.Response:
+    state: State = request.app["state"]
+    state.events = (await request.json())["events"]
+    return web.json_response({"events": None if state.events is None else len(state.events)})
+
+
 def make_app(upstream: str) -> web.Application:
     app = web.Application(client_max_size=2**20)
     app["state"] = State(upstream=upstream.rstrip("/"))
@@ -251,6 +286,7 @@ def make_app(upstream: str) -> web.Application:
     app.router.add_post("/_standin/webhook_endpoints/clear", clear_webhook_endpoints)
     app.router.add_post("/_standin/webhook_endpoints/disable/{id}", disable_webhook_endpoint)
     app.router.add_post("/_standin/webhook_endpoints/keys_without_permission", refuse_webhook_endpoint_keys)
+    app.router.add_post("/_standin/events", set_events)
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app
 

@@ -157,6 +157,10 @@ class StandIn:
         body: dict[str, Any] = response.json()
         return body
 
+    def script_events(self, events: list[dict[str, Any]] | None) -> None:
+        """Answer GET /v1/events from these events, as Stripe would (None: forward to localstripe again)."""
+        httpx.post(f"{self.base_url}/_standin/events", json={"events": events}, timeout=10).raise_for_status()
+
     def creates_for(self, flexprice_customer_id: str) -> int:
         count: int = self.stats()["creates"].get(flexprice_customer_id, 0)
         return count

@@ -519,7 +519,7 @@ def test_webhook_events_are_listed_newest_first_with_filters(inbound: InboundTen
     assert set(listed["items"][0]) == {
         "id", "stripe_event_id", "type", "status", "attempts", "last_error", "note", "customer_id",
         "stripe_object_id", "connection_id", "livemode", "stripe_created", "received_at", "processed_at",
-        "next_attempt_at",
+        "next_attempt_at", "source",
     }  # fmt: skip
     assert [e["stripe_event_id"] for e in inbound.events(status="ignored")] == [other["id"]]
     # Totals count this environment's events alone (the module's other tenants have theirs in the same table).

@@ -45,6 +45,8 @@ def workers(module_db: DatabaseUnderTest, standin: StandIn, tmp_path: Path) -> I
         settings = {
             "FLEXSYNC_STRIPE_API_BASE": standin.base_url,
             "FLEXSYNC_JOB_POLL_INTERVAL": "0.2",
+            # Outbound alone: a worker's catch-up would link customers from their Stripe events meanwhile.
+            "FLEXSYNC_STRIPE_CATCHUP_INTERVAL_SECONDS": "0",
             **env,
         }
         process = start_worker(module_db, tmp_path, *args, **settings)

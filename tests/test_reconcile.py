@@ -59,6 +59,8 @@ def recon_server(
         tmp_path_factory.mktemp("reconcile-logs"),
         FLEXSYNC_STRIPE_API_BASE=module_localstripe.base_url,
         FLEXSYNC_JOB_POLL_INTERVAL="0.2",
+        # Reconciliation alone: the worker's catch-up would import the tests' Stripe customers from their events.
+        FLEXSYNC_STRIPE_CATCHUP_INTERVAL_SECONDS="0",
     )
     yield running
     running.stop()

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
+import structlog
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
@@ -30,11 +31,14 @@ from flexsync.kit.schemas import ResponseModel
 from flexsync.metrics import exposition
 from flexsync.reconcile.endpoints import router as reconcile_router
 from flexsync.stripe.calls import StripeCaller
+from flexsync.sync.health import refresh_gauges
 from flexsync.web.app import install_dashboard
 from flexsync.webhooks import receiver
 from flexsync.webhooks.endpoints import router as webhook_events_router
 from flexsync.webhooks.pipeline import WebhookPipeline
 from flexsync.wiring import job_registry
+
+log = structlog.get_logger(__name__)
 
 
 class Health(ResponseModel):
@@ -127,7 +131,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Documented as text (Prometheus' format); the answer's content type also names the format's version.
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     async def metrics() -> Response:
-        await managed_endpoint.publish_status_metric(app.state.db)
+        try:
+            await managed_endpoint.publish_status_metric(app.state.db)
+            await refresh_gauges(app.state.db)
+        except Exception:  # the database is away: the process's own counters are still worth scraping
+            log.warning("reading delivery health for /metrics failed", exc_info=True)
         return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
     install_dashboard(app)

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
@@ -321,6 +322,55 @@ def events_prune(
         {"deleted": pruned.deleted, "received_before": before},
         [f"deleted {pruned.deleted} webhook events received before {before} (applied or ignored)"],
     )
+
+
+CATCH_UP_HELP = (
+    "List the connection's customer events from Stripe's Events API and apply those no webhook delivered.\n\n"
+    "Reads the events created since the connection's catch-up cursor (less a short overlap), or since --since, "
+    "stores the ones not stored yet and applies them as a webhook delivery would (each once); prints how many were "
+    "listed, stored, duplicates (stored already) and applied. Exits 0 when it finished, 1 if not: the next "
+    "catch-up resumes where it stopped. Workers run one every FLEXSYNC_STRIPE_CATCHUP_INTERVAL_SECONDS anyway."
+)
+
+
+def _moment(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter("must be an ISO 8601 time, e.g. 2026-12-01T09:30:00Z") from None
+    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    if moment > datetime.now(UTC):
+        raise typer.BadParameter("must not be in the future")
+    return moment
+
+
+@events_app.command("catch-up", help=CATCH_UP_HELP)
+def events_catch_up(
+    connection: Annotated[str, typer.Option("--connection", help="The Stripe connection's id (conn_...).")],
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="ISO 8601 time (UTC when no offset): list from then instead of the cursor."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object for scripts.")] = False,
+) -> None:
+    from flexsync.logs import configure_logging
+    from flexsync.reconcile.service import start_for_catch_up_gap
+    from flexsync.webhooks.catch_up_terminal import catch_up_in_terminal
+
+    start = _moment(since) if since is not None else None
+    settings = _settings()
+    configure_logging("error", settings.log_format)
+    _usable_secret_box(settings)
+    code = catch_up_in_terminal(
+        settings,
+        connection,
+        since=start,
+        on_gap=start_for_catch_up_gap,
+        as_json=as_json,
+        out=console,
+        err=err_console,
+    )
+    raise typer.Exit(code)
 
 
 RECONCILE_HELP = (

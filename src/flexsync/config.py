@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     stripe_rate_limit_test: float = Field(25.0, gt=0, le=1000)
     stripe_rate_limit_live: float = Field(100.0, gt=0, le=1000)
     stripe_timeout_seconds: float = Field(20.0, gt=0)
+    # How often each connection's customer events are listed from Stripe's Events API (webhooks/catch_up.py); 0: never.
+    stripe_catchup_interval_seconds: float = Field(300.0, ge=0)
     # Whether `serve` runs the outbound worker inside the API process (`serve --no-worker` turns it off).
     run_worker: bool = True
     # Jobs one worker process runs at once (`flexsync worker --concurrency N` overrides it).

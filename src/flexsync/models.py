@@ -63,6 +63,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+# A JSON column whose None is SQL NULL (JSONType stores None as JSON `null`), for `IS NULL` to find it.
+JSONOrNull = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 class Base(DeclarativeBase):
@@ -318,6 +320,8 @@ class WebhookEvent(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # How it reached flexsync: `webhook` (delivered by Stripe) or `catch_up` (listed from Stripe's Events API).
+    source: Mapped[str] = mapped_column(String(16), default="webhook", server_default=text("'webhook'"))
 
 
 class SyncJob(Base):
@@ -391,3 +395,31 @@ class IdempotencyKey(Base):
     headers: Mapped[list[Any]] = mapped_column()
     body: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+class CatchUpState(Base):
+    """A connection's catch-up from Stripe's Events API (webhooks/catch_up.py): how far it has read, the run in
+    progress (where each event type's listing stands, so a stopped run resumes there), and who holds it."""
+
+    __tablename__ = "stripe_catch_ups"
+
+    connection_id: Mapped[str] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True)
+    # Every customer event created before this second (less the overlap re-read each run) is stored.
+    cursor: Mapped[int] = mapped_column(UnixSeconds)
+    # The run in progress: the `created` window it lists and, per event type, the last event id listed
+    # (null: not started, "done": listed to the end); null when no run is in progress.
+    run_since: Mapped[int | None] = mapped_column(UnixSeconds, default=None)
+    run_until: Mapped[int | None] = mapped_column(UnixSeconds, default=None)
+    run_position: Mapped[dict[str, Any] | None] = mapped_column(JSONOrNull, default=None)
+    # listed, stored, duplicates, applied: of the run in progress, else of the last one.
+    run_counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # A catch-up asked for (API, or a gap's reconciliation) that a worker has not started yet.
+    requested_at: Mapped[datetime | None] = mapped_column(default=None)
+    requested_since: Mapped[int | None] = mapped_column(UnixSeconds, default=None)
+    last_run_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    # The cursor was older than what Stripe keeps: events of that stretch may be lost (see webhooks/catch_up.py).
+    gap_since: Mapped[int | None] = mapped_column(UnixSeconds, default=None)
+    gap_detected_at: Mapped[datetime | None] = mapped_column(default=None)
+    leased_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    leased_until: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -10,8 +10,10 @@ from flexsync.idempotency import retention as idempotency
 from flexsync.jobs.registry import Registry, Sweep, WorkerContext
 from flexsync.models import utcnow
 from flexsync.reconcile import runner
+from flexsync.reconcile.service import start_for_catch_up_gap
 from flexsync.sync import push_jobs
 from flexsync.web import sweeps as dashboard_sweeps
+from flexsync.webhooks import catch_up
 from flexsync.webhooks import sweeps as webhook_sweeps
 
 log = structlog.get_logger(__name__)
@@ -39,4 +41,5 @@ def job_registry() -> Registry:
             own_task=True,
         )
     )
+    catch_up.register(registry, on_gap=start_for_catch_up_gap)
     return registry

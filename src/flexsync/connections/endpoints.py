@@ -10,9 +10,17 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from flexsync.connections import managed_endpoint, repository, secrets, service
-from flexsync.connections.schemas import Connection, ConnectionCreate, ConnectionList, ConnectionUpdate
+from flexsync.connections import catch_up, managed_endpoint, repository, secrets, service
+from flexsync.connections.schemas import (
+    CatchUpRequest,
+    CatchUpRequested,
+    Connection,
+    ConnectionCreate,
+    ConnectionList,
+    ConnectionUpdate,
+)
 from flexsync.deps import DB, AuthScope
+from flexsync.kit.errors import ValidationFailed
 from flexsync.kit.json import JSONResponse
 from flexsync.kit.openapi import API_KEY_REQUIRED, errors
 from flexsync.kit.pagination import PageQuery, page_body
@@ -54,7 +62,9 @@ async def create_connection(body: ConnectionCreate, scope: AuthScope, db: DB) ->
 
 async def _payload(db: DB, scope: AuthScope, connection_id: str) -> dict[str, Any]:
     async with db.read() as session:
-        payload = service.connection_to_dict(await service.find(session, scope, connection_id), db.settings)
+        connection = await service.find(session, scope, connection_id)
+        payload = service.connection_to_dict(connection, db.settings)
+        payload["catch_up"] = await catch_up.view(session, connection)
         await managed_endpoint.with_endpoints(session, [payload])
     return payload
 
@@ -63,7 +73,11 @@ async def _payload(db: DB, scope: AuthScope, connection_id: str) -> dict[str, An
 async def list_connections(scope: AuthScope, db: DB, page: PageQuery) -> JSONResponse:
     async with db.read() as session:
         items, total = await repository.list_page(session, scope, page.limit, page.offset)
-        payloads = [service.connection_to_dict(c, db.settings) for c in items]
+        payloads = []
+        for connection in items:
+            payload = service.connection_to_dict(connection, db.settings)
+            payload["catch_up"] = await catch_up.view(session, connection)
+            payloads.append(payload)
         await managed_endpoint.with_endpoints(session, payloads)
         return JSONResponse(page_body(payloads, total, page))
 
@@ -121,3 +135,29 @@ async def delete_connection(connection_id: str, scope: AuthScope, db: DB) -> Res
         connection = await service.find(session, scope, connection_id, for_update=True)
         service.delete_connection(connection)
     return Response(status_code=204)
+
+
+# --- Catch-up from Stripe's Events API (webhooks/catch_up.py runs it) -------------------------------------------------
+
+
+@router.post(
+    "/{connection_id}/catch-up",
+    status_code=202,
+    response_model=CatchUpRequested,
+    responses=errors(404),
+    summary="Catch up now: list the connection's customer events from Stripe and apply those not received",
+    description="A worker lists the customer events Stripe created since the connection's catch-up cursor (or "
+    "`since`), stores those no webhook delivered and applies them, as a webhook delivery would; the connection's "
+    "`catch_up` shows how it went. A catch-up runs anyway every FLEXSYNC_STRIPE_CATCHUP_INTERVAL_SECONDS.",
+)
+async def request_catch_up(
+    connection_id: str, scope: AuthScope, db: DB, body: CatchUpRequest | None = None
+) -> JSONResponse:
+    since = body.since if body is not None else None
+    async with db.transaction() as session:
+        connection = await service.find(session, scope, connection_id, for_update=True)
+        if connection.status != "active":
+            raise ValidationFailed(f"the Stripe connection {connection_id} is {connection.status}: enable it first")
+        await catch_up.request(session, connection, since)
+        view = await catch_up.view(session, connection)
+    return JSONResponse({"connection_id": connection_id, "status": "requested", "since": since, "catch_up": view}, 202)

@@ -8,7 +8,7 @@ messages describe the expected format and never repeat the value that was sent.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, SecretStr, StringConstraints, model_validator
@@ -196,7 +196,65 @@ class Connection(ResponseModel):
     environment_id: str
     created_at: datetime
     updated_at: datetime
+    catch_up: CatchUp | None = Field(default=None, description="Catch-up from Stripe's Events API.")
 
 
 class ConnectionList(ListPage[Connection]):
     pass
+
+
+# --- Catch-up from Stripe's Events API (connections/catch_up.py, sync/catch_up.py) ----------------------------------
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _not_in_future(moment: datetime) -> datetime:
+    if moment > datetime.now(UTC):
+        raise ValueError("must not be in the future")
+    return moment
+
+
+class CatchUpGap(ResponseModel):
+    since: datetime = Field(description="Where the cursor stood: events from then until 30 days ago may be lost.")
+    detected_at: datetime
+
+
+class CatchUpRun(ResponseModel):
+    listed: int
+    stored: int
+    duplicates: int
+    applied: int
+    ignored: int
+    queued: int
+
+
+class CatchUp(ResponseModel):
+    cursor: datetime = Field(description="Every customer event Stripe created before then has been listed.")
+    last_run_at: datetime | None
+    lag_seconds: int = Field(description="How far the cursor is behind now.")
+    last_error: str | None = Field(description="Why the last run stopped; null when it finished.")
+    recovered_24h: int = Field(description="Events catch-up stored in the last 24 hours that no webhook delivered.")
+    running: bool
+    requested: bool = Field(description="A catch-up was asked for and no worker has started it yet.")
+    last_run: CatchUpRun | None = Field(description="What the last finished run did.")
+    gap: CatchUpGap | None = Field(
+        description="The cursor was older than the 30 days of events Stripe keeps; open until a reconciliation "
+        "(`both` or `from-stripe`) succeeds."
+    )
+
+
+class CatchUpRequest(StrictModel):
+    since: Annotated[datetime, AfterValidator(_aware), AfterValidator(_not_in_future)] | None = Field(
+        default=None,
+        description="List the events created since then (ISO 8601; UTC when no offset is given) instead of since "
+        "the cursor.",
+    )
+
+
+class CatchUpRequested(ResponseModel):
+    connection_id: str
+    status: Literal["requested"]
+    since: datetime | None
+    catch_up: CatchUp

@@ -17,6 +17,9 @@ class ConnectionSettings(StrictModel):
     email_matching: bool = False
     on_stripe_delete: Literal["ignore", "unlink", "archive"] = "ignore"
     on_customer_archive: Literal["ignore", "delete_in_stripe"] = "ignore"
+    # When catch-up finds its cursor older than the 30 days of events Stripe keeps: `warn` (event log, metric,
+    # dashboard) or also start a from-Stripe reconciliation.
+    on_catch_up_gap: Literal["warn", "reconcile"] = "warn"
     # Stripe requests per second for this connection; None means Stripe's default for the key's mode.
     rate_limit: float | None = Field(default=None, gt=0, le=1000)
 

@@ -172,3 +172,13 @@ def _close(run: Reconciliation, job: SyncJob, now: datetime) -> None:
         run.error = run.error or message
         run.finished_at = now
         run.updated_at = now
+
+
+async def start_for_catch_up_gap(session: AsyncSession, connection: StripeConnection) -> str:
+    """A from-Stripe reconciliation of the connection (locked by the caller), which catch-up starts when it
+    finds a gap (`on_catch_up_gap: reconcile`); the connection's queued or running one if it has one."""
+    try:
+        started = await start(session, connection, direction="from-stripe", dry_run=False)
+    except AlreadyExists as exc:
+        return str(exc.details["reconciliation_id"])
+    return started.run.id

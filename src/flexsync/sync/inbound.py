@@ -467,10 +467,15 @@ class _Batch:
 
     async def _link_for(self, stripe_id: str) -> CustomerLink | None:
         if stripe_id in self.new_links:
-            # Created earlier in this batch: write the new rows now and continue with the stored ones.
+            # Created earlier in this batch: write the new rows now and continue with the stored ones (all of
+            # them: a later event of another customer created in this batch must find its link too).
+            written = list(self.new_links)
             await self._insert_new()
             await self._load_links(
-                and_(CustomerLink.connection_id == self.connection.id, CustomerLink.stripe_customer_id == stripe_id)
+                and_(
+                    CustomerLink.connection_id == self.connection.id,
+                    CustomerLink.stripe_customer_id.in_(written),
+                )
             )
         return self.links.get(stripe_id)
 

@@ -18,6 +18,7 @@ from flexsync.db import temporary_failure
 from flexsync.deps import DB
 from flexsync.idempotency import writes
 from flexsync.models import utcnow
+from flexsync.sync import health as delivery_health
 from flexsync.tenancy import dashboard_sessions
 from flexsync.tenancy.service import Scope
 from flexsync.web.session import COOKIE_MAX_AGE_SECONDS, COOKIE_NAME, SessionSigner, signing_secrets
@@ -94,6 +95,8 @@ class Viewer:
     key: dashboard_sessions.SignedIn
     session_id: str
     csrf_token: str
+    # What is wrong with the delivery of Stripe's events (sync/health.py): the banner on every page.
+    problems: tuple[str, ...] = ()
 
     @property
     def scope(self) -> Scope:
@@ -129,7 +132,11 @@ async def require_viewer(request: Request, db: DB) -> Viewer:
         raise SignInRequired(next_path, notice=found.reason)
     await _note_activity(db, session_id, found, now)
     writes.note_environment(found.scope.environment_id)
-    return Viewer(key=found, session_id=session_id, csrf_token=signer(request).csrf_token(session_id))
+    async with db.read() as db_session:
+        interval = db.settings.stripe_catchup_interval_seconds
+        problems = await delivery_health.problems(db_session, found.scope.environment_id, interval)
+    csrf_token = signer(request).csrf_token(session_id)
+    return Viewer(key=found, session_id=session_id, csrf_token=csrf_token, problems=tuple(problems))
 
 
 async def viewer_if_signed_in(request: Request) -> Viewer | None:

@@ -177,6 +177,10 @@ CHOICES = {
         "When a customer is archived here",
         [("ignore", "Leave the Stripe customer"), ("delete_in_stripe", "Delete the Stripe customer")],
     ),
+    "on_catch_up_gap": (
+        "When catch-up finds more than Stripe's 30 days of events missed",
+        [("warn", "Warn (recommend a reconciliation)"), ("reconcile", "Start a from-Stripe reconciliation")],
+    ),
 }
 
 

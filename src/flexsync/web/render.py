@@ -83,6 +83,7 @@ NOTICES = {
     "job-retried": "Sync job queued to run now.",
     "reconciliation-started": "Reconciliation started: this page follows it until it finishes.",
     "reconciliation-resumed": "The unfinished run with these options resumed where it stopped.",
+    "catch-up-requested": "Catch-up asked for: a worker lists Stripe's events in a moment.",
 }
 
 

@@ -13,7 +13,7 @@ from flexsync.kit.openapi import API_KEY_REQUIRED, errors
 from flexsync.kit.pagination import PageQuery, page_body
 from flexsync.tenancy.service import Scope
 from flexsync.webhooks import repository, service
-from flexsync.webhooks.schemas import EventStatus, WebhookEvent, WebhookEventList, WebhookEventWithPayload
+from flexsync.webhooks.schemas import EventSource, EventStatus, WebhookEvent, WebhookEventList, WebhookEventWithPayload
 from flexsync.webhooks.service import event_to_dict
 
 router = APIRouter(prefix="/v1/webhook-events", tags=["webhook events"], responses=API_KEY_REQUIRED)
@@ -26,9 +26,10 @@ async def list_webhook_events(
     page: PageQuery,
     status: EventStatus | None = None,
     event_type: Annotated[str | None, Query(alias="type", max_length=128)] = None,
+    source: EventSource | None = None,
 ) -> JSONResponse:
     async with db.read() as session:
-        events, total = await repository.list_page(session, scope, status, event_type, page.limit, page.offset)
+        events, total = await repository.list_page(session, scope, status, event_type, page.limit, page.offset, source)
         items = [event_to_dict(event) for event in events]
     return JSONResponse(page_body(items, total, page))
 

@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.context import AppContext
 from flexsync.kit.bulk import Inserts
 from flexsync.logs import describe_error
-from flexsync.metrics import WEBHOOK_BATCH, WEBHOOK_EVENTS
+from flexsync.metrics import STRIPE_EVENTS, WEBHOOK_BATCH, WEBHOOK_EVENTS
 from flexsync.models import utcnow
 from flexsync.sync import inbound
 from flexsync.sync.inbound import ConnectionView, InboundEvent, Outcome
@@ -56,6 +58,8 @@ class Delivery:
     event: InboundEvent
     connection: ConnectionView
     payload: str
+    # `webhook`, or `catch_up` for an event listed from Stripe's Events API.
+    source: str = "webhook"
     received_at: datetime = field(default_factory=utcnow)
     answer: asyncio.Future[str] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -84,6 +88,7 @@ class Delivery:
             "next_attempt_at": None if final else self.received_at + stored.RECOVERY_DELAY,
             "received_at": self.received_at,
             "processed_at": utcnow() if final else None,
+            "source": self.source,
         }
 
 
@@ -204,34 +209,10 @@ class Ingestor:
             _answer(delivery, original if isinstance(original, BaseException) else "duplicate")
 
     async def _store_and_apply(self, fresh: Sequence[Delivery]) -> dict[str, str | BaseException]:
-        """Apply and insert optimistically: a redelivery is rare, so it is not looked for up front. An event
-        the insert finds stored already (a duplicate, or another process was faster) rolls the batch back, and
-        the batch is redone without it. Every redo leaves out at least one more event, so the rounds end; more
-        than one happens only when other processes store copies of the batch's events meanwhile (a fixed
-        limit of three once sent a batch's new events to the retry sweep when Stripe's copies of them raced
-        across two server processes)."""
-        stored: set[repository.EventKey] = set()
-        while True:
-            new = [d for d in fresh if d.key not in stored]
-            outcomes: list[Outcome] = []
-            if new:
-                try:
-                    async with self._db.hot_transaction() as session:
-                        events = [d.event for d in new]
-                        views = {d.connection.id: d.connection for d in new}
-                        inserts = Inserts()
-                        outcomes = await inbound.apply_batch(session, events, connections=views, inserts=inserts)
-                        repository.add_events(inserts, [d.row(o) for d, o in zip(new, outcomes, strict=True)])
-                        inserted = set(await inserts.write(session))
-                        if len(inserted) < len(new):
-                            stored |= {d.key for d in new if d.event.id not in inserted}
-                            raise _StoredAlready
-                except _StoredAlready:
-                    continue
-            results: dict[str, str | BaseException] = {d.event.id: "duplicate" for d in fresh if d.key in stored}
-            results.update({d.event.id: o.status for d, o in zip(new, outcomes, strict=True)})
-            self._hand_over([d.event.id for d, o in zip(new, outcomes, strict=True) if o.status == "queued"])
-            return results
+        statuses, queued = await store_and_apply(self._db.hot_transaction, fresh)
+        self._hand_over(queued)
+        results: dict[str, str | BaseException] = dict(statuses)
+        return results
 
     async def _store_only(self, fresh: Sequence[Delivery]) -> dict[str, str | BaseException]:
         """Store without applying, all together, else one by one so a bad row fails alone."""
@@ -259,12 +240,57 @@ class Ingestor:
             self._on_queued(queued_ids)
 
 
+Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+# More work for the transaction that stores a batch (catch-up moves its cursor with the events it stores).
+AlsoInTransaction = Callable[[AsyncSession], Awaitable[None]]
+
+
+async def store_and_apply(
+    transaction: Transaction, fresh: Sequence[Delivery], also: AlsoInTransaction | None = None
+) -> tuple[dict[str, str], list[str]]:
+    """Apply and insert events in one transaction; returns each event's status (`duplicate` for those stored
+    already) and the ids of those stored `queued`, for the caller to apply next. `also` runs in the same
+    transaction, even when every event was stored already.
+
+    Optimistic: a redelivery is rare, so it is not looked for up front. An event the insert finds stored already
+    (a duplicate, or another process was faster) rolls the batch back, and the batch is redone without it.
+    Every redo leaves out at least one more event, so the rounds end; more than one happens only when other
+    processes store copies of the batch's events meanwhile (a fixed limit of three once sent a batch's new
+    events to the retry sweep when Stripe's copies of them raced across two server processes)."""
+    stored: set[repository.EventKey] = set()
+    while True:
+        new = [d for d in fresh if d.key not in stored]
+        outcomes: list[Outcome] = []
+        if new or also is not None:
+            try:
+                async with transaction() as session:
+                    if new:
+                        events = [d.event for d in new]
+                        views = {d.connection.id: d.connection for d in new}
+                        inserts = Inserts()
+                        outcomes = await inbound.apply_batch(session, events, connections=views, inserts=inserts)
+                        repository.add_events(inserts, [d.row(o) for d, o in zip(new, outcomes, strict=True)])
+                        inserted = set(await inserts.write(session))
+                        if len(inserted) < len(new):
+                            stored |= {d.key for d in new if d.event.id not in inserted}
+                            raise _StoredAlready
+                    if also is not None:
+                        await also(session)
+            except _StoredAlready:
+                continue
+        results = {d.event.id: "duplicate" for d in fresh if d.key in stored}
+        results.update({d.event.id: o.status for d, o in zip(new, outcomes, strict=True)})
+        return results, [d.event.id for d, o in zip(new, outcomes, strict=True) if o.status == "queued"]
+
+
 def _answer(delivery: Delivery, result: str | BaseException) -> None:
     if delivery.answer.done():  # the client went away
         return
     if isinstance(result, BaseException):
         WEBHOOK_EVENTS.labels("store_failed").inc()
+        STRIPE_EVENTS.labels(delivery.source, "store_failed").inc()
         delivery.answer.set_exception(result)
     else:
         WEBHOOK_EVENTS.labels(result).inc()
+        STRIPE_EVENTS.labels(delivery.source, result).inc()
         delivery.answer.set_result(result)

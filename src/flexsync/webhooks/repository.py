@@ -114,13 +114,17 @@ async def record_failure(
     now: datetime,
     max_attempts: int,
     delay: Callable[[int], timedelta],
-) -> None:
-    """Count a failed attempt: retried after `delay(attempts)`, or `dead` once `max_attempts` are spent."""
-    attempts = (
-        await session.execute(select(EVENTS.c.attempts).where(EVENTS.c.id == event_id).with_for_update())
-    ).scalar_one_or_none()
-    if attempts is None:
-        return
+) -> tuple[str, str] | None:
+    """Count a failed attempt: retried after `delay(attempts)`, or `dead` once `max_attempts` are spent.
+    Returns the event's source and new status (None if it is gone)."""
+    found = (
+        await session.execute(
+            select(EVENTS.c.attempts, EVENTS.c.source).where(EVENTS.c.id == event_id).with_for_update()
+        )
+    ).one_or_none()
+    if found is None:
+        return None
+    attempts, source = found
     attempts += 1
     dead = attempts >= max_attempts
     await session.execute(
@@ -133,6 +137,7 @@ async def record_failure(
             next_attempt_at=None if dead else now + delay(attempts),
         )
     )
+    return source, "dead" if dead else "failed"
 
 
 def _scoped(scope: Scope) -> Any:
@@ -140,7 +145,13 @@ def _scoped(scope: Scope) -> Any:
 
 
 async def list_page(
-    session: AsyncSession, scope: Scope, status: str | None, event_type: str | None, limit: int, offset: int
+    session: AsyncSession,
+    scope: Scope,
+    status: str | None,
+    event_type: str | None,
+    limit: int,
+    offset: int,
+    source: str | None = None,
 ) -> tuple[list[WebhookEvent], int]:
     """The scope's events, newest first. The payload column is not loaded: a list never shows it.
 
@@ -153,6 +164,8 @@ async def list_page(
         filters.append(WebhookEvent.status == status)
     if event_type is not None:
         filters.append(WebhookEvent.type == event_type)
+    if source is not None:
+        filters.append(WebhookEvent.source == source)
     in_environment = WebhookEvent.environment_id == scope.environment_id
     total = (await session.execute(select(func.count()).where(in_environment, *filters))).scalar_one()
     stmt = (

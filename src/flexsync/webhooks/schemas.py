@@ -11,6 +11,7 @@ from flexsync.kit.pagination import ListPage
 from flexsync.kit.schemas import ResponseModel
 
 EventStatus = Literal["queued", "applied", "ignored", "failed", "dead"]
+EventSource = Literal["webhook", "catch_up"]
 
 
 class WebhookEvent(ResponseModel):
@@ -29,6 +30,9 @@ class WebhookEvent(ResponseModel):
     received_at: datetime
     processed_at: datetime | None
     next_attempt_at: datetime | None
+    source: EventSource = Field(
+        description="`webhook`: delivered by Stripe; `catch_up`: listed from Stripe's Events API."
+    )
 
 
 class WebhookEventWithPayload(WebhookEvent):

@@ -33,6 +33,7 @@ def event_to_dict(event: WebhookEvent, *, with_payload: bool = False) -> dict[st
         "received_at": event.received_at,
         "processed_at": event.processed_at,
         "next_attempt_at": event.next_attempt_at,
+        "source": event.source,
     }
     if with_payload:
         # A Stripe event holds no secret: it is what Stripe sent, signature header aside.

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flexsync.connections.accounts import stripe_account
 from flexsync.context import AppContext
 from flexsync.logs import describe_error
+from flexsync.metrics import STRIPE_EVENTS
 from flexsync.models import StripeConnection, utcnow
 from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed
 from flexsync.sync import inbound
@@ -121,9 +122,11 @@ def _event_from_row(row: repository.ClaimedEvent) -> inbound.InboundEvent:
 async def _record_failure(db: AppContext, event_id: str, exc: BaseException) -> None:
     log.warning("applying a Stripe event failed", event_id=event_id, error=describe_error(exc))
     async with db.transaction() as session:
-        await repository.record_failure(
+        recorded = await repository.record_failure(
             session, event_id, describe_error(exc), utcnow(), MAX_ATTEMPTS, event_retry_delay
         )
+    if recorded is not None:
+        STRIPE_EVENTS.labels(*recorded).inc()
 
 
 async def _apply_with_stripe_state(

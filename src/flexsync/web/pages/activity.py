@@ -29,6 +29,8 @@ router = APIRouter()
 
 PAGE_SIZE = 50
 EVENT_TYPES = ("customer.created", "customer.updated", "customer.deleted")
+EventSource = Literal["webhook", "catch_up"]
+EVENT_SOURCES = (("webhook", "Webhook"), ("catch_up", "Catch-up"))
 
 
 async def _customer_names(session: AsyncSession, viewer: Viewer, customer_ids: set[str]) -> dict[str, str]:
@@ -90,11 +92,12 @@ async def webhook_events(
     db: DB,
     status: EventStatus | Literal[""] = "",
     type: Annotated[str, Query(max_length=128)] = "",
+    source: EventSource | Literal[""] = "",
     page: PageNumber = 1,
 ) -> Response:
     async with db.read() as session:
         events, total = await events_repository.list_page(
-            session, viewer.scope, status or None, type or None, PAGE_SIZE, (page - 1) * PAGE_SIZE
+            session, viewer.scope, status or None, type or None, PAGE_SIZE, (page - 1) * PAGE_SIZE, source or None
         )
         customer_names = await _customer_names(session, viewer, {e.customer_id for e in events if e.customer_id})
     return render(
@@ -109,6 +112,8 @@ async def webhook_events(
             "statuses": EVENT_STATUSES,
             "type": type,
             "types": EVENT_TYPES,
+            "source": source,
+            "sources": EVENT_SOURCES,
             "page": page,
             "pages": page_count(total, PAGE_SIZE),
         },

@@ -7,12 +7,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 
-from flexsync.connections import managed_endpoint, repository, secrets, service
+from flexsync.connections import catch_up, managed_endpoint, repository, secrets, service
 from flexsync.connections.schemas import ConnectionCreate, ConnectionUpdate
 from flexsync.connections.settings import effective_settings
 from flexsync.deps import DB
 from flexsync.kit.errors import APIError, ValidationFailed
 from flexsync.models import StripeConnection
+from flexsync.sync import health as delivery_health
 from flexsync.web import forms, queries
 from flexsync.web.auth import PostedForm, SignedIn, Viewer
 from flexsync.web.render import render
@@ -39,6 +40,8 @@ async def _page(
         connection = await repository.get_live_connection(session, scope.tenant_id, scope.environment_id)
         health = await queries.health(session, scope)
         endpoint = await managed_endpoint.shown(session, connection)
+        catch_up_view = await catch_up.view(session, connection) if connection is not None else None
+        last_webhook_at = await delivery_health.last_webhook_at(session, scope.environment_id)
     if state is None:
         values = {"name": connection.name, "publishable_key": connection.publishable_key} if connection else {}
         state = forms.FormState(values=values)
@@ -51,6 +54,10 @@ async def _page(
         {
             "connection": connection,
             "health": health,
+            "catch_up": catch_up_view,
+            "catch_up_lagging": catch_up_view is not None
+            and delivery_health.lagging(catch_up_view["lag_seconds"], db.settings.stripe_catchup_interval_seconds),
+            "last_webhook_at": last_webhook_at,
             "state": state,
             "settings": current,
             "test_result": test_result,
@@ -182,3 +189,14 @@ async def manage_webhook_endpoint(
     except APIError as exc:
         return await _page(request, viewer, db, endpoint_result=exc.message, status_code=exc.status)
     return RedirectResponse(f"{PAGE}?notice=webhook-endpoint-ready", status_code=303)
+
+
+# --- Catch-up from Stripe's Events API (issue 19, section 2) ------------------------------------------------------
+
+
+@router.post(PAGE + "/{connection_id}/catch-up")
+async def request_catch_up(connection_id: str, viewer: SignedIn, _form: PostedForm, db: DB) -> Response:
+    async with db.transaction() as session:
+        connection = await service.find(session, viewer.scope, connection_id, for_update=True)
+        await catch_up.request(session, connection, None)
+    return RedirectResponse(f"{PAGE}?notice=catch-up-requested", status_code=303)
