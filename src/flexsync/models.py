@@ -395,6 +395,8 @@ class IdempotencyKey(Base):
     headers: Mapped[list[Any]] = mapped_column()
     body: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
 class CatchUpState(Base):
     """A connection's catch-up from Stripe's Events API (webhooks/catch_up.py): how far it has read, the run in
     progress (where each event type's listing stands, so a stopped run resumes there), and who holds it."""
