@@ -30,6 +30,18 @@ from flexsync.tenancy import service as tenancy
 
 T = TypeVar("T")
 PG_ENV = "FLEXSYNC_TEST_DATABASE_URL"
+# Every flexsync the suite runs waits less than a user's defaults before trying again (what it tries and how often
+# is the same): a failed Stripe request after 0.1 s (0.5 s), a failed webhook event after 0.5 s (2 s), and due
+# events are looked for every 0.25 s (2 s). A test that needs other values sets them.
+SUITE_TIMERS = {
+    "FLEXSYNC_STRIPE_RETRY_FIRST_SECONDS": "0.1",
+    "FLEXSYNC_WEBHOOK_RETRY_FIRST_SECONDS": "0.5",
+    "FLEXSYNC_WEBHOOK_RETRY_SWEEP_SECONDS": "0.25",
+}
+# The shared contract-test server's: the test of a write behind another process's SQLite write lock does not wait
+# the default 15 s out; and its webhook retry sweep (no contract test waits for one) stays out of the way of the
+# test whose request must meet a connection PostgreSQL dropped: a sweep that meets it first replaces it.
+SERVER_TIMERS = {"FLEXSYNC_SQLITE_BUSY_TIMEOUT_SECONDS": "2", "FLEXSYNC_WEBHOOK_RETRY_SWEEP_SECONDS": "60"}
 # A fixed Fernet key for tests only; production keys come from FLEXSYNC_ENCRYPTION_KEYS.
 TEST_ENCRYPTION_KEY = "3n5kpH0c8Mq3Q1pG9ZtZ6y0l0h2C8y0m4mYzq1i6Qk8="
 
@@ -41,7 +53,7 @@ def free_port() -> int:
         return port
 
 
-def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_http(url: str, timeout: float = 60.0, process: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -171,6 +183,7 @@ class Server(Process):
 def server_env(db: DatabaseUnderTest, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXSYNC_")}
     env.update(
+        SUITE_TIMERS,
         FLEXSYNC_DATABASE_URL=db.url,
         FLEXSYNC_ENCRYPTION_KEYS=TEST_ENCRYPTION_KEY,
         FLEXSYNC_LOG_FORMAT="json",
@@ -195,8 +208,19 @@ def start_server(db: DatabaseUnderTest, log_dir: Path, *args: str, **env: str) -
         wait_for_http(f"{base_url}/healthz", process=process)
     except Exception:
         process.kill()
+        process.wait(10)
         raise RuntimeError(f"flexsync did not start:\n{log_path.read_text(errors='replace')}") from None
     return Server(base_url=base_url, process=process, log_path=log_path)
+
+
+@contextmanager
+def running_server(db: DatabaseUnderTest, log_dir: Path, *args: str, **env: str) -> Iterator[Server]:
+    """`start_server`, stopped at the end of the `with`."""
+    running = start_server(db, log_dir, *args, **env)
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 @dataclass
@@ -328,6 +352,7 @@ def start_localstripe(log_dir: Path) -> LocalStripe:
         wait_for_http(f"{base_url}/v1/customers", process=process)
     except Exception:
         process.kill()
+        process.wait(10)
         raise
     return LocalStripe(base_url=base_url, process=process)
 

@@ -181,5 +181,6 @@ def start_standin(upstream: str, log_dir: Path) -> StandIn:
         wait_for_http(f"{base_url}/_standin/stats", process=process)
     except Exception:
         process.kill()
+        process.wait(10)
         raise RuntimeError(f"the Stripe stand-in did not start:\n{log_path.read_text(errors='replace')}") from None
     return StandIn(base_url, Process(process, log_path))

@@ -1,4 +1,6 @@
-"""The `flexsync` command line, run as a real process against an empty SQLite file and PostgreSQL database."""
+"""The `flexsync` command line against an empty SQLite file and PostgreSQL database: run in-process through its
+entry point (tests/cli_support.py), and as a real process where the process is the point (a server or worker
+waiting for its database)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.db import alembic_config
+from tests.cli_support import Completed, run_flexsync
 from tests.support import (
     PG_ENV,
     TEST_ENCRYPTION_KEY,
@@ -55,15 +58,10 @@ class CLI:
         self.db = db
         self.workdir = workdir
 
-    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, **env: str) -> Completed:
         # In a directory of its own, so no `.env` or `.flexsync-key` of the checkout is read.
-        return subprocess.run(
-            [sys.executable, "-m", "flexsync", *args],
-            cwd=self.workdir,
-            env=server_env(self.db, FLEXSYNC_PUBLIC_URL=PUBLIC_URL, **env),
-            capture_output=True,
-            text=True,
-            timeout=120,
+        return run_flexsync(
+            list(args), env=server_env(self.db, FLEXSYNC_PUBLIC_URL=PUBLIC_URL, **env), cwd=self.workdir
         )
 
     def json(self, *args: str) -> dict[str, Any]:
@@ -203,6 +201,10 @@ def test_conflicts_and_unknown_ids_fail_with_a_clear_message(cli: CLI) -> None:
         ("FLEXSYNC_HTTP_KEEP_ALIVE_SECONDS", "0", "greater than or equal to 1"),
         ("FLEXSYNC_DASHBOARD_IDLE_MINUTES", "0", "greater than or equal to 1"),
         ("FLEXSYNC_DASHBOARD_IDLE_MINUTES", "721", "less than or equal to 720"),
+        ("FLEXSYNC_SQLITE_BUSY_TIMEOUT_SECONDS", "0", "greater than 0"),
+        ("FLEXSYNC_STRIPE_RETRY_FIRST_SECONDS", "60", "less than or equal to 30"),
+        ("FLEXSYNC_WEBHOOK_RETRY_FIRST_SECONDS", "0", "greater than 0"),
+        ("FLEXSYNC_WEBHOOK_RETRY_SWEEP_SECONDS", "-1", "greater than 0"),
         ("FLEXSYNC_ENCRYPTION_KEYS", f"{TEST_ENCRYPTION_KEY},not-a-key-s3cret", "key 2 is not a Fernet key"),
         ("FLEXSYNC_DATABASE_URL", "mysql://sync:s3cret@db.example.com/sync", "unsupported database"),
         ("FLEXSYNC_DATABASE_URL", "s3cret nonsense", "not a database URL"),
@@ -213,14 +215,7 @@ def test_a_setting_out_of_range_is_one_line_naming_it_never_its_value(
 ) -> None:
     # Before, some were taken (a worker with concurrency 0 ran no job; a lease of -1 s let every worker take
     # every job) and others ended in a traceback.
-    completed = subprocess.run(
-        [sys.executable, "-m", "flexsync", "worker"],
-        cwd=cli.workdir,
-        env=server_env(cli.db, **{variable: value}),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    completed = run_flexsync(["worker"], env=server_env(cli.db, **{variable: value}), cwd=cli.workdir)
     assert completed.returncode == 1
     message = " ".join(completed.stderr.split())  # the terminal's line breaks undone
     assert f"invalid configuration: {variable}: " in message and problem in message, completed.stderr
@@ -278,14 +273,7 @@ def test_a_database_url_without_its_driver_gets_flexsyncs(cli: CLI) -> None:
     # postgresql://... and sqlite:///... as most tools write them: flexsync runs them with its own drivers.
     url = cli.db.url.replace("postgresql+asyncpg://", "postgresql://").replace("sqlite+aiosqlite://", "sqlite://")
     assert "+" not in url.split("://")[0]
-    completed = subprocess.run(
-        [sys.executable, "-m", "flexsync", "migrate"],
-        cwd=cli.workdir,
-        env=server_env(cli.db, FLEXSYNC_DATABASE_URL=url),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    completed = run_flexsync(["migrate"], env=server_env(cli.db, FLEXSYNC_DATABASE_URL=url), cwd=cli.workdir)
     assert completed.returncode == 0, completed.stderr
     assert cli.json("tenant", "create", "Acme")["tenant_id"]
 

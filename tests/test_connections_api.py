@@ -1,7 +1,7 @@
 """Settings > Integrations: the Stripe connection API over real HTTP, on SQLite and PostgreSQL.
 
-Stripe is only asked when a request says `verify: true`; those tests run their own `flexsync serve` pointed at
-localstripe (or at a closed port), the others use the shared server.
+Stripe is only asked when a request says `verify: true`; the shared server's Stripe is a closed port (conftest's
+`no_stripe`), and the tests that need an answering Stripe run their own `flexsync serve` pointed at localstripe.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from tests.support import (
     Server,
     TenantContext,
     assert_error,
-    free_port,
     new_tenant,
     start_server,
 )
@@ -448,21 +447,6 @@ def stripe_server(
     running.stop()
 
 
-@pytest.fixture(scope="module")
-def stripe_unreachable_server(
-    database: DatabaseUnderTest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    """A flexsync whose Stripe base URL is a closed loopback port: every Stripe call fails to connect."""
-    running = start_server(
-        database,
-        tmp_path_factory.mktemp("unreachable"),
-        "--no-worker",
-        FLEXSYNC_STRIPE_API_BASE=f"http://127.0.0.1:{free_port()}",
-    )
-    yield running
-    running.stop()
-
-
 def test_verify_against_localstripe(database: DatabaseUnderTest, stripe_server: Server) -> None:
     """localstripe has no /v1/account, so the account id stays unknown; the key check itself passes."""
     tenant = new_tenant(database, stripe_server.base_url)
@@ -499,8 +483,8 @@ def test_key_rejected_by_stripe_answers_400(database: DatabaseUnderTest, stripe_
     assert rejected_key[8:] not in stripe_server.log()
 
 
-def test_unreachable_stripe_answers_400(database: DatabaseUnderTest, stripe_unreachable_server: Server) -> None:
-    tenant = new_tenant(database, stripe_unreachable_server.base_url)
+def test_unreachable_stripe_answers_400(database: DatabaseUnderTest, server: Server) -> None:
+    tenant = new_tenant(database, server.base_url)
     with tenant.client() as api:
         response = api.post("/v1/connections", json=body(verify=True))
         error = assert_error(response, 400, "validation_error")

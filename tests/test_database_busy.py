@@ -65,7 +65,7 @@ def test_api_reads_answer_while_another_process_holds_the_write_lock(
 
     with write_lock_held(path) as writer:
         writer.execute("UPDATE customers SET name = 'not committed' WHERE id = ?", (customer["id"],))
-        # Each of these would wait for the lock (15 s, the busy timeout) and then fail, if reads took it.
+        # Each of these would wait for the lock (the busy timeout, SERVER_TIMERS) and then fail, if reads took it.
         one = api.get(f"/v1/customers/{customer['id']}")
         listed = api.get("/v1/customers", params={"external_id": "crm-reads"})
         events = api.get("/v1/webhook-events")
@@ -90,7 +90,7 @@ def test_a_write_that_waits_out_the_busy_timeout_is_answered_503_and_changes_not
 ) -> None:
     path = sqlite_path(database)
     with write_lock_held(path):
-        # Waits SQLITE_BUSY_TIMEOUT_MS (15 s) for the lock, then gives up.
+        # Waits the server's busy timeout (SERVER_TIMERS: 2 s; 15 s by default) for the lock, then gives up.
         refused = api.post("/v1/customers", json={"external_id": "crm-busy", "name": "Katherine Johnson"})
 
     assert refused.status_code == 503, refused.text

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.cli_support import run_flexsync
 from tests.support import DatabaseUnderTest, free_port, server_env, wait_for
 from tests.webhook_support import WEBHOOK_SECRET, sign, stripe_customer, stripe_event
 
@@ -133,15 +134,7 @@ def test_certificate_files_that_cannot_serve_https_stop_serve_with_one_line(
         "another key": {"FLEXSYNC_TLS_CERT_FILE": str(cert), "FLEXSYNC_TLS_KEY_FILE": str(other_key)},
         "not PEM": {"FLEXSYNC_TLS_CERT_FILE": str(garbage), "FLEXSYNC_TLS_KEY_FILE": str(key)},
     }[files]
-    completed = subprocess.run(
-        [sys.executable, "-m", "flexsync", "serve", "--port", str(free_port())],
-        cwd=tmp_path,
-        env=server_env(database, **tls),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    completed = run_flexsync(["serve", "--port", str(free_port())], env=server_env(database, **tls), cwd=tmp_path)
     assert completed.returncode == 1
     message = " ".join(completed.stderr.split())
     assert expected in message, completed.stderr

@@ -140,6 +140,10 @@ def test_an_event_that_fails_to_apply_is_kept_retried_and_applied_once(
         encryption_keys=TEST_ENCRYPTION_KEY,
         stripe_api_base=localstripe_server.base_url,
         run_worker=False,
+        # Retries sooner than the default 2 s and 4 s, yet late enough that the first failure is seen before the
+        # retry.
+        webhook_retry_first_seconds=1.0,
+        webhook_retry_sweep_seconds=0.25,
     )
     app = create_app(settings)
     # Fails the try with its batch, and the first retry of the stored event; the next retry succeeds.
@@ -188,7 +192,12 @@ def test_deliveries_after_the_database_dropped_every_connection_are_stored_and_a
         pytest.skip("connections to terminate are PostgreSQL's")
     tenant = new_tenant(module_db, "http://flexsync.test")
     add_stripe_connection(module_db, tenant)
-    settings = Settings(database_url=module_db.url, encryption_keys=TEST_ENCRYPTION_KEY, run_worker=False)
+    settings = Settings(
+        database_url=module_db.url,
+        encryption_keys=TEST_ENCRYPTION_KEY,
+        run_worker=False,
+        webhook_retry_sweep_seconds=0.25,
+    )
     app = create_app(settings)
     events = [stripe_event("customer.created", stripe_customer(name=f"Wave {n}")) for n in range(24)]
 

@@ -16,7 +16,7 @@ import pytest
 import stripe
 
 from flexsync.ids import new_id
-from tests.support import DatabaseUnderTest, LocalStripe, Server, wait_for
+from tests.support import DatabaseUnderTest, LocalStripe, Server, running_server, wait_for
 from tests.sync_support import start_worker
 from tests.webhook_support import STRIPE_KEY, WEBHOOK_SECRET, InboundTenant, inbound_tenant
 
@@ -29,9 +29,25 @@ def stripe_api(localstripe_server: LocalStripe) -> stripe.StripeClient:
 Subscribe = Callable[..., AbstractContextManager[InboundTenant]]
 
 
+@pytest.fixture(scope="module")
+def own_server(
+    module_db: DatabaseUnderTest, localstripe_server: LocalStripe, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """`flexsync serve --no-worker` on the module's own database: the `flexsync worker` of some tests pushes every
+    tenant's queued customers to localstripe, which sends their webhooks to every subscribed tenant; another
+    module's tenants there would come back here as customers."""
+    with running_server(
+        module_db,
+        tmp_path_factory.mktemp("inbound-logs"),
+        "--no-worker",
+        FLEXSYNC_STRIPE_API_BASE=localstripe_server.base_url,
+    ) as running:
+        yield running
+
+
 @pytest.fixture
 def subscribed(
-    module_db: DatabaseUnderTest, inbound_server: Server, localstripe_server: LocalStripe
+    module_db: DatabaseUnderTest, own_server: Server, localstripe_server: LocalStripe
 ) -> Iterator[Subscribe]:
     """`with subscribed(settings) as inbound:` a new tenant of the running server, whose webhook URL localstripe
     delivers to for the test; the URL is unregistered (no events) after."""
@@ -39,7 +55,7 @@ def subscribed(
 
     @contextmanager
     def subscribe(settings: dict[str, Any] | None = None) -> Iterator[InboundTenant]:
-        with inbound_tenant(module_db, inbound_server.base_url, settings) as inbound:
+        with inbound_tenant(module_db, own_server.base_url, settings) as inbound:
             localstripe_server.register_webhook(webhook_id, inbound.webhook_url, WEBHOOK_SECRET)
             yield inbound
 

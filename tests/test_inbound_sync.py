@@ -7,8 +7,6 @@ Events are signed here, as Stripe signs them. Where flexsync must ask Stripe for
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,14 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flexsync.connections.settings import effective_settings
 from flexsync.models import CustomerLink
 from flexsync.sync.inbound import ConnectionView, InboundEvent
+from tests.cli_support import Completed, run_flexsync
 from tests.support import DatabaseUnderTest, LocalStripe, Server, server_env, start_server, wait_for
 from tests.sync_support import StandIn
 from tests.webhook_support import STRIPE_KEY, InboundTenant, inbound_tenant, stripe_customer, stripe_event
 
 
 @pytest.fixture
-def inbound(module_db: DatabaseUnderTest, inbound_server: Server) -> Iterator[InboundTenant]:
-    with inbound_tenant(module_db, inbound_server.base_url) as tenant:
+def inbound(inbound_db: DatabaseUnderTest, inbound_server: Server) -> Iterator[InboundTenant]:
+    with inbound_tenant(inbound_db, inbound_server.base_url) as tenant:
         yield tenant
 
 
@@ -153,15 +152,15 @@ def test_two_updates_in_one_second_end_in_stripes_current_state(
 
 
 def test_events_waiting_for_stripe_share_one_connection_to_stripe(
-    module_db: DatabaseUnderTest, module_localstripe: LocalStripe, standin: StandIn, tmp_path: Path
+    inbound_db: DatabaseUnderTest, module_localstripe: LocalStripe, standin: StandIn, tmp_path: Path
 ) -> None:
     """Each same-second pair below makes the server fetch the customer from Stripe, in its own pass: all the
     fetches go over the one keep-alive connection of the server's Stripe client (a new connection is a new TLS
     handshake with Stripe). The stand-in, between the server and localstripe, counts the connections."""
-    server = start_server(module_db, tmp_path, "--no-worker", FLEXSYNC_STRIPE_API_BASE=standin.base_url)
+    server = start_server(inbound_db, tmp_path, "--no-worker", FLEXSYNC_STRIPE_API_BASE=standin.base_url)
     sdk = stripe.StripeClient(STRIPE_KEY, base_addresses={"api": module_localstripe.base_url})
     try:
-        with inbound_tenant(module_db, server.base_url) as inbound:
+        with inbound_tenant(inbound_db, server.base_url) as inbound:
             standin.reset()
             for i in range(3):
                 current = sdk.v1.customers.create({"name": f"Current {i}"})
@@ -227,9 +226,9 @@ def test_a_customer_linked_elsewhere_is_not_taken_over(inbound: InboundTenant) -
 
 
 def test_email_matching_links_the_one_unlinked_customer_with_that_email(
-    module_db: DatabaseUnderTest, inbound_server: Server
+    inbound_db: DatabaseUnderTest, inbound_server: Server
 ) -> None:
-    with inbound_tenant(module_db, inbound_server.base_url, {"email_matching": True}) as inbound:
+    with inbound_tenant(inbound_db, inbound_server.base_url, {"email_matching": True}) as inbound:
         existing = create_customer(inbound, external_id="crm-7", email="Grace@Example.com")
         twin_a = create_customer(inbound, external_id="crm-8", email="twin@example.com")
         create_customer(inbound, external_id="crm-9", email="twin@example.com")
@@ -357,9 +356,9 @@ def test_deletion_in_stripe_is_recorded_and_by_default_keeps_the_customer(inboun
 
 
 def test_on_stripe_delete_unlink_removes_the_link_and_nothing_comes_back(
-    module_db: DatabaseUnderTest, inbound_server: Server
+    inbound_db: DatabaseUnderTest, inbound_server: Server
 ) -> None:
-    with inbound_tenant(module_db, inbound_server.base_url, {"on_stripe_delete": "unlink"}) as inbound:
+    with inbound_tenant(inbound_db, inbound_server.base_url, {"on_stripe_delete": "unlink"}) as inbound:
         now = int(time.time())
         obj, customer = deleted_in_stripe(inbound, now)
 
@@ -371,8 +370,8 @@ def test_on_stripe_delete_unlink_removes_the_link_and_nothing_comes_back(
         assert inbound.customers_for(obj["id"]) == [] and len(inbound.customers()) == 1
 
 
-def test_on_stripe_delete_archive_archives_the_customer(module_db: DatabaseUnderTest, inbound_server: Server) -> None:
-    with inbound_tenant(module_db, inbound_server.base_url, {"on_stripe_delete": "archive"}) as inbound:
+def test_on_stripe_delete_archive_archives_the_customer(inbound_db: DatabaseUnderTest, inbound_server: Server) -> None:
+    with inbound_tenant(inbound_db, inbound_server.base_url, {"on_stripe_delete": "archive"}) as inbound:
         _, customer = deleted_in_stripe(inbound, int(time.time()))
         archived = inbound.api.get(f"/v1/customers/{customer['id']}").json()
         assert archived["status"] == "archived" and archived["updated_by"] == "stripe"
@@ -522,7 +521,7 @@ def test_webhook_events_are_listed_newest_first_with_filters(inbound: InboundTen
         "next_attempt_at", "source",
     }  # fmt: skip
     assert [e["stripe_event_id"] for e in inbound.events(status="ignored")] == [other["id"]]
-    # Totals count this environment's events alone (the module's other tenants have theirs in the same table).
+    # Totals count this environment's events alone (other tests' tenants have theirs in the same table).
     for params, total in (({"status": "ignored"}, 1), ({"type": "customer.created"}, 1), ({"status": "failed"}, 0)):
         assert inbound.api.get("/v1/webhook-events", params=params).json()["pagination"]["total"] == total, params
     assert [e["stripe_event_id"] for e in inbound.events(type="customer.created")] == [created["id"]]
@@ -552,11 +551,8 @@ def test_replay_applies_a_stored_event_again_under_the_ordering_rules(inbound: I
     assert inbound.api.post("/v1/webhook-events/whevt_unknown/replay").status_code == 404
 
 
-def flexsync_cli(db: DatabaseUnderTest, localstripe: LocalStripe, *args: str) -> subprocess.CompletedProcess[str]:
-    env = server_env(db, FLEXSYNC_STRIPE_API_BASE=localstripe.base_url)
-    return subprocess.run(
-        [sys.executable, "-m", "flexsync", *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
+def flexsync_cli(db: DatabaseUnderTest, localstripe: LocalStripe, *args: str) -> Completed:
+    return run_flexsync(list(args), env=server_env(db, FLEXSYNC_STRIPE_API_BASE=localstripe.base_url))
 
 
 def test_flexsync_events_replay_by_either_id(inbound: InboundTenant, localstripe_server: LocalStripe) -> None:

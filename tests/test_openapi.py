@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,9 +20,7 @@ from tests.support import (
     Server,
     TenantContext,
     assert_error,
-    free_port,
     new_tenant,
-    start_server,
 )
 from tests.webhook_support import WEBHOOK_SECRET, sign, stripe_customer, stripe_event
 
@@ -40,25 +37,12 @@ FUZZING = settings(
 
 
 @pytest.fixture(scope="module")
-def openapi_server(database: DatabaseUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Stripe is a closed loopback port: whatever reaches for Stripe (`verify: true`, a replay) fails at once."""
-    running = start_server(
-        database,
-        tmp_path_factory.mktemp("openapi"),
-        "--no-worker",
-        FLEXSYNC_STRIPE_API_BASE=f"http://127.0.0.1:{free_port()}",
-    )
-    yield running
-    running.stop()
+def fresh_tenant(database: DatabaseUnderTest, server: Server) -> TenantContext:
+    return new_tenant(database, server.base_url)
 
 
 @pytest.fixture(scope="module")
-def fresh_tenant(database: DatabaseUnderTest, openapi_server: Server) -> TenantContext:
-    return new_tenant(database, openapi_server.base_url)
-
-
-@pytest.fixture(scope="module")
-def api_schema(openapi_server: Server, fresh_tenant: TenantContext) -> schemathesis.BaseSchema:
+def api_schema(server: Server, fresh_tenant: TenantContext) -> schemathesis.BaseSchema:
     """The running server's own document; requests carry the fresh tenant's key."""
     config = schemathesis.Config.from_dict(
         {
@@ -66,7 +50,7 @@ def api_schema(openapi_server: Server, fresh_tenant: TenantContext) -> schemathe
             "checks": {"enabled": False} | {name: {"enabled": True} for name in CHECKS},
         }
     )
-    return schemathesis.openapi.from_url(f"{openapi_server.base_url}/openapi.json", config=config)
+    return schemathesis.openapi.from_url(f"{server.base_url}/openapi.json", config=config)
 
 
 INTEGRATIONS = {"expand": "integrations"}
@@ -186,10 +170,10 @@ def test_real_objects_are_answered_as_documented(
 
 
 def test_deletions_are_answered_without_a_body(
-    api_schema: schemathesis.BaseSchema, database: DatabaseUnderTest, openapi_server: Server
+    api_schema: schemathesis.BaseSchema, database: DatabaseUnderTest, server: Server
 ) -> None:
     # A tenant of its own: the fuzzing below still needs the seeded objects.
-    with new_tenant(database, openapi_server.base_url).client() as client:
+    with new_tenant(database, server.base_url).client() as client:
         api = DocumentedAPI(api_schema, client)
         keys = {"secret_key": "sk_test_openapi0000", "publishable_key": "pk_test_openapi0000"}
         connection = api("POST", "/v1/connections", 201, json={"name": "Stripe", **keys})
@@ -199,9 +183,9 @@ def test_deletions_are_answered_without_a_body(
         api("GET", "/v1/connections/{connection_id}", 404, connection_id=connection["id"])
 
 
-def test_the_documented_formats_are_the_ones_the_api_takes(database: DatabaseUnderTest, openapi_server: Server) -> None:
+def test_the_documented_formats_are_the_ones_the_api_takes(database: DatabaseUnderTest, server: Server) -> None:
     """The key and country formats the document states, against what the API accepts and refuses."""
-    tenant = new_tenant(database, openapi_server.base_url)
+    tenant = new_tenant(database, server.base_url)
     with tenant.client() as client:
         schemas = client.get("/openapi.json").json()["components"]["schemas"]
         connection, customer = schemas["ConnectionCreate"]["properties"], schemas["CustomerCreate"]["properties"]
@@ -230,11 +214,11 @@ def test_the_documented_formats_are_the_ones_the_api_takes(database: DatabaseUnd
 
 
 def test_null_is_refused_exactly_where_the_document_says_a_field_is_not_nullable(
-    database: DatabaseUnderTest, openapi_server: Server
+    database: DatabaseUnderTest, server: Server
 ) -> None:
     """Partial updates: a field the document shows without `null` may be left out, but sent as null answers 400
     naming it; a field shown with `null` takes it (200)."""
-    tenant = new_tenant(database, openapi_server.base_url)
+    tenant = new_tenant(database, server.base_url)
     with tenant.client() as client:
         schemas = client.get("/openapi.json").json()["components"]["schemas"]
         keys = {"secret_key": "sk_test_null1", "publishable_key": "pk_test_null1", "webhook_secret": WEBHOOK_SECRET}
@@ -261,10 +245,10 @@ def test_null_is_refused_exactly_where_the_document_says_a_field_is_not_nullable
         assert {"CustomerUpdate.timezone", "CustomerUpdate.contact_persons"} <= set(checked[True]), checked
 
 
-def test_every_operation_has_an_id_of_its_own_and_may_answer_503(openapi_server: Server) -> None:
+def test_every_operation_has_an_id_of_its_own_and_may_answer_503(server: Server) -> None:
     """Client generators name their methods after operation ids and refuse duplicates; every /v1/ operation
     documents the 503 (database busy or away) with its Retry-After."""
-    document = httpx.get(f"{openapi_server.base_url}/openapi.json", timeout=30).json()
+    document = httpx.get(f"{server.base_url}/openapi.json", timeout=30).json()
     operations = [(path, operation) for path, item in document["paths"].items() for operation in item.values()]
     ids = [operation["operationId"] for _, operation in operations]
     assert len(ids) == len(set(ids)), sorted(ids)
@@ -273,10 +257,10 @@ def test_every_operation_has_an_id_of_its_own_and_may_answer_503(openapi_server:
             assert "Retry-After" in operation["responses"]["503"]["headers"], path
 
 
-def test_every_write_documents_its_idempotency_key(openapi_server: Server) -> None:
+def test_every_write_documents_its_idempotency_key(server: Server) -> None:
     """Every /v1/ POST, PUT and DELETE but Stripe's webhook takes an Idempotency-Key; its answers say when they
     are replayed, and its errors include idempotency_error."""
-    document = httpx.get(f"{openapi_server.base_url}/openapi.json", timeout=30).json()
+    document = httpx.get(f"{server.base_url}/openapi.json", timeout=30).json()
     writes = 0
     for path, item in document["paths"].items():
         for method, operation in item.items():
@@ -294,8 +278,8 @@ def test_every_write_documents_its_idempotency_key(openapi_server: Server) -> No
     assert writes >= 10
 
 
-def test_the_api_key_is_required_where_documented_and_only_there(openapi_server: Server) -> None:
-    with httpx.Client(base_url=openapi_server.base_url, timeout=30) as anonymous:
+def test_the_api_key_is_required_where_documented_and_only_there(server: Server) -> None:
+    with httpx.Client(base_url=server.base_url, timeout=30) as anonymous:
         document = anonymous.get("/openapi.json").json()
         assert set(document["components"]["securitySchemes"]) == {"ApiKey", "Bearer"}
         for path, operations in document["paths"].items():

@@ -26,6 +26,7 @@ import stripe
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.models import SyncJob, utcnow
+from tests.cli_support import Completed, run_flexsync
 from tests.support import (
     DatabaseUnderTest,
     LocalStripe,
@@ -95,15 +96,10 @@ def create_in_stripe(sdk: stripe.StripeClient, params: list[dict[str, Any]]) -> 
         return [customer.id for customer in pool.map(sdk.v1.customers.create, params)]  # type: ignore[arg-type]
 
 
-def reconcile_cli(
-    db: DatabaseUnderTest, stripe_base: str, connection_id: str, *args: str, **env: str
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flexsync", "reconcile", "--connection", connection_id, *args],
+def reconcile_cli(db: DatabaseUnderTest, stripe_base: str, connection_id: str, *args: str, **env: str) -> Completed:
+    return run_flexsync(
+        ["reconcile", "--connection", connection_id, *args],
         env=server_env(db, FLEXSYNC_STRIPE_API_BASE=stripe_base, **env),
-        capture_output=True,
-        text=True,
-        timeout=180,
     )
 
 

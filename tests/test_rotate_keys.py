@@ -7,8 +7,6 @@ instead of the shared one (whose server keeps using the test key).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.crypto import SecretBox
+from tests.cli_support import Completed, run_flexsync
 from tests.support import (
     TEST_ENCRYPTION_KEY,
     DatabaseUnderTest,
@@ -37,15 +36,8 @@ STRIPE_KEYS = {
 WEBHOOK_SECRETS = ("whsec_OlderSecret4Kd9Lm2", "whsec_NewerSecret8Qp3Zx7", "whsec_OnlySecret5Tv1Hn6")
 
 
-def rotate_keys(db: DatabaseUnderTest, workdir: Path, keys: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flexsync", "rotate-keys", "--json"],
-        cwd=workdir,
-        env=server_env(db, FLEXSYNC_ENCRYPTION_KEYS=keys),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def rotate_keys(db: DatabaseUnderTest, workdir: Path, keys: str) -> Completed:
+    return run_flexsync(["rotate-keys", "--json"], env=server_env(db, FLEXSYNC_ENCRYPTION_KEYS=keys), cwd=workdir)
 
 
 def stored_tokens(db: DatabaseUnderTest) -> dict[str, list[str]]:
@@ -140,14 +132,7 @@ def test_rotate_keys_moves_every_secret_to_the_new_key(
 
 
 def test_rotate_keys_on_an_empty_database_and_with_a_bad_key(fresh_db: DatabaseUnderTest, tmp_path: Path) -> None:
-    human = subprocess.run(
-        [sys.executable, "-m", "flexsync", "rotate-keys"],
-        cwd=tmp_path,
-        env=server_env(fresh_db, FLEXSYNC_ENCRYPTION_KEYS=NEW_KEY),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    human = run_flexsync(["rotate-keys"], env=server_env(fresh_db, FLEXSYNC_ENCRYPTION_KEYS=NEW_KEY), cwd=tmp_path)
     assert human.returncode == 0, human.stderr
     assert "rotated 0 secrets of 0 connections" in human.stdout
     bad = rotate_keys(fresh_db, tmp_path, "not-a-fernet-key")

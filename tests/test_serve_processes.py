@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.cli_support import run_flexsync
 from tests.support import DatabaseUnderTest, Server, own_database, server_env, start_server, wait_for
 from tests.webhook_support import InboundTenant, inbound_tenant, stripe_customer, stripe_event
 
@@ -127,14 +126,7 @@ def test_a_dashboard_session_holds_in_every_process(inbound: InboundTenant, two_
 
 def test_more_than_one_process_needs_postgresql(tmp_path: Path) -> None:
     db = DatabaseUnderTest(url=f"sqlite+aiosqlite:///{tmp_path / 'one.db'}", backend="sqlite")
-    completed = subprocess.run(
-        [sys.executable, "-m", "flexsync", "serve", "--processes", "2", "--port", "1"],
-        cwd=tmp_path,
-        env=server_env(db),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    completed = run_flexsync(["serve", "--processes", "2", "--port", "1"], env=server_env(db), cwd=tmp_path)
 
     assert completed.returncode == 1
     assert completed.stdout == ""

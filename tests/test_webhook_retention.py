@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from flexsync.config import Settings
 from flexsync.ids import ulid_text
 from flexsync.kit.bulk import Inserts
 from flexsync.webhooks import repository
+from tests.cli_support import Completed, run_flexsync
 from tests.support import DatabaseUnderTest, new_tenant, server_env, wait_for
 from tests.sync_support import start_worker
 from tests.webhook_support import add_stripe_connection
@@ -94,16 +93,8 @@ def kept_after_pruning() -> set[str]:
     return {name for name, (*_, pruned) in EVENTS.items() if not pruned}
 
 
-def prune(db: DatabaseUnderTest, tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flexsync", "events", "prune", *args],
-        cwd=tmp_path,
-        env=server_env(db, **env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def prune(db: DatabaseUnderTest, tmp_path: Path, *args: str, **env: str) -> Completed:
+    return run_flexsync(["events", "prune", *args], env=server_env(db, **env), cwd=tmp_path)
 
 
 def test_prune_deletes_old_events_whose_work_is_done(fresh_db: DatabaseUnderTest, tmp_path: Path) -> None:
@@ -154,14 +145,8 @@ def test_a_retention_shorter_than_stripes_redelivery_is_refused(fresh_db: Databa
     with pytest.raises(ValueError, match="at least 7 days"):
         Settings(webhook_event_retention_days=3)
     # Every command says which setting is wrong, without a traceback.
-    started = subprocess.run(
-        [sys.executable, "-m", "flexsync", "worker"],
-        cwd=tmp_path,
-        env=server_env(fresh_db, FLEXSYNC_WEBHOOK_EVENT_RETENTION_DAYS="2"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    started = run_flexsync(
+        ["worker"], env=server_env(fresh_db, FLEXSYNC_WEBHOOK_EVENT_RETENTION_DAYS="2"), cwd=tmp_path
     )
     assert started.returncode == 1
     assert "FLEXSYNC_WEBHOOK_EVENT_RETENTION_DAYS" in started.stderr and "Traceback" not in started.stderr

@@ -28,8 +28,8 @@ from tests.webhook_support import (
 
 
 @pytest.fixture
-def inbound(module_db: DatabaseUnderTest, inbound_server: Server) -> Iterator[InboundTenant]:
-    with inbound_tenant(module_db, inbound_server.base_url) as tenant:
+def inbound(inbound_db: DatabaseUnderTest, inbound_server: Server) -> Iterator[InboundTenant]:
+    with inbound_tenant(inbound_db, inbound_server.base_url) as tenant:
         yield tenant
 
 
@@ -174,8 +174,8 @@ def test_a_body_over_one_mib_is_refused_with_413_and_not_stored(inbound: Inbound
     assert_nothing_stored(inbound)
 
 
-def test_both_webhook_secrets_verify_during_a_rotation(module_db: DatabaseUnderTest, inbound_server: Server) -> None:
-    with inbound_tenant(module_db, inbound_server.base_url, secrets=("whsec_newsecret", WEBHOOK_SECRET)) as inbound:
+def test_both_webhook_secrets_verify_during_a_rotation(inbound_db: DatabaseUnderTest, inbound_server: Server) -> None:
+    with inbound_tenant(inbound_db, inbound_server.base_url, secrets=("whsec_newsecret", WEBHOOK_SECRET)) as inbound:
         for secret in ("whsec_newsecret", WEBHOOK_SECRET):
             event = stripe_event("customer.created", stripe_customer())
             response = inbound.deliver(event, secret=secret)
@@ -199,15 +199,15 @@ def test_a_just_changed_secret_verifies_at_once_and_the_removed_one_no_longer_do
 
 
 def test_no_receiving_connection_answers_404(
-    module_db: DatabaseUnderTest, inbound_server: Server, inbound: InboundTenant
+    inbound_db: DatabaseUnderTest, inbound_server: Server, inbound: InboundTenant
 ) -> None:
     event = stripe_event("customer.created", stripe_customer())
     tenant, env = inbound.tenant.tenant_id, inbound.tenant.environment_id
-    unconnected = new_tenant(module_db, inbound_server.base_url)
-    secretless = new_tenant(module_db, inbound_server.base_url)
-    add_stripe_connection(module_db, secretless, secrets=())
-    disabled = new_tenant(module_db, inbound_server.base_url)
-    add_stripe_connection(module_db, disabled, status="disabled")
+    unconnected = new_tenant(inbound_db, inbound_server.base_url)
+    secretless = new_tenant(inbound_db, inbound_server.base_url)
+    add_stripe_connection(inbound_db, secretless, secrets=())
+    disabled = new_tenant(inbound_db, inbound_server.base_url)
+    add_stripe_connection(inbound_db, disabled, status="disabled")
     paths = [
         f"/v1/webhooks/stripe/tenant_unknown/{env}",
         f"/v1/webhooks/stripe/{tenant}/env_unknown",
@@ -232,9 +232,9 @@ def test_other_event_types_are_stored_and_ignored(inbound: InboundTenant) -> Non
 
 
 def test_with_inbound_sync_off_events_are_stored_and_ignored(
-    module_db: DatabaseUnderTest, inbound_server: Server
+    inbound_db: DatabaseUnderTest, inbound_server: Server
 ) -> None:
-    with inbound_tenant(module_db, inbound_server.base_url, {"inbound_enabled": False}) as inbound:
+    with inbound_tenant(inbound_db, inbound_server.base_url, {"inbound_enabled": False}) as inbound:
         event = stripe_event("customer.created", stripe_customer())
         assert inbound.deliver_ok(event)["status"] == "ignored"
         stored = inbound.event_for(event["id"])
@@ -273,11 +273,11 @@ def test_an_update_with_data_that_does_not_fit_keeps_the_customers_own_values(in
 
 
 def test_an_event_for_one_environment_never_touches_another(
-    module_db: DatabaseUnderTest, inbound_server: Server
+    inbound_db: DatabaseUnderTest, inbound_server: Server
 ) -> None:
     with (
-        inbound_tenant(module_db, inbound_server.base_url) as first,
-        inbound_tenant(module_db, inbound_server.base_url, secrets=("whsec_secondenvironment",)) as second,
+        inbound_tenant(inbound_db, inbound_server.base_url) as first,
+        inbound_tenant(inbound_db, inbound_server.base_url, secrets=("whsec_secondenvironment",)) as second,
     ):
         obj = stripe_customer()
         event = stripe_event("customer.created", obj)

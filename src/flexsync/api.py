@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, Literal
 
 import structlog
@@ -95,7 +96,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # (see WebhookRoute); only a URL holding a NUL character is turned away before it.
     app.add_middleware(receiver.WebhookRoute)
     app.add_middleware(NoNulInURL)
-    app.add_middleware(UnexpectedErrors, temporary=temporary_failure)
+    app.add_middleware(
+        UnexpectedErrors,
+        temporary=partial(temporary_failure, sqlite_busy_timeout_seconds=settings.sqlite_busy_timeout_seconds),
+    )
     app.include_router(receiver.router)
     app.include_router(customers_router)
     app.include_router(integrations_router)

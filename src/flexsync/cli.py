@@ -68,7 +68,9 @@ def _in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable
     from flexsync.kit.errors import APIError
 
     async def runner() -> T:
-        engine = create_engine(settings.database_url, null_pool=True)
+        engine = create_engine(
+            settings.database_url, null_pool=True, sqlite_busy_timeout_seconds=settings.sqlite_busy_timeout_seconds
+        )
         try:
             async with transaction(session_factory(engine)) as session:
                 return await work(session)
@@ -677,9 +679,10 @@ def _failure(exc: Exception) -> str | None:
     return None
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> None:
+    """The `flexsync` command; `args` instead of the process's own arguments (the tests run it in-process)."""
     try:
-        app()
+        app(args)
     except Exception as exc:
         problem = _failure(exc)
         if problem is None:

@@ -15,6 +15,8 @@ from flexsync.limits import MAX_WORKER_CONCURRENCY, MIN_WEBHOOK_EVENT_RETENTION_
 
 # The most PostgreSQL connections one process opens from its pool, unless FLEXSYNC_DATABASE_MAX_CONNECTIONS says.
 DEFAULT_DATABASE_MAX_CONNECTIONS = 40
+# How long a SQLite write waits for another process's write lock, unless FLEXSYNC_SQLITE_BUSY_TIMEOUT_SECONDS says.
+DEFAULT_SQLITE_BUSY_TIMEOUT_SECONDS = 15.0
 
 # Database URL schemes -> the driver flexsync runs them with.
 DRIVERS = {
@@ -57,6 +59,13 @@ class Settings(BaseSettings):
     stripe_timeout_seconds: float = Field(20.0, gt=0)
     # How often each connection's customer events are listed from Stripe's Events API (webhooks/catch_up.py); 0: never.
     stripe_catchup_interval_seconds: float = Field(300.0, ge=0)
+    # A Stripe request that failed for a reason worth another try (timeout, 429, 5xx) is tried again after this
+    # long, then twice as long each time, up to 30 s.
+    stripe_retry_first_seconds: float = Field(0.5, gt=0, le=30)
+    # A stored Stripe webhook event that failed to apply is tried again after this long, then twice as long each
+    # time, up to an hour; `serve` and `worker` look for events due every webhook_retry_sweep_seconds.
+    webhook_retry_first_seconds: float = Field(2.0, gt=0, le=3600)
+    webhook_retry_sweep_seconds: float = Field(2.0, gt=0, le=3600)
     # Whether `serve` runs the outbound worker inside the API process (`serve --no-worker` turns it off).
     run_worker: bool = True
     # Jobs one worker process runs at once (`flexsync worker --concurrency N` overrides it).
@@ -72,6 +81,9 @@ class Settings(BaseSettings):
     dashboard_idle_minutes: int = Field(120, ge=1, le=12 * 60)
     # How often workers read the status of each managed Stripe webhook endpoint; 0 turns the check off.
     webhook_endpoint_check_seconds: float = Field(300.0, ge=0)
+    # SQLite: how long a write waits for the write lock another process holds before it fails (an API request:
+    # 503 with Retry-After, nothing changed).
+    sqlite_busy_timeout_seconds: float = Field(DEFAULT_SQLITE_BUSY_TIMEOUT_SECONDS, gt=0, le=3600)
 
     @field_validator("database_url")
     @classmethod

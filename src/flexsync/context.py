@@ -81,6 +81,7 @@ def open_context(
     engine = create_engine(
         settings.database_url,
         max_connections=max_connections or settings.database_max_connections,
+        sqlite_busy_timeout_seconds=settings.sqlite_busy_timeout_seconds,
         null_pool=null_pool,
     )
     return AppContext(settings=settings, engine=engine, box=box or secret_box(settings))

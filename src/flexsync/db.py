@@ -25,11 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.pool import NullPool
 
-from flexsync.config import DEFAULT_DATABASE_MAX_CONNECTIONS
+from flexsync.config import DEFAULT_DATABASE_MAX_CONNECTIONS, DEFAULT_SQLITE_BUSY_TIMEOUT_SECONDS
 from flexsync.metrics import DB_CONNECTIONS_IN_USE
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-SQLITE_BUSY_TIMEOUT_MS = 15_000
 # How long a session waits for a pooled PostgreSQL connection when all of the process's are in use.
 POOL_WAIT_SECONDS = 30.0
 # The execution option that marks the engine behind read sessions (read_session_factory), and the key in a pooled
@@ -48,9 +47,11 @@ def create_engine(
     *,
     max_connections: int = DEFAULT_DATABASE_MAX_CONNECTIONS,
     pool_wait_seconds: float = POOL_WAIT_SECONDS,
+    sqlite_busy_timeout_seconds: float = DEFAULT_SQLITE_BUSY_TIMEOUT_SECONDS,
     null_pool: bool = False,
 ) -> AsyncEngine:
-    """One engine per process. SQLite gets WAL and a busy timeout so API and worker processes can share it.
+    """One engine per process. SQLite gets WAL and a busy timeout (FLEXSYNC_SQLITE_BUSY_TIMEOUT_SECONDS) so API
+    and worker processes can share it.
 
     PostgreSQL: at most `max_connections` open at once (FLEXSYNC_DATABASE_MAX_CONNECTIONS), half of them kept
     open while idle; a session that finds them all in use waits for one, up to `pool_wait_seconds`, then fails
@@ -59,9 +60,9 @@ def create_engine(
         engine = create_async_engine(
             url,
             poolclass=NullPool if null_pool else None,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            connect_args={"timeout": sqlite_busy_timeout_seconds},
         )
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, round(sqlite_busy_timeout_seconds * 1000))
         return engine
     kept_open = (max_connections + 1) // 2
     kwargs: dict[str, Any] = (
@@ -90,7 +91,7 @@ def _count_connections_in_use(engine: AsyncEngine) -> None:
         DB_CONNECTIONS_IN_USE.dec()
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, record: Any) -> None:
         record.info[_QUERY_ONLY] = False
@@ -98,7 +99,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -307,13 +308,15 @@ def is_busy(exc: BaseException) -> bool:
     )
 
 
-def temporary_failure(exc: BaseException) -> str | None:
+def temporary_failure(
+    exc: BaseException, *, sqlite_busy_timeout_seconds: float = DEFAULT_SQLITE_BUSY_TIMEOUT_SECONDS
+) -> str | None:
     """What to tell a client whose request failed only because the database was away or busy, and may succeed
     when tried again; None for any other failure."""
     if is_busy(exc):
         return (
             f"the database is busy: another process held SQLite's write lock for more than "
-            f"{SQLITE_BUSY_TIMEOUT_MS // 1000} s; nothing was changed, try again"
+            f"{sqlite_busy_timeout_seconds:g} s; nothing was changed, try again"
         )
     if is_unavailable(exc):
         return "the database is unreachable; try again"

@@ -45,13 +45,17 @@ class JobKind:
 @dataclass(frozen=True, slots=True)
 class Sweep:
     """Periodic work of the worker. `own_task`: run in a loop of its own (long work that must not hold up
-    claiming jobs), first when the worker starts; else run from the worker's tick when `interval` has passed."""
+    claiming jobs), first when the worker starts; else run from the worker's tick when `interval` has passed.
+    `interval`: seconds, or the setting that holds them."""
 
     name: str
-    interval: float
+    interval: float | Callable[[Settings], float]
     work: SweepWork
     own_task: bool = False
     enabled: Callable[[Settings], bool] = lambda _settings: True
+
+    def every(self, settings: Settings) -> float:
+        return self.interval(settings) if callable(self.interval) else self.interval
 
 
 @dataclass(slots=True)

@@ -126,13 +126,13 @@ class Worker:
         for sweep in self._tick_sweeps:
             if time.monotonic() < self._sweep_due.get(sweep.name, 0.0):
                 continue
-            self._sweep_due[sweep.name] = time.monotonic() + sweep.interval
+            self._sweep_due[sweep.name] = time.monotonic() + sweep.every(self.settings)
             await self._sweep(sweep)
 
     async def _sweep_loop(self, sweep: Sweep) -> None:
         while not self._stopping:
             await self._sweep(sweep)
-            await asyncio.sleep(sweep.interval)
+            await asyncio.sleep(sweep.every(self.settings))
 
     async def _sweep(self, sweep: Sweep) -> None:
         try:
@@ -212,7 +212,7 @@ class Worker:
             if held is None:
                 return
             if retryable and held.attempts < held.max_attempts:
-                delay = stripe_call_backoff(held.attempts)
+                delay = stripe_call_backoff(held.attempts, self.settings.stripe_retry_first_seconds)
                 retry_later(held, message, delay, now)
                 asyncio.get_running_loop().call_later(delay, self.wake)
                 outcome = "retried"

@@ -221,7 +221,7 @@ async def _stop(
         run = await repository.locked(session, run_id)
         run.error, run.updated_at = message, now
         if retryable and held.attempts < held.max_attempts:
-            retry_later(held, message, stripe_call_backoff(held.attempts), now)
+            retry_later(held, message, stripe_call_backoff(held.attempts, db.settings.stripe_retry_first_seconds), now)
             run.status, outcome = "pending", "retried"
         else:
             fail(held, message, now)

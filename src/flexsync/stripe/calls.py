@@ -29,10 +29,10 @@ MAX_RETRY_SECONDS = 30.0
 JITTER = 0.2
 
 
-def stripe_call_backoff(retry: int) -> float:
+def stripe_call_backoff(retry: int, first: float = FIRST_RETRY_SECONDS) -> float:
     """Seconds to wait before retry number `retry` (1 = the first) of a Stripe call, or of a job that failed on
-    one: 0.5 s doubling up to 30 s, +-20 % jitter."""
-    base: float = min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2 ** max(0, retry - 1))
+    one: `first` (FLEXSYNC_STRIPE_RETRY_FIRST_SECONDS, 0.5 s) doubling up to 30 s, +-20 % jitter."""
+    base: float = min(MAX_RETRY_SECONDS, first * 2 ** max(0, retry - 1))
     return min(MAX_RETRY_SECONDS, base * random.uniform(1 - JITTER, 1 + JITTER))
 
 
@@ -113,6 +113,10 @@ class StripeCaller:
         finally:
             STRIPE_REQUESTS.labels(operation, outcome).inc()
             STRIPE_LATENCY.labels(operation).observe(time.perf_counter() - started)
+
+    def backoff(self, retry: int) -> float:
+        """`stripe_call_backoff` with the process's FLEXSYNC_STRIPE_RETRY_FIRST_SECONDS."""
+        return stripe_call_backoff(retry, self._settings.stripe_retry_first_seconds)
 
     async def aclose(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]

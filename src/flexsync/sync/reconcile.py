@@ -51,7 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flexsync.connections.settings import effective_settings
 from flexsync.ids import new_id
 from flexsync.models import Customer, CustomerLink, StripeConnection, utcnow
-from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed, stripe_call_backoff
+from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed
 from flexsync.stripe.mapping import MAPPED_FIELDS, InboundCustomer, changes_from_stripe, from_stripe
 from flexsync.sync import inbound, outbound, repository
 
@@ -124,7 +124,7 @@ async def list_stripe_page(caller: StripeCaller, account: StripeAccount, startin
         except StripeCallFailed as failure:
             if not failure.retryable or attempt >= LIST_ATTEMPTS:
                 raise
-            await asyncio.sleep(stripe_call_backoff(attempt))
+            await asyncio.sleep(caller.backoff(attempt))
             continue
         listed: list[dict[str, Any]] = response.data["data"]
         return StripePage(

@@ -25,16 +25,15 @@ from flexsync.webhooks.ingest import Ingestor
 
 log = structlog.get_logger(__name__)
 
-SWEEP_INTERVAL_SECONDS = 2.0
 SWEEP_LIMIT = 200
 APPLY_BATCH = 200
 STOP_TIMEOUT_SECONDS = 10.0
 
 
 class QueuedEventApplier:
-    def __init__(self, db: AppContext, sweep_interval: float = SWEEP_INTERVAL_SECONDS) -> None:
+    def __init__(self, db: AppContext) -> None:
         self._db = db
-        self._sweep_interval = sweep_interval
+        self._sweep_interval = db.settings.webhook_retry_sweep_seconds
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []

@@ -43,9 +43,10 @@ STRIPE_FETCH_CONCURRENCY = 8
 Claim = Callable[[AsyncSession], Awaitable[Sequence[repository.ClaimedEvent]]]
 
 
-def event_retry_delay(attempts: int) -> timedelta:
-    """Exponential backoff with jitter: about 2 s after the first failure, doubling, at most an hour."""
-    seconds = min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** max(0, attempts - 1))
+def event_retry_delay(attempts: int, first: float = RETRY_BASE_SECONDS) -> timedelta:
+    """Exponential backoff with jitter: about `first` (FLEXSYNC_WEBHOOK_RETRY_FIRST_SECONDS, 2 s) after the first
+    failure, doubling, at most an hour."""
+    seconds = min(RETRY_CAP_SECONDS, first * 2 ** max(0, attempts - 1))
     return timedelta(seconds=seconds * random.uniform(0.8, 1.2))
 
 
@@ -123,7 +124,12 @@ async def _record_failure(db: AppContext, event_id: str, exc: BaseException) -> 
     log.warning("applying a Stripe event failed", event_id=event_id, error=describe_error(exc))
     async with db.transaction() as session:
         recorded = await repository.record_failure(
-            session, event_id, describe_error(exc), utcnow(), MAX_ATTEMPTS, event_retry_delay
+            session,
+            event_id,
+            describe_error(exc),
+            utcnow(),
+            MAX_ATTEMPTS,
+            lambda attempts: event_retry_delay(attempts, db.settings.webhook_retry_first_seconds),
         )
     if recorded is not None:
         STRIPE_EVENTS.labels(*recorded).inc()

@@ -11,8 +11,6 @@ from flexsync.webhooks import service, stored
 
 log = structlog.get_logger(__name__)
 
-# How often the worker retries Stripe webhook events that failed to apply or were left queued.
-INBOUND_RETRY_SECONDS = 2.0
 # How often the worker prunes stored webhook events older than FLEXSYNC_WEBHOOK_EVENT_RETENTION_DAYS (first when it
 # starts), in a task of its own: a large first pass must not hold up claiming jobs. Several workers may do it at
 # once: each deletes what the others have not.
@@ -36,7 +34,14 @@ async def prune_stored_events(work: WorkerContext) -> None:
 
 
 def register(registry: Registry) -> None:
-    registry.sweep(Sweep("retrying Stripe webhook events", INBOUND_RETRY_SECONDS, retry_stored_events))
+    # Stripe webhook events that failed to apply or were left queued, every FLEXSYNC_WEBHOOK_RETRY_SWEEP_SECONDS.
+    registry.sweep(
+        Sweep(
+            "retrying Stripe webhook events",
+            lambda settings: settings.webhook_retry_sweep_seconds,
+            retry_stored_events,
+        )
+    )
     registry.sweep(
         Sweep(
             "pruning old webhook events",
