@@ -464,3 +464,28 @@ def test_an_endpoint_deleted_in_stripe_shows_missing_and_is_created_again(
     }
     created = stripe_api.v1.customers.create({"name": "Valerie Thomas"})
     wait_imported(api, created.id)
+
+
+def test_requests_with_an_idempotency_key_set_up_move_and_delete_the_endpoint(
+    api: httpx.Client, tenant: TenantContext, stripe_api: stripe.StripeClient
+) -> None:
+    """The endpoint's work commits step by step around its Stripe calls, so these requests run without their
+    key (README, Retrying writes): they still work when a client sends one, as FlexPrice's SDKs can on every call."""
+    body = {"name": "Stripe", "provider": "stripe", **TEST_KEYS, "manage_webhook_endpoint": True}
+    created = api.post("/v1/connections", json=body, headers={"Idempotency-Key": "create-with-endpoint"})
+    assert created.status_code == 201, created.text
+    connection = created.json()
+    assert connection["webhook_endpoint"]["status"] == "enabled"
+    assert [e.id for e in endpoints_at(stripe_api, webhook_url(tenant))] == [connection["webhook_endpoint"]["id"]]
+
+    again = api.put(
+        f"/v1/connections/{connection['id']}",
+        json={"manage_webhook_endpoint": True},
+        headers={"Idempotency-Key": "manage-again"},
+    )
+    assert again.status_code == 200, again.text
+    assert again.json()["webhook_endpoint"]["id"] == connection["webhook_endpoint"]["id"]
+
+    deleted = api.delete(f"/v1/connections/{connection['id']}", headers={"Idempotency-Key": "delete-it"})
+    assert deleted.status_code == 204, deleted.text
+    assert endpoints_at(stripe_api, webhook_url(tenant)) == []

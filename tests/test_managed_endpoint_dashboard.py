@@ -125,10 +125,15 @@ def test_add_a_connection_with_its_endpoint_then_re_enable_it_once_stripe_disabl
     httpx.post(f"{standin.base_url}/_standin/webhook_endpoints/disable/{endpoint['id']}", timeout=10)
     reload_until(page, lambda: page.locator("#endpoint-disabled").count() == 1, "the disabled endpoint to show")
     expect(managed.locator(".badge")).to_have_text("disabled")
+    # Every page says so while it lasts, not only Settings > Integrations.
+    page.goto(page.url.split("/settings")[0] + "/customers")
+    expect(page.locator("#delivery-problems")).to_contain_text("Stripe's webhook endpoint for flexsync is disabled")
+    page.go_back()
 
     page.get_by_role("button", name="Re-enable").click()
     expect(page.get_by_role("status").first).to_contain_text("Stripe webhook endpoint ready")
     expect(page.locator("#managed-endpoint .badge")).to_have_text("enabled")
+    expect(page.locator("#delivery-problems")).to_have_count(0)
     assert stripe_api.v1.webhook_endpoints.retrieve(endpoint["id"]).status == "enabled"
 
 

@@ -52,6 +52,7 @@ One of these three per request. Secrets are write-only: responses show `webhook_
 )
 async def create_connection(body: ConnectionCreate, scope: AuthScope, db: DB) -> JSONResponse:
     verified = await service.verify_with_stripe(body.secret_key.get_secret_value(), db) if body.verify else None
+    managed_endpoint.before_creating(body.manage_webhook_endpoint)
     async with db.transaction() as session:
         connection = await service.create_connection(session, db.box, scope, body, verified)
     if body.manage_webhook_endpoint:

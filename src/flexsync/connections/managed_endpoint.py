@@ -34,6 +34,7 @@ from flexsync.connections import endpoint_repository as repository
 from flexsync.connections.accounts import stripe_account
 from flexsync.connections.schemas import MAX_WEBHOOK_SECRETS, ConnectionUpdate
 from flexsync.context import AppContext
+from flexsync.idempotency import writes
 from flexsync.kit.errors import APIError, NotFound, ValidationFailed
 from flexsync.metrics import WEBHOOK_ENDPOINT_ENABLED
 from flexsync.models import StripeConnection, WebhookEndpoint, utcnow
@@ -82,6 +83,10 @@ def _refused(failure: StripeCallFailed, doing: str) -> APIError:
 
 @asynccontextmanager
 async def _lease(db: AppContext, connection_id: str) -> AsyncIterator[None]:
+    # The lease and the endpoint's record commit as they go, with Stripe calls between them; a request's
+    # Idempotency-Key would hold them in one uncommitted unit of work (and, on SQLite, the write lock the
+    # rate limiter needs), so such a request runs without its key.
+    writes.without_key()
     holder = secrets.token_hex(8)
     async with db.transaction() as session:
         await repository.add_row(session, connection_id)
@@ -401,6 +406,13 @@ async def sync_endpoint(db: AppContext, connection_id: str) -> dict[str, Any] | 
     await set_up(db, connection_id, db.settings.webhook_url(connection.tenant_id, connection.environment_id))
     async with db.read() as session:
         return endpoint_to_dict(await repository.get(session, connection_id))
+
+
+def before_creating(manage_webhook_endpoint: bool | None) -> None:
+    """Before a connection is created that will have its endpoint set up (`set_up_new`): the connection must
+    commit before the endpoint's lease can see it, so the request runs without its Idempotency-Key (see _lease)."""
+    if manage_webhook_endpoint:
+        writes.without_key()
 
 
 async def set_up_new(db: AppContext, connection_id: str, url: str) -> None:

@@ -268,9 +268,21 @@ def current() -> RequestWrite | None:
 
 def keyed_write() -> RequestWrite | None:
     """The running request's write when it carries a key and its environment is known: its units of work are
-    the request's write (`Database.transaction`)."""
+    the request's write (`AppContext.transaction`)."""
     write = current()
     return write if write is not None and write.keyed else None
+
+
+def without_key() -> None:
+    """The running request's work must commit step by step (Stripe calls between units of work that other
+    processes coordinate on: the managed webhook endpoint's lease), so its key is not applied: it runs as a
+    request without one. Called before its first unit of work."""
+    write = current()
+    if write is None:
+        return
+    if write.pending is not None:
+        raise RuntimeError("without_key() after the request's first unit of work")
+    write.key = None
 
 
 def note_environment(environment_id: str) -> None:

@@ -20,7 +20,7 @@ from flexsync.metrics import (
     STRIPE_EVENTS_FAILING,
     SYNC_JOBS_FAILED,
 )
-from flexsync.models import CatchUpState, StripeConnection, SyncJob, WebhookEvent, utcnow
+from flexsync.models import CatchUpState, StripeConnection, SyncJob, WebhookEndpoint, WebhookEvent, utcnow
 
 # A catch-up cursor further behind than this many intervals (and at least LAGGING_MIN) counts as lagging: runs
 # are not finishing.
@@ -37,21 +37,27 @@ class CatchUpHealth:
     last_error: str | None
     gap: bool
     running: bool
+    # What Stripe last said of the endpoint flexsync manages for the connection (None: none managed).
+    endpoint_status: str | None = None
 
 
 async def catch_ups(session: AsyncSession, now: datetime, environment_id: str | None = None) -> list[CatchUpHealth]:
     """The catch-up of every active connection (of one environment, if given)."""
     stmt = (
-        select(StripeConnection, CatchUpState)
+        select(StripeConnection, CatchUpState, WebhookEndpoint.status)
         .outerjoin(CatchUpState, CatchUpState.connection_id == StripeConnection.id)
+        .outerjoin(
+            WebhookEndpoint,
+            (WebhookEndpoint.connection_id == StripeConnection.id) & WebhookEndpoint.managed.is_(True),
+        )
         .where(StripeConnection.deleted_at.is_(None), StripeConnection.status == "active")
     )
     if environment_id is not None:
         stmt = stmt.where(StripeConnection.environment_id == environment_id)
     rows = (await session.execute(stmt)).all()
-    gaps = await catch_up.open_gaps(session, [state for _connection, state in rows if state is not None])
+    gaps = await catch_up.open_gaps(session, [state for _connection, state, _endpoint in rows if state is not None])
     found = []
-    for connection, state in rows:
+    for connection, state, endpoint_status in rows:
         cursor = state.cursor if state is not None else catch_up.initial_cursor(connection, now)
         found.append(
             CatchUpHealth(
@@ -62,6 +68,7 @@ async def catch_ups(session: AsyncSession, now: datetime, environment_id: str | 
                 last_error=state.last_error if state is not None else None,
                 gap=connection.id in gaps,
                 running=catch_up.lease_live(state, now),
+                endpoint_status=endpoint_status,
             )
         )
     return found
@@ -80,6 +87,11 @@ async def problems(session: AsyncSession, environment_id: str, interval_seconds:
     """What is wrong with the environment's delivery from Stripe, one sentence each: the dashboard's banner."""
     found = []
     for health in await catch_ups(session, utcnow(), environment_id):
+        if health.endpoint_status in ("disabled", "missing"):
+            found.append(
+                f"Stripe's webhook endpoint for flexsync is {health.endpoint_status}: Stripe sends no events to it "
+                "(catch-up still lists them every few minutes). Re-enable it on Settings > Integrations."
+            )
         if health.gap:
             found.append(
                 "Catch-up found a stretch older than the 30 days of events Stripe keeps: changes made in Stripe "

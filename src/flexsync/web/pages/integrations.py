@@ -92,6 +92,7 @@ async def add_connection(request: Request, viewer: SignedIn, form: PostedForm, d
         return await _page(request, viewer, db, state=state, typed_settings=body["settings"], status_code=400)
     try:
         verified = await service.verify_with_stripe(data.secret_key.get_secret_value(), db) if data.verify else None
+        managed_endpoint.before_creating(data.manage_webhook_endpoint)
         async with db.transaction() as session:
             connection = await service.create_connection(session, db.box, viewer.scope, data, verified)
         if data.manage_webhook_endpoint:
