@@ -11,26 +11,20 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import stripe
 
+from tests.dashboard_support import CHROMIUM, CHROMIUM_ARGS, CHROMIUM_MISSING
 from tests.support import DatabaseUnderTest, Server, TenantContext, new_tenant, start_server
 from tests.sync_support import StandIn
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 KEYS = {"secret_key": "sk_test_dashboardendpoint", "publishable_key": "pk_test_dashboardendpoint"}
 
 if not CHROMIUM.exists():
-    pytest.skip(
-        "the dashboard tests drive the system Chromium at /usr/bin/chromium (Debian packages chromium and "
-        "chromium-driver), which is not installed; scripts/test-setup.sh installs it when run as root",
-        allow_module_level=True,
-    )
+    pytest.skip(CHROMIUM_MISSING, allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="the dashboard tests need the playwright package")
 Browser = sync_api.Browser
 Page = sync_api.Page
