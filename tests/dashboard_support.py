@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 import httpx
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Browser, Page
 
 T = TypeVar("T")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -31,6 +31,19 @@ CHROMIUM_MISSING = (
     "chromium-driver), which is not installed; scripts/test-setup.sh installs it when run as root"
 )
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@contextmanager
+def launched_chromium() -> Iterator[Browser]:
+    """The system Chromium under Playwright, for a module's `browser` fixture."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def outside_playwright(work: Callable[[], T]) -> T:

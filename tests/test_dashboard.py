@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flexsync.tenancy import service as tenancy
 from tests.dashboard_support import (
     CHROMIUM,
-    CHROMIUM_ARGS,
     CHROMIUM_MISSING,
+    launched_chromium,
     outside_playwright,
     sign_in,
     signed_in,
@@ -75,10 +75,8 @@ def dashboard(
 
 @pytest.fixture(scope="module")
 def browser(dashboard: Server) -> Iterator[Browser]:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with launched_chromium() as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture

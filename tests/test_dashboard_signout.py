@@ -17,7 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flexsync.models import DashboardSession
 from flexsync.tenancy import dashboard_sessions
 from flexsync.tenancy import service as tenancy
-from tests.dashboard_support import CHROMIUM, CHROMIUM_ARGS, CHROMIUM_MISSING, outside_playwright, sign_in
+from tests.dashboard_support import (
+    CHROMIUM,
+    CHROMIUM_MISSING,
+    launched_chromium,
+    outside_playwright,
+    sign_in,
+)
 from tests.support import DatabaseUnderTest, Server, TenantContext, new_tenant, start_server
 
 if not CHROMIUM.exists():
@@ -40,10 +46,8 @@ def dashboard(module_db: DatabaseUnderTest, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="module")
 def browser(dashboard: Server) -> Iterator[Browser]:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with launched_chromium() as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import stripe
 
-from tests.dashboard_support import CHROMIUM, CHROMIUM_ARGS, CHROMIUM_MISSING
+from tests.dashboard_support import CHROMIUM, CHROMIUM_MISSING, launched_chromium
 from tests.support import DatabaseUnderTest, Server, TenantContext, new_tenant, start_server
 from tests.sync_support import StandIn
 
@@ -47,10 +47,8 @@ def dashboard(
 
 @pytest.fixture(scope="module")
 def browser(dashboard: Server) -> Iterator[Browser]:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with launched_chromium() as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture
