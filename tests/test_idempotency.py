@@ -120,6 +120,25 @@ def test_every_write_replays_its_answer(api: httpx.Client) -> None:
     assert deleted_again.headers["idempotent-replayed"] == "true"
 
 
+def test_a_retry_meeting_its_first_attempts_work_is_answered_as_the_first(api: httpx.Client) -> None:
+    """Handlers that check before they write (the environment's connection exists; the connection to delete is
+    gone) would refuse a retry whose first attempt did the work: the key's record answers instead."""
+    body = {"name": "Stripe", "provider": "stripe", "secret_key": "sk_test_retried", "publishable_key": "pk_test_r"}
+    created = api.post("/v1/connections", json=body, headers=keyed("connect"))
+    assert created.status_code == 201, created.text
+    again = api.post("/v1/connections", json=body, headers=keyed("connect"))
+    assert (again.status_code, again.headers.get("idempotent-replayed")) == (201, "true")
+    assert again.content == created.content
+    # Without the key it is a second connection for the environment.
+    assert_error(api.post("/v1/connections", json=body), 409, "already_exists")
+
+    path = f"/v1/connections/{created.json()['id']}"
+    deleted = [api.delete(path, headers=keyed("disconnect")) for _ in range(2)]
+    assert [d.status_code for d in deleted] == [204, 204]
+    assert deleted[1].headers["idempotent-replayed"] == "true"
+    assert_error(api.delete(path, headers=keyed("disconnect-again")), 404, "not_found")
+
+
 def test_a_key_too_long_is_refused(api: httpx.Client) -> None:
     body = customer_body()
     error = assert_error(api.post("/v1/customers", json=body, headers=keyed("k" * 256)), 400, "validation_error")

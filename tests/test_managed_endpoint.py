@@ -363,7 +363,8 @@ def test_a_new_public_url_moves_the_endpoint_with_no_delivery_refused(
     creator = threading.Thread(target=keep_creating)
     creator.start()
     try:
-        stop.wait(1.5)
+        # Customers made before, during and after the move, however fast the machine is.
+        wait_for(lambda: len(made) >= 10, timeout=60, what="ten Stripe customers before the move")
         moved = subprocess.run(
             [sys.executable, "-m", "flexsync", "connections", "sync-endpoint", connection["id"], "--json"],
             env=env,
@@ -372,7 +373,8 @@ def test_a_new_public_url_moves_the_endpoint_with_no_delivery_refused(
             text=True,
             timeout=120,
         )
-        stop.wait(1.5)
+        after = len(made) + 10
+        wait_for(lambda: len(made) >= after, timeout=60, what="ten Stripe customers after the move")
     finally:
         stop.set()
         creator.join()
@@ -387,7 +389,6 @@ def test_a_new_public_url_moves_the_endpoint_with_no_delivery_refused(
 
     for stripe_id in made:
         wait_imported(api, stripe_id)
-    assert len(made) >= 20
     assert refused_deliveries(endpoint_server) == refused_before
 
 
@@ -466,26 +467,68 @@ def test_an_endpoint_deleted_in_stripe_shows_missing_and_is_created_again(
     wait_imported(api, created.id)
 
 
-def test_requests_with_an_idempotency_key_set_up_move_and_delete_the_endpoint(
+def test_requests_sent_again_with_their_key_set_up_and_delete_the_endpoint_once(
     api: httpx.Client, tenant: TenantContext, stripe_api: stripe.StripeClient
 ) -> None:
-    """The endpoint's work commits step by step around its Stripe calls, so these requests run without their
-    key (README, Retrying writes): they still work when a client sends one, as FlexPrice's SDKs can on every call."""
+    """A client that retries (its first answer lost) sends the same request with the same Idempotency-Key: it is
+    answered what the first attempt answered, and Stripe is not asked again."""
+    by_hand = stripe_api.v1.webhook_endpoints.create({"url": webhook_url(tenant), "enabled_events": ["*"]})
     body = {"name": "Stripe", "provider": "stripe", **TEST_KEYS, "manage_webhook_endpoint": True}
-    created = api.post("/v1/connections", json=body, headers={"Idempotency-Key": "create-with-endpoint"})
+    create_key = {"Idempotency-Key": "create-with-endpoint"}
+    created = api.post("/v1/connections", json=body, headers=create_key)
     assert created.status_code == 201, created.text
     connection = created.json()
     assert connection["webhook_endpoint"]["status"] == "enabled"
+    # The endpoint made by hand is deleted once the connection's write (held for the key's record) committed.
+    assert [e.id for e in endpoints_at(stripe_api, webhook_url(tenant))] == [connection["webhook_endpoint"]["id"]]
+    assert by_hand.id != connection["webhook_endpoint"]["id"]
+
+    again = api.post("/v1/connections", json=body, headers=create_key)
+    assert again.status_code == 201, again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == created.content
+    assert [c["id"] for c in api.get("/v1/connections").json()["items"]] == [connection["id"]]
     assert [e.id for e in endpoints_at(stripe_api, webhook_url(tenant))] == [connection["webhook_endpoint"]["id"]]
 
-    again = api.put(
-        f"/v1/connections/{connection['id']}",
-        json={"manage_webhook_endpoint": True},
-        headers={"Idempotency-Key": "manage-again"},
-    )
-    assert again.status_code == 200, again.text
-    assert again.json()["webhook_endpoint"]["id"] == connection["webhook_endpoint"]["id"]
+    path = f"/v1/connections/{connection['id']}"
+    manage_key = {"Idempotency-Key": "manage-again"}
+    managed = [api.put(path, json={"manage_webhook_endpoint": True}, headers=manage_key) for _ in range(2)]
+    assert [m.status_code for m in managed] == [200, 200], managed[0].text
+    assert managed[1].headers["idempotent-replayed"] == "true" and managed[1].content == managed[0].content
+    assert managed[0].json()["webhook_endpoint"]["id"] == connection["webhook_endpoint"]["id"]
 
-    deleted = api.delete(f"/v1/connections/{connection['id']}", headers={"Idempotency-Key": "delete-it"})
-    assert deleted.status_code == 204, deleted.text
+    delete_key = {"Idempotency-Key": "delete-it"}
+    deleted = [api.delete(path, headers=delete_key) for _ in range(2)]
+    assert [d.status_code for d in deleted] == [204, 204]
+    assert deleted[1].headers["idempotent-replayed"] == "true"
     assert endpoints_at(stripe_api, webhook_url(tenant)) == []
+    assert api.get("/v1/connections").json()["items"] == []
+
+
+def test_two_creates_at_once_with_one_key_make_one_connection_and_one_endpoint(
+    tenant: TenantContext, stripe_api: stripe.StripeClient
+) -> None:
+    """Both run their Stripe side; one write wins, the other is answered 409 `idempotency_error` (still running)
+    or the winner's answer, and the endpoint it made is deleted again."""
+    body = {"name": "Stripe", "provider": "stripe", **TEST_KEYS, "manage_webhook_endpoint": True}
+    key = {"Idempotency-Key": "create-twice-at-once"}
+    barrier = threading.Barrier(2)
+
+    def create(_: int) -> httpx.Response:
+        with tenant.client() as client:
+            barrier.wait()
+            return client.post("/v1/connections", json=body, headers=key)
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(create, range(2)))
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses in ([201, 201], [201, 409]), [a.text for a in answers]
+    winner = next(a for a in answers if a.status_code == 201).json()
+    if statuses == [201, 409]:
+        assert_error(next(a for a in answers if a.status_code == 409), 409, "idempotency_error")
+
+    with tenant.client() as client:
+        retried = client.post("/v1/connections", json=body, headers=key)
+        assert retried.status_code == 201 and retried.json() == winner
+        assert [c["id"] for c in client.get("/v1/connections").json()["items"]] == [winner["id"]]
+    assert [e.id for e in endpoints_at(stripe_api, webhook_url(tenant))] == [winner["webhook_endpoint"]["id"]]

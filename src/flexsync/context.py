@@ -3,7 +3,7 @@ and the one way to open a unit of work on it. Built once per process by `open_co
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -23,7 +23,7 @@ class AppContext:
     settings: Settings
     engine: AsyncEngine
     box: SecretBox
-    # Sessions for units of work (`transaction`, `hot_transaction`, `trial`) and for reading (`read`).
+    # Sessions for units of work (`transaction`, `step`, `hot_transaction`, `trial`) and for reading (`read`).
     sessions: async_sessionmaker[AsyncSession] = field(init=False)
     reads: async_sessionmaker[AsyncSession] = field(init=False)
 
@@ -31,10 +31,17 @@ class AppContext:
         self.sessions = session_factory(self.engine)
         self.reads = read_session_factory(self.engine)
 
-    def read(self) -> AsyncSession:
-        """A session that only reads (db.read_session_factory), for `async with`: on SQLite it never waits for a
-        writer."""
-        return self.reads()
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session that only reads (db.read_session_factory): on SQLite it never waits for a writer. In a request
+        whose write is held for its idempotency key's record, that write's session instead, so the answer shows
+        what the request wrote."""
+        pending = writes.pending_session()
+        if pending is not None:
+            yield pending
+            return
+        async with self.reads() as session:
+            yield session
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -48,6 +55,21 @@ class AppContext:
             return
         async with write.unit_of_work() as session:
             yield session
+
+    @asynccontextmanager
+    async def step(self) -> AsyncIterator[AsyncSession]:
+        """A unit of work that commits at its end even in a request made with an idempotency key: for a step
+        other processes must see while the request goes on (a lease). Taken before the request's write begins
+        (on SQLite it would otherwise wait for the request's own write lock)."""
+        if writes.in_pending_write():
+            raise RuntimeError("a step of its own inside the request's write")
+        async with transaction(self.sessions) as session:
+            yield session
+
+    async def after_commit(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run `hook` once what the running request or job wrote has committed (at once, unless a request's
+        write is held for its idempotency key's record: idempotency.writes.after_commit)."""
+        await writes.after_commit(hook)
 
     @asynccontextmanager
     async def hot_transaction(self) -> AsyncIterator[AsyncSession]:

@@ -52,12 +52,7 @@ One of these three per request. Secrets are write-only: responses show `webhook_
 )
 async def create_connection(body: ConnectionCreate, scope: AuthScope, db: DB) -> JSONResponse:
     verified = await service.verify_with_stripe(body.secret_key.get_secret_value(), db) if body.verify else None
-    managed_endpoint.before_creating(body.manage_webhook_endpoint)
-    async with db.transaction() as session:
-        connection = await service.create_connection(session, db.box, scope, body, verified)
-    if body.manage_webhook_endpoint:
-        url = db.settings.webhook_url(scope.tenant_id, scope.environment_id)
-        await managed_endpoint.set_up_new(db, connection.id, url)
+    connection = await managed_endpoint.create_connection(db, scope, body, verified)
     return JSONResponse(await _payload(db, scope, connection.id), status_code=201)
 
 
@@ -104,22 +99,21 @@ async def update_connection(connection_id: str, body: ConnectionUpdate, scope: A
             async with db.read() as session:
                 key = secrets.secret_key(db.box, await service.find(session, scope, connection_id))
         verified = await service.verify_with_stripe(key, db)
-    if body.manage_webhook_endpoint is not None:
-        await _manage_endpoint(db, scope, connection_id, body)
+    if body.manage_webhook_endpoint:
+        await _set_up_endpoint(db, scope, connection_id, body)
     async with db.transaction() as session:
         connection = await service.find(session, scope, connection_id, for_update=True)
         service.update_connection(connection, db.box, body, verified)
         await managed_endpoint.forget_if_secret_set_by_hand(session, connection.id, body)
+        if body.manage_webhook_endpoint is False:
+            await managed_endpoint.stop_managing(session, connection.id)
     return JSONResponse(await _payload(db, scope, connection_id))
 
 
-async def _manage_endpoint(db: DB, scope: AuthScope, connection_id: str, body: ConnectionUpdate) -> None:
+async def _set_up_endpoint(db: DB, scope: AuthScope, connection_id: str, body: ConnectionUpdate) -> None:
     """Stripe's side first, once the rest of the update is known to be acceptable: a refusal saves nothing."""
     async with db.read() as session:
         service.check_update(await service.find(session, scope, connection_id), body)
-    if not body.manage_webhook_endpoint:
-        await managed_endpoint.stop_managing(db, connection_id)
-        return
     new_key = body.secret_key.get_secret_value() if body.secret_key is not None else None
     url = db.settings.webhook_url(scope.tenant_id, scope.environment_id)
     await managed_endpoint.set_up(db, connection_id, url, secret_key=new_key)

@@ -13,6 +13,11 @@ transaction of its own. Stripe is never called inside a database transaction (on
 write lock, and the Stripe rate limit's own transaction would wait for it). Should a lease run out under a stuck
 holder, the creation's Idempotency-Key (the connection, its count of endpoints made, the URL) still makes two
 creates one endpoint.
+
+A connection created with its endpoint (`create_connection`) needs no lease: no other process knows it yet. Its
+endpoint is made in Stripe first, under the id the connection is about to take, and saved in the connection's
+own write, so the request is one write like any other (its Idempotency-Key applies; Stripe refusing saves
+nothing); the endpoints it replaces are deleted once that write has committed.
 """
 
 from __future__ import annotations
@@ -22,25 +27,28 @@ import hashlib
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import delete as sql_delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flexsync.connections import endpoint_repository as repository
-from flexsync.connections.accounts import stripe_account
-from flexsync.connections.schemas import MAX_WEBHOOK_SECRETS, ConnectionUpdate
+from flexsync.connections import service
+from flexsync.connections.accounts import stripe_account, unsaved_account
+from flexsync.connections.schemas import MAX_WEBHOOK_SECRETS, ConnectionCreate, ConnectionUpdate
 from flexsync.context import AppContext
+from flexsync.crypto import SecretBox
 from flexsync.idempotency import writes
+from flexsync.ids import new_id
 from flexsync.kit.errors import APIError, NotFound, ValidationFailed
 from flexsync.metrics import WEBHOOK_ENDPOINT_ENABLED
 from flexsync.models import StripeConnection, WebhookEndpoint, utcnow
 from flexsync.stripe import webhook_endpoints as stripe_endpoints
 from flexsync.stripe.calls import StripeAccount, StripeCaller, StripeCallFailed
 from flexsync.stripe.webhook_endpoints import CUSTOMER_EVENTS, StripeEndpoint
+from flexsync.tenancy.service import Scope
 
 log = structlog.get_logger(__name__)
 
@@ -83,16 +91,15 @@ def _refused(failure: StripeCallFailed, doing: str) -> APIError:
 
 @asynccontextmanager
 async def _lease(db: AppContext, connection_id: str) -> AsyncIterator[None]:
-    # The lease and the endpoint's record commit as they go, with Stripe calls between them; a request's
-    # Idempotency-Key would hold them in one uncommitted unit of work (and, on SQLite, the write lock the
-    # rate limiter needs), so such a request runs without its key.
-    writes.without_key()
+    # The lease and the endpoint's records commit as they go, with Stripe calls between them (steps of their
+    # own, before the request's write): a request already answered under its Idempotency-Key stops here.
+    await writes.replay_if_recorded()
     holder = secrets.token_hex(8)
-    async with db.transaction() as session:
+    async with db.step() as session:
         await repository.add_row(session, connection_id)
     while True:
         now = utcnow()
-        async with db.transaction() as session:
+        async with db.step() as session:
             if await repository.take_lease(session, connection_id, holder, now, now + timedelta(seconds=LEASE_SECONDS)):
                 break
         await asyncio.sleep(LEASE_POLL_SECONDS)
@@ -100,7 +107,7 @@ async def _lease(db: AppContext, connection_id: str) -> AsyncIterator[None]:
         yield
     finally:
         try:
-            async with db.transaction() as session:
+            async with db.step() as session:
                 await repository.release_lease(session, connection_id, holder)
         except Exception:
             log.warning("could not release the webhook endpoint lease; it runs out by itself", exc_info=True)
@@ -110,8 +117,8 @@ def _idempotency_key(connection_id: str, generation: int, url: str) -> str:
     return f"flexsync-webhook-endpoint-{connection_id}-{generation}-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
 
 
-def _description(connection: StripeConnection) -> str:
-    return f"flexsync: customer sync for connection {connection.id} ({connection.name})"[:5000]
+def _description(connection_id: str, name: str) -> str:
+    return f"flexsync: customer sync for connection {connection_id} ({name})"[:5000]
 
 
 async def _load(db: AppContext, connection_id: str) -> tuple[StripeConnection, WebhookEndpoint]:
@@ -139,7 +146,7 @@ async def establish(db: AppContext, caller: StripeCaller, connection_id: str, ac
             else:
                 key = _idempotency_key(connection_id, row.generation, url)
                 created = endpoint = await stripe_endpoints.create(
-                    caller, account, url, _description(connection), key, connection_id=connection_id
+                    caller, account, url, _description(connection_id, connection.name), key, connection_id=connection_id
                 )
         except StripeCallFailed as failure:
             raise _refused(failure, "set up the Stripe webhook endpoint") from None
@@ -189,7 +196,7 @@ async def _record(
     retire: Sequence[str],
 ) -> None:
     now = utcnow()
-    async with db.transaction() as session:
+    async with db.step() as session:
         connection = await repository.connection(session, connection_id, for_update=True)
         row = await repository.get(session, connection_id, for_update=True)
         if connection is None or row is None:
@@ -225,7 +232,7 @@ async def _retire(db: AppContext, caller: StripeCaller, connection_id: str, acco
     if not deleted:
         return
     now = utcnow()
-    async with db.transaction() as session:
+    async with db.step() as session:
         fresh = await repository.get(session, connection_id, for_update=True)
         if fresh is not None:
             fresh.retiring_endpoint_ids = [i for i in fresh.retiring_endpoint_ids if i not in deleted]
@@ -234,13 +241,13 @@ async def _retire(db: AppContext, caller: StripeCaller, connection_id: str, acco
             fresh.updated_at = now
 
 
-async def stop_managing(db: AppContext, connection_id: str) -> None:
-    """`manage_webhook_endpoint: false`: flexsync leaves the endpoint in Stripe as it is and stops changing it."""
-    async with db.transaction() as session:
-        row = await repository.get(session, connection_id, for_update=True)
-        if row is not None and row.managed:
-            row.managed = False
-            row.updated_at = utcnow()
+async def stop_managing(session: AsyncSession, connection_id: str) -> None:
+    """`manage_webhook_endpoint: false`, in the update's write: flexsync leaves the endpoint in Stripe as it is
+    and stops changing it."""
+    row = await repository.get(session, connection_id, for_update=True)
+    if row is not None and row.managed:
+        row.managed = False
+        row.updated_at = utcnow()
 
 
 async def forget_if_secret_set_by_hand(session: AsyncSession, connection_id: str, data: ConnectionUpdate) -> None:
@@ -281,7 +288,7 @@ async def remove(db: AppContext, caller: StripeCaller, connection_id: str, accou
                     endpoint_id=endpoint_id,
                     error=failure.message,
                 )
-        async with db.transaction() as session:
+        async with db.step() as session:
             fresh = await repository.get(session, connection_id, for_update=True)
             if fresh is not None:
                 fresh.stripe_endpoint_id = None
@@ -293,13 +300,6 @@ async def remove(db: AppContext, caller: StripeCaller, connection_id: str, accou
 async def _has_managed_endpoint(session: AsyncSession, connection_id: str) -> bool:
     row = await repository.get(session, connection_id)
     return bool(row is not None and ((row.managed and row.stripe_endpoint_id) or row.retiring_endpoint_ids))
-
-
-async def _discard_connection(db: AppContext, connection_id: str) -> None:
-    """Undo a connection created in the same request whose endpoint Stripe refused: nothing is kept."""
-    async with db.transaction() as session:
-        # Its endpoint row and rate-limit slot go with it (ON DELETE CASCADE).
-        await session.execute(sql_delete(StripeConnection).where(StripeConnection.id == connection_id))
 
 
 async def check(db: AppContext, caller: StripeCaller, connection_id: str) -> None:
@@ -408,20 +408,97 @@ async def sync_endpoint(db: AppContext, connection_id: str) -> dict[str, Any] | 
         return endpoint_to_dict(await repository.get(session, connection_id))
 
 
-def before_creating(manage_webhook_endpoint: bool | None) -> None:
-    """Before a connection is created that will have its endpoint set up (`set_up_new`): the connection must
-    commit before the endpoint's lease can see it, so the request runs without its Idempotency-Key (see _lease)."""
-    if manage_webhook_endpoint:
-        writes.without_key()
+@dataclass(frozen=True, slots=True)
+class _NewEndpoint:
+    """The endpoint made in Stripe for a connection about to be saved, and the endpoints at its URL it replaces."""
+
+    connection_id: str
+    endpoint: StripeEndpoint
+    replaces: list[str]
+    account: StripeAccount
 
 
-async def set_up_new(db: AppContext, connection_id: str, url: str) -> None:
-    """`set_up` for a connection created just now: when it fails, the connection goes too (nothing saved)."""
+async def create_connection(
+    db: AppContext, scope: Scope, data: ConnectionCreate, verified: service.Verified | None
+) -> StripeConnection:
+    """Save a new connection in the request's write. With `manage_webhook_endpoint`, its endpoint is made in
+    Stripe first and saved in the same write (a refusal saves nothing); the endpoints it replaces at its URL are
+    deleted once that write has committed."""
+    if not data.manage_webhook_endpoint:
+        async with db.transaction() as session:
+            return await service.create_connection(session, db.box, scope, data, verified)
+    await writes.replay_if_recorded()
+    async with db.read() as session:
+        await service.check_new(session, scope, data)
+    new = await _make_for_new(db, data, db.settings.webhook_url(scope.tenant_id, scope.environment_id))
     try:
-        await set_up(db, connection_id, url)
+        async with db.transaction() as session:
+            connection = await service.create_connection(
+                session, db.box, scope, data, verified, connection_id=new.connection_id
+            )
+            session.add(_row_for_new(db.box, connection, new))
     except BaseException:
-        await _discard_connection(db, connection_id)
+        await _abandon(db, new)
         raise
+    if new.replaces:
+        await db.after_commit(lambda: _retire_replaced(db, new.connection_id))
+    return connection
+
+
+async def _make_for_new(db: AppContext, data: ConnectionCreate, url: str) -> _NewEndpoint:
+    connection_id = new_id("conn")
+    account = unsaved_account(data.secret_key.get_secret_value())
+    caller = StripeCaller(db.settings, db.sessions)
+    try:
+        listed = await stripe_endpoints.list_all(caller, account)
+        key = _idempotency_key(connection_id, 0, url)
+        description = _description(connection_id, data.name)
+        endpoint = await stripe_endpoints.create(caller, account, url, description, key, connection_id=connection_id)
+    except StripeCallFailed as failure:
+        raise _refused(failure, "set up the Stripe webhook endpoint") from None
+    finally:
+        await caller.aclose()
+    new = _NewEndpoint(connection_id, endpoint, [e.id for e in listed if e.url == url and e.id != endpoint.id], account)
+    if not endpoint.secret:
+        await _abandon(db, new)
+        raise ValidationFailed("Stripe did not return the new webhook endpoint's signing secret; nothing was saved")
+    return new
+
+
+def _row_for_new(box: SecretBox, connection: StripeConnection, new: _NewEndpoint) -> WebhookEndpoint:
+    """The new connection's endpoint row (its secret on the connection), for the connection's own write."""
+    assert new.endpoint.secret
+    now = utcnow()
+    connection.webhook_secrets_encrypted = [box.encrypt(new.endpoint.secret)]
+    row = WebhookEndpoint(
+        connection_id=connection.id, managed=True, generation=1, retiring_endpoint_ids=sorted(new.replaces)
+    )
+    _note(row, new.endpoint, now)
+    log.info(
+        "webhook endpoint set up", connection_id=connection.id, endpoint_id=new.endpoint.id, replacing=new.replaces
+    )
+    return row
+
+
+async def _abandon(db: AppContext, new: _NewEndpoint) -> None:
+    """The connection was not saved: its endpoint goes from Stripe too (what fails, a later one replaces)."""
+    caller = StripeCaller(db.settings, db.sessions)
+    try:
+        await stripe_endpoints.delete(caller, new.account, new.endpoint.id)
+    except Exception:
+        log.warning("could not delete an unsaved connection's webhook endpoint", exc_info=True)
+    finally:
+        await caller.aclose()
+
+
+async def _retire_replaced(db: AppContext, connection_id: str) -> None:
+    account = await _account(db, connection_id, None)
+    caller = StripeCaller(db.settings, db.sessions)
+    try:
+        async with _lease(db, connection_id):
+            await _retire(db, caller, connection_id, account)
+    finally:
+        await caller.aclose()
 
 
 async def shown(session: AsyncSession, connection: StripeConnection | None) -> dict[str, Any] | None:

@@ -132,24 +132,35 @@ def _already_exists(existing_id: str | None) -> AlreadyExists:
     )
 
 
-async def create_connection(
-    session: AsyncSession, box: SecretBox, scope: Scope, data: ConnectionCreate, verified: Verified | None
-) -> StripeConnection:
-    secret_key = data.secret_key.get_secret_value()
-    mode = key_mode(secret_key)
-    _check_same_mode(mode, key_mode(data.publishable_key))
+async def check_new(session: AsyncSession, scope: Scope, data: ConnectionCreate) -> None:
+    """Refuse a connection `create_connection` would refuse (keys of two modes, an environment connected
+    already), without saving anything: for checks that must pass before Stripe is asked to make something."""
+    _check_same_mode(key_mode(data.secret_key.get_secret_value()), key_mode(data.publishable_key))
     existing = await repository.get_live_connection(session, scope.tenant_id, scope.environment_id)
     if existing is not None:
         raise _already_exists(existing.id)
+
+
+async def create_connection(
+    session: AsyncSession,
+    box: SecretBox,
+    scope: Scope,
+    data: ConnectionCreate,
+    verified: Verified | None,
+    *,
+    connection_id: str | None = None,
+) -> StripeConnection:
+    await check_new(session, scope, data)
+    secret_key = data.secret_key.get_secret_value()
     now = utcnow()
     connection = StripeConnection(
-        id=new_id("conn"),
+        id=connection_id or new_id("conn"),
         tenant_id=scope.tenant_id,
         environment_id=scope.environment_id,
         name=data.name,
         provider=data.provider,
         status="active",
-        mode=mode,
+        mode=key_mode(secret_key),
         secret_key_encrypted=box.encrypt(secret_key),
         secret_key_last4=secret_key[-4:],
         publishable_key=data.publishable_key,

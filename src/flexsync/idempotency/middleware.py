@@ -90,11 +90,25 @@ class _AfterCommit:
         self.send = send
         self.start: Message | None = None
         self.chunks: list[bytes] = []
+        # The app's answer was replaced by the key's recorded one: what remains of it is dropped.
+        self.replaced = False
 
     async def __call__(self, message: Message) -> None:
+        if self.replaced:
+            return
         if message["type"] == "http.response.start" and self.write.pending is not None:
             self.start = message
             return
+        if message["type"] == "http.response.start" and message["status"] >= 400 and self.write.keyed:
+            # Refused before writing anything: a retry whose first attempt did the work meets that work here.
+            recorded = await self.write.answered_before()
+            if recorded is not None:
+                self.replaced = True
+                await self.send(
+                    {"type": "http.response.start", "status": recorded.status_code, "headers": recorded.headers}
+                )
+                await self.send({"type": "http.response.body", "body": recorded.body})
+                return
         if message["type"] != "http.response.body" or self.start is None:
             await self.send(message)
             return

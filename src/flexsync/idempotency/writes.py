@@ -1,7 +1,7 @@
 """A write request's unit of work and, when the request carries an idempotency key, the key's record.
 
-Without a key a request's transactions are as they always were: each `Database.transaction()` commits at its end.
-With one, the request's first unit of work (the first `Database.transaction()` of the request's own task) is
+Without a key a request's transactions are as they always were: each `AppContext.transaction()` commits at its end.
+With one, the request's first unit of work (the first `AppContext.transaction()` of the request's own task) is
 its write: when it begins, the key is claimed; when its block ends it is not committed yet but kept open until
 the answer is known; then the answer (status, headers, body) is inserted beside the write and both commit at
 once (`RequestWrite.record`, called by the middleware as the answer goes out). Further units of work of the same
@@ -21,6 +21,17 @@ request join that one (as savepoints), so the request writes once. Claiming the 
 - SQLite: a unit of work holds the database's one write lock from its start, so a second request with the key
   waits for the first to finish, then finds its record and replays it.
 
+Some requests must let other processes see steps before their write (the managed webhook endpoint: a lease and
+the records of what Stripe did commit between Stripe calls): those steps run in units of work of their own
+(`AppContext.step`), before the request's write, and begin with `replay_if_recorded` so that a request already
+answered is answered again before Stripe is asked anything. Work that must wait until the write has committed
+(deleting in Stripe what the write replaced) is handed to `after_commit`.
+
+A keyed request answered 4xx or 5xx without having written (a check before its write failed: the connection it
+would create exists, the connection it would delete is gone) is answered from the key's record when there is one
+with its fingerprint: the middleware asks `answered_before`. So a retry whose first attempt did its work is
+answered as that attempt was, whatever the handler reads before its write.
+
 The answer of a write whose COMMIT lost its connection is unknown to the server: PostgreSQL may have committed
 it. Before answering 503, `record` finds out on a fresh connection: it waits for the key's advisory lock (held
 until the lost transaction has truly ended), then looks for the record. Found: the write happened and its own
@@ -32,7 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -110,6 +121,10 @@ class RequestWrite:
         self.environment_id: str | None = None
         # The claimed unit of work, uncommitted, once its block has ended: `record` commits it.
         self.pending: AsyncSession | None = None
+        # True from the claim until the write has committed or rolled back.
+        self.writing = False
+        # Work that must wait for the write to commit (`after_commit`), run by `record` once it has.
+        self.committed_hooks: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def keyed(self) -> bool:
@@ -131,19 +146,25 @@ class RequestWrite:
         except BaseException:
             await session.close()
             raise
+        self.writing = True
         try:
             yield session
             await session.flush()
         except Exception as exc:
-            await session.close()
-            first = await self._first_answer() if self._postgresql else None
+            await self._close(session)
+            first = await self.answered_before() if self._postgresql else None
             if first is not None:
                 raise Replayed(first) from exc
             raise
         except BaseException:
-            await session.close()
+            await self._close(session)
             raise
         self.pending = session
+
+    async def _close(self, session: AsyncSession) -> None:
+        self.writing = False
+        self.committed_hooks.clear()
+        await session.close()
 
     async def _claim(self, session: AsyncSession) -> None:
         assert self.environment_id is not None and self.key is not None
@@ -161,16 +182,16 @@ class RequestWrite:
             await repository.forget(session, self.environment_id, self.key)
             return
         if found.fingerprint != self.fingerprint:
-            raise idempotency_error(
-                400,
-                f"this {HEADER} was used for another request (another method, path, query or body) in the last "
-                f"{KEPT_FOR.total_seconds() / 3600:g} hours; send a new request with a new key",
-            )
+            raise _other_request()
         raise Replayed(_stored_answer(found))
 
-    async def _first_answer(self) -> Answer | None:
-        """PostgreSQL, after this request's write failed: the answer of a first request with the key that
-        committed while this one was claiming it (see the module's docstring), if there is one."""
+    async def answered_before(self) -> Answer | None:
+        """The recorded answer of an earlier request with the key and this request's fingerprint, if there is one:
+        asked when this request failed (its write meeting the first one's, or a check before its write finding
+        what the first one made: 409 `already_exists`, 404 for what it deleted), so that a retry is answered as its
+        first attempt was rather than failing against it."""
+        if not self.keyed:
+            return None
         assert self.environment_id is not None and self.key is not None
         try:
             async with self._sessions() as session:
@@ -186,6 +207,7 @@ class RequestWrite:
         the answer to send: this one, or a first request's when that one committed under the key meanwhile."""
         session, self.pending = self.pending, None
         assert session is not None and self.environment_id is not None
+        self.writing = False
         try:
             if answer.status_code >= 500:
                 return answer
@@ -203,7 +225,7 @@ class RequestWrite:
             await session.commit()
         except IntegrityError:
             await session.close()
-            first = await self._first_answer()
+            first = await self.answered_before()
             if first is None:
                 raise
             return first
@@ -218,7 +240,19 @@ class RequestWrite:
             log.info("the connection was lost at COMMIT; the write was committed", environment_id=self.environment_id)
         finally:
             await session.close()
+        await self._committed_now()
         return answer
+
+    async def _committed_now(self) -> None:
+        """The request's write has committed: what waited for it runs, in units of work of its own (the key is
+        spent: a unit of work opened now is not the request's write)."""
+        self.key = None
+        hooks, self.committed_hooks = self.committed_hooks, []
+        for hook in hooks:
+            try:
+                await hook()
+            except Exception:
+                log.warning("work waiting for a write's commit failed", exc_info=True)
 
     async def _committed(self) -> bool | None:
         """Whether this request's record (so its write) was committed; None if the database cannot tell now."""
@@ -237,8 +271,18 @@ class RequestWrite:
     async def discard(self) -> None:
         """End an unrecorded unit of work (the request failed after it): rolled back."""
         session, self.pending = self.pending, None
+        self.writing = False
+        self.committed_hooks.clear()
         if session is not None:
             await session.close()
+
+
+def _other_request() -> APIError:
+    return idempotency_error(
+        400,
+        f"this {HEADER} was used for another request (another method, path, query or body) in the last "
+        f"{KEPT_FOR.total_seconds() / 3600:g} hours; send a new request with a new key",
+    )
 
 
 def _stored_answer(found: Any) -> Answer:
@@ -273,16 +317,46 @@ def keyed_write() -> RequestWrite | None:
     return write if write is not None and write.keyed else None
 
 
-def without_key() -> None:
-    """The running request's work must commit step by step (Stripe calls between units of work that other
-    processes coordinate on: the managed webhook endpoint's lease), so its key is not applied: it runs as a
-    request without one. Called before its first unit of work."""
-    write = current()
-    if write is None:
+async def after_commit(hook: Callable[[], Awaitable[None]]) -> None:
+    """Run `hook` once the running request's write has committed: now, unless the request carries a key and its
+    write is still pending (then when the middleware commits it with the key's record; never if it rolls back).
+    For work outside the database that must not happen unless the write did (deleting what it replaced)."""
+    write = keyed_write()
+    if write is not None and write.writing:
+        write.committed_hooks.append(hook)
         return
-    if write.pending is not None:
-        raise RuntimeError("without_key() after the request's first unit of work")
-    write.key = None
+    await hook()
+
+
+async def replay_if_recorded() -> None:
+    """For a request whose work begins outside its write (Stripe calls whose results other processes must see
+    before the write commits): when the request was made before under its key, answer as then (`Replayed`) or
+    refuse another request under the key (400), before anything runs again. A no-op without a key."""
+    write = keyed_write()
+    if write is None or write.writing:
+        return
+    assert write.environment_id is not None and write.key is not None
+    async with write._sessions() as session:
+        found = await repository.find(session, write.environment_id, write.key)
+    if found is None or found.created_at <= utcnow() - KEPT_FOR:
+        return
+    if found.fingerprint != write.fingerprint:
+        raise _other_request()
+    raise Replayed(_stored_answer(found))
+
+
+def pending_session() -> AsyncSession | None:
+    """The running request's write, held uncommitted for its key's record, if there is one: reads that build the
+    answer see what the request wrote through it."""
+    write = keyed_write()
+    return write.pending if write is not None else None
+
+
+def in_pending_write() -> bool:
+    """Whether the running request's write is open and not committed yet (a unit of work opened apart from it
+    now would, on SQLite, wait for the request's own write lock)."""
+    write = keyed_write()
+    return write is not None and write.writing
 
 
 def note_environment(environment_id: str) -> None:

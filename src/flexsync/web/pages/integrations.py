@@ -92,12 +92,7 @@ async def add_connection(request: Request, viewer: SignedIn, form: PostedForm, d
         return await _page(request, viewer, db, state=state, typed_settings=body["settings"], status_code=400)
     try:
         verified = await service.verify_with_stripe(data.secret_key.get_secret_value(), db) if data.verify else None
-        managed_endpoint.before_creating(data.manage_webhook_endpoint)
-        async with db.transaction() as session:
-            connection = await service.create_connection(session, db.box, viewer.scope, data, verified)
-        if data.manage_webhook_endpoint:
-            url = db.settings.webhook_url(viewer.scope.tenant_id, viewer.scope.environment_id)
-            await managed_endpoint.set_up_new(db, connection.id, url)
+        await managed_endpoint.create_connection(db, viewer.scope, data, verified)
     except APIError as exc:
         state.errors.update(forms.api_errors(exc))
         return await _page(request, viewer, db, state=state, typed_settings=body["settings"], status_code=exc.status)
