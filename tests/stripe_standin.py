@@ -296,7 +296,10 @@ def main() -> None:
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    web.run_app(make_app(args.upstream), host="127.0.0.1", port=args.port, print=None, access_log=None)
+    # Stopped, it ends at once: a request it holds on purpose (a "delay" fault) is not waited for.
+    web.run_app(
+        make_app(args.upstream), host="127.0.0.1", port=args.port, print=None, access_log=None, shutdown_timeout=0.1
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from flexsync.integrations.endpoints import router as integrations_router
 from flexsync.jobs.endpoints import router as sync_jobs_router
 from flexsync.jobs.worker import Worker
 from flexsync.kit import openapi
-from flexsync.kit.errors import error_response, install_error_handlers
+from flexsync.kit.error_responses import error_response, install_error_handlers
 from flexsync.kit.json import JSONResponse
 from flexsync.kit.middleware import BodySizeLimit, DefaultJSONContentType, NoNulInURL, UnexpectedErrors
 from flexsync.kit.schemas import ResponseModel

@@ -62,38 +62,31 @@ def _settings() -> Settings:
 
 
 def _in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    import asyncio
-
-    from flexsync.db import create_engine, session_factory, transaction
+    """Run `work` in one unit of work; an APIError it raises ends the command with its message."""
     from flexsync.kit.errors import APIError
 
-    async def runner() -> T:
-        engine = create_engine(
-            settings.database_url, null_pool=True, sqlite_busy_timeout_seconds=settings.sqlite_busy_timeout_seconds
-        )
-        try:
-            async with transaction(session_factory(engine)) as session:
-                return await work(session)
-        finally:
-            await engine.dispose()
+    async def run(db: AppContext) -> T:
+        async with db.transaction() as session:
+            return await work(session)
 
     try:
-        return asyncio.run(runner())
+        return _with_database(settings, run, box_needed=False)
     except APIError as exc:
         err_console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(code=1) from None
 
 
-def _with_database(settings: Settings, work: Callable[[AppContext], Awaitable[T]]) -> T:
-    """Run `work` with a process's database resources (engine, sessions, secret box), disposed of afterwards."""
+def _with_database(settings: Settings, work: Callable[[AppContext], Awaitable[T]], *, box_needed: bool = True) -> T:
+    """Run `work` with a process's database resources (engine, sessions, secret box), disposed of afterwards.
+    Without `box_needed` the secret box is built only if the work uses it."""
     import asyncio
 
     from flexsync.context import open_context
 
-    box = _usable_secret_box(settings)
+    box = _usable_secret_box(settings) if box_needed else None
 
     async def runner() -> T:
-        db = open_context(settings, null_pool=True, box=box)
+        db = open_context(settings, null_pool=True, box=box, lazy_box=not box_needed)
         try:
             return await work(db)
         finally:

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from flexsync import crypto
 from flexsync.config import Settings
-from flexsync.crypto import SecretBox, secret_box
+from flexsync.crypto import SecretBox
 from flexsync.db import create_engine, driver_transaction, read_session_factory, session_factory, transaction
 from flexsync.idempotency import writes
 
@@ -22,7 +23,8 @@ class AppContext:
 
     settings: Settings
     engine: AsyncEngine
-    box: SecretBox
+    # The secret box once built (`box`): a command that never touches a secret never reads the encryption keys.
+    loaded_box: SecretBox | None = None
     # Sessions for units of work (`transaction`, `step`, `hot_transaction`, `trial`) and for reading (`read`).
     sessions: async_sessionmaker[AsyncSession] = field(init=False)
     reads: async_sessionmaker[AsyncSession] = field(init=False)
@@ -30,6 +32,13 @@ class AppContext:
     def __post_init__(self) -> None:
         self.sessions = session_factory(self.engine)
         self.reads = read_session_factory(self.engine)
+
+    @property
+    def box(self) -> SecretBox:
+        """Encrypts and decrypts the Stripe secrets (crypto.SecretBox), built from the settings on first use."""
+        if self.loaded_box is None:
+            self.loaded_box = crypto.secret_box(self.settings)
+        return self.loaded_box
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -96,14 +105,22 @@ class AppContext:
 
 
 def open_context(
-    settings: Settings, *, max_connections: int | None = None, null_pool: bool = False, box: SecretBox | None = None
+    settings: Settings,
+    *,
+    max_connections: int | None = None,
+    null_pool: bool = False,
+    box: SecretBox | None = None,
+    lazy_box: bool = False,
 ) -> AppContext:
     """The process's context: an engine for `settings.database_url` (at most `max_connections`, or none kept
-    open with `null_pool`) and the secret box (`box`, when the caller has already checked it)."""
+    open with `null_pool`) and the secret box (`box`, when the caller has already checked it; built now, so a
+    process with unusable keys fails at its start, unless `lazy_box`: built when first used)."""
     engine = create_engine(
         settings.database_url,
         max_connections=max_connections or settings.database_max_connections,
         sqlite_busy_timeout_seconds=settings.sqlite_busy_timeout_seconds,
         null_pool=null_pool,
     )
-    return AppContext(settings=settings, engine=engine, box=box or secret_box(settings))
+    if box is None and not lazy_box:
+        box = crypto.secret_box(settings)
+    return AppContext(settings=settings, engine=engine, loaded_box=box)

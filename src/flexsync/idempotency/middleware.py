@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flexsync.idempotency import writes
-from flexsync.kit.errors import error_response
+from flexsync.kit.error_responses import error_response
 
 WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
 API_PREFIX = "/v1/"

@@ -27,6 +27,9 @@ class WorkerContext:
     holder: str
     # Retry the job later with backoff (when `retryable` and attempts are left), or fail it: the job's end.
     retry_or_fail: Callable[[SyncJob, str, bool], Awaitable[None]]
+    # True once the worker is stopping: a long sweep hands its work back at its next step rather than being
+    # cancelled in the middle of a database call.
+    stopping: Callable[[], bool] = lambda: False
 
 
 JobHandler = Callable[[WorkerContext, SyncJob], Awaitable[None]]

@@ -53,7 +53,7 @@ class Worker:
         self.concurrency = concurrency
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._caller = StripeCaller(db.settings, db.sessions)
-        self._context = WorkerContext(db, self._caller, self.id, self._retry_or_fail)
+        self._context = WorkerContext(db, self._caller, self.id, self._retry_or_fail, lambda: self._stopping)
         sweeps = [sweep for sweep in registry.sweeps if sweep.enabled(self.settings)]
         self._tick_sweeps = [sweep for sweep in sweeps if not sweep.own_task]
         self._task_sweeps = [sweep for sweep in sweeps if sweep.own_task]
@@ -61,6 +61,8 @@ class Worker:
         self._wakeup = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._sweep_tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
         self._listener_retry_at = 0.0
         self._stop_local_wake: Callable[[], None] | None = None
@@ -76,20 +78,28 @@ class Worker:
         self._tasks = [
             asyncio.create_task(self._loop()),
             asyncio.create_task(keep_leases(self.db, self.id, lambda: self._running)),
-            *(asyncio.create_task(self._sweep_loop(sweep)) for sweep in self._task_sweeps),
         ]
+        self._sweep_tasks = [asyncio.create_task(self._sweep_loop(sweep)) for sweep in self._task_sweeps]
         if self.db.engine.dialect.name == "sqlite":
             self._tasks.append(asyncio.create_task(self._watch_sqlite_commits()))
         log.info("sync worker started", worker=self.id, concurrency=self.concurrency)
 
     async def stop(self) -> None:
-        """Stop claiming, let running jobs finish for a few seconds, then hand the rest back."""
+        """Stop claiming, let running jobs and sweeps finish for a few seconds, then hand the rest back."""
         self._stopping = True
+        self._stopped.set()
         if self._stop_local_wake is not None:
             self._stop_local_wake()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Sweeps of their own task end their pass at its next step (WorkerContext.stopping); cancelled only if
+        # that takes longer than the grace.
+        if self._sweep_tasks:
+            _, late = await asyncio.wait(self._sweep_tasks, timeout=SHUTDOWN_GRACE_SECONDS)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*self._sweep_tasks, return_exceptions=True)
         unfinished = list(self._running.values())
         if unfinished:
             _, pending = await asyncio.wait(unfinished, timeout=SHUTDOWN_GRACE_SECONDS)
@@ -132,7 +142,8 @@ class Worker:
     async def _sweep_loop(self, sweep: Sweep) -> None:
         while not self._stopping:
             await self._sweep(sweep)
-            await asyncio.sleep(sweep.every(self.settings))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), timeout=sweep.every(self.settings))
 
     async def _sweep(self, sweep: Sweep) -> None:
         try:

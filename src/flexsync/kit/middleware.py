@@ -9,7 +9,7 @@ import structlog
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flexsync.kit.errors import error_response
+from flexsync.kit.error_responses import error_response
 from flexsync.kit.text import NUL, NUL_PROBLEM
 
 log = structlog.get_logger(__name__)

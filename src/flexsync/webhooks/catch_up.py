@@ -79,6 +79,10 @@ class LeaseLost(Exception):
     """Another process took the catch-up over (this one was presumed dead): stop without writing."""
 
 
+class Stopping(Exception):
+    """The process is stopping: the run hands itself back between two page sets, keeping its place."""
+
+
 @dataclass(slots=True)
 class Report:
     """What a run did: events listed from Stripe, stored (new), duplicates (stored already, by a webhook or an
@@ -136,16 +140,20 @@ async def run_catch_up(
     since: datetime | None = None,
     on_progress: Progress | None = None,
     on_gap: OnGap | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> Report:
     """Catch the connection up now, in this process: resume its unfinished run, or start one from its cursor
     (or from `since`). Raises NotFound, ValidationFailed (the connection is disabled), AlreadyExists (another
-    process is catching it up); Stripe's failures end the run and are recorded on it and in the report."""
+    process is catching it up); Stripe's failures end the run and are recorded on it and in the report. Once
+    `stopping()` (a worker stopping), the run hands itself back after the page set it is storing."""
     started = time.perf_counter()
     report, run = await _begin(db, connection_id, holder, since, on_gap)
     lease = asyncio.create_task(_keep_lease(db, connection_id, holder))
     try:
-        await _list_and_store(db, caller, holder, run, report, on_progress)
+        await _list_and_store(db, caller, holder, run, report, on_progress, stopping)
         await _finish(db, holder, report)
+    except Stopping:
+        await _stop(db, holder, report, interrupted=True)
     except LeaseLost:
         log.warning("catch-up taken over by another process", connection_id=connection_id, holder=holder)
         report.error = "taken over by another process"
@@ -238,7 +246,13 @@ async def _found_gap(
 
 
 async def _list_and_store(
-    db: AppContext, caller: StripeCaller, holder: str, run: _Run, report: Report, on_progress: Progress | None
+    db: AppContext,
+    caller: StripeCaller,
+    holder: str,
+    run: _Run,
+    report: Report,
+    on_progress: Progress | None,
+    stopping: Callable[[], bool],
 ) -> None:
     """List page set after page set, the next one fetched while the current one is stored."""
 
@@ -252,6 +266,8 @@ async def _list_and_store(
     upcoming = fetch(position)
     try:
         while upcoming is not None:
+            if stopping():
+                raise Stopping()
             pages = await upcoming
             for event_type, page in pages.items():
                 position[event_type] = page.last_id if page.has_more else DONE
@@ -504,13 +520,16 @@ class CatchUpSweep:
 
         async def run(connection_id: str) -> None:
             async with semaphore:
-                await self._run(work, connection_id)
+                if not work.stopping():
+                    await self._run(work, connection_id)
 
         await asyncio.gather(*(run(connection_id) for connection_id in due))
 
     async def _run(self, work: WorkerContext, connection_id: str) -> None:
         try:
-            await run_catch_up(work.ctx, work.caller, connection_id, work.holder, on_gap=self._on_gap)
+            await run_catch_up(
+                work.ctx, work.caller, connection_id, work.holder, on_gap=self._on_gap, stopping=work.stopping
+            )
         except (AlreadyExists, NotFound, ValidationFailed):
             pass  # another process has it, or the connection went away or was disabled meanwhile
         except APIError as exc:

@@ -26,7 +26,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from stripe import SignatureVerificationError, WebhookSignature
 
 from flexsync.ids import new_id
-from flexsync.kit.errors import APIError, NotFound, ValidationFailed, error_response
+from flexsync.kit.error_responses import error_response
+from flexsync.kit.errors import APIError, NotFound, ValidationFailed
 from flexsync.kit.json import JSONResponse
 from flexsync.kit.middleware import BodySizeLimit
 from flexsync.kit.openapi import errors
