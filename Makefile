@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 RUN_STAMP := $(VENV)/.installed
 # Two pytest-xdist workers, each taking whole test modules (their servers and databases start once per worker);
-# `make test PYTEST_ARGS="-q tests/test_cli.py"` runs in one process.
+# `make test PYTEST_ARGS="-q tests/cli/test_cli.py"` runs in one process.
 PYTEST_ARGS ?= -n 2 --dist loadscope
 
 .PHONY: run test lint fmt clean install install-dev

@@ -5,7 +5,7 @@ Env: FLEXSYNC_URL (e.g. http://127.0.0.1:8000/v1), FLEXSYNC_KEY (an API key), ST
 STRIPE_CUSTOMER_ID_2 (existing Stripe customers to link), FLEXSYNC_RUN (makes the external ids unique).
 Prints one JSON object per step on stdout: {"step": ..., "result": ...} for a call that succeeded,
 {"step": ..., "error": {...}} for a deliberate error. Any unexpected outcome prints
-{"step": ..., "unexpected": ...} and exits 1. tests/test_flexprice_python_sdk.py reads the lines.
+{"step": ..., "unexpected": ...} and exits 1. tests/customers/test_flexprice_python_sdk.py reads the lines.
 """
 
 from __future__ import annotations

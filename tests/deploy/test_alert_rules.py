@@ -13,7 +13,7 @@ import pytest
 
 from flexsync import metrics
 
-RULES_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
+RULES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = RULES_DIR / "flexsync-alerts.yml"
 # Exported by the managed webhook endpoint's status check (issue 19, section 1).
 OTHER_METRICS = {"flexsync_stripe_webhook_endpoint_enabled"}

@@ -42,7 +42,7 @@ CONNECTION_KEYS = {
     "webhook_secrets_count", "webhook_url", "settings", "stripe_account_id", "tenant_id", "environment_id",
     "created_at", "updated_at", "catch_up",
 }  # fmt: skip
-# The managed Stripe webhook endpoint (tests/test_managed_endpoint.py); null unless flexsync manages one.
+# The managed Stripe webhook endpoint (tests/connections/test_managed_endpoint.py); null unless flexsync manages one.
 CONNECTION_KEYS.add("webhook_endpoint")
 DEFAULT_SETTINGS = {
     "inbound_enabled": True,

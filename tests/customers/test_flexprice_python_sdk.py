@@ -24,7 +24,7 @@ from flexsync.ids import new_id
 from tests.support import DatabaseUnderTest, LocalStripe, Server, start_server
 from tests.webhook_support import STRIPE_KEY, inbound_tenant
 
-SDK_DIR = Path(__file__).parent / "sdk-python"
+SDK_DIR = Path(__file__).resolve().parents[1] / "sdk-python"
 SCRIPT = SDK_DIR / "customers.py"
 SDK_PYTHON = SDK_DIR / ".venv" / "bin" / "python"
 PIN = (SDK_DIR / "requirements.txt").read_text().strip()

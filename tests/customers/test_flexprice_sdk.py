@@ -17,7 +17,7 @@ import pytest
 
 from tests.support import TenantContext
 
-SDK_DIR = Path(__file__).parent / "sdk"
+SDK_DIR = Path(__file__).resolve().parents[1] / "sdk"
 SCRIPT = SDK_DIR / "customers.mjs"
 INSTALLED_SDK = SDK_DIR / "node_modules" / "@flexprice" / "sdk"
 
