@@ -119,7 +119,12 @@ def stripe_customers_for(client: stripe.StripeClient, flexprice_customer_id: str
 
 
 def start_worker(db: DatabaseUnderTest, log_dir: Path, *args: str, **env: str) -> Process:
-    """A real `flexsync worker` process."""
+    """A real `flexsync worker` process. It catches up from Stripe's Events API only when asked (the API, the
+    CLI) unless the test sets FLEXSYNC_STRIPE_CATCHUP_INTERVAL_SECONDS (tests/webhooks/test_catch_up.py does): the
+    tests of one pytest worker share one localstripe account, and a catch-up of a new connection would import the
+    customers an earlier test made a moment before (its cursor starts a little before the connection), as it
+    should for a real account."""
+    env = {"FLEXSYNC_STRIPE_CATCHUP_INTERVAL_SECONDS": "0", **env}
     log_path = log_dir / f"worker-{free_port()}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
