@@ -3,9 +3,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 RUN_STAMP := $(VENV)/.installed
-# Two pytest-xdist workers, each taking whole test modules (their servers and databases start once per worker);
+# Three pytest-xdist workers, each taking whole test modules (their servers and databases start once per worker;
+# on two cores the third overlaps the others' waiting on their servers);
 # `make test PYTEST_ARGS="-q tests/cli/test_cli.py"` runs in one process.
-PYTEST_ARGS ?= -n 2 --dist loadscope
+PYTEST_ARGS ?= -n 3 --dist loadscope
 
 .PHONY: run test lint fmt clean install install-dev
 
