@@ -26,7 +26,6 @@ from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.pool import NullPool
 
 from flexsync.config import DEFAULT_DATABASE_MAX_CONNECTIONS, DEFAULT_SQLITE_BUSY_TIMEOUT_SECONDS
-from flexsync.metrics import DB_CONNECTIONS_IN_USE
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # How long a session waits for a pooled PostgreSQL connection when all of the process's are in use.
@@ -82,6 +81,9 @@ def create_engine(
 
 
 def _count_connections_in_use(engine: AsyncEngine) -> None:
+    # Imported here: a short command's engine (NullPool) counts nothing and need not load the metrics library.
+    from flexsync.metrics import DB_CONNECTIONS_IN_USE
+
     @event.listens_for(engine.sync_engine.pool, "checkout")
     def _on_checkout(*_args: Any) -> None:
         DB_CONNECTIONS_IN_USE.inc()
