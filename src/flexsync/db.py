@@ -9,13 +9,9 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg  # type: ignore[import-untyped]
-from alembic import command
-from alembic.config import Config
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Executable, Result, TextClause, event, text
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import CursorResult, make_url
@@ -26,6 +22,9 @@ from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.pool import NullPool
 
 from flexsync.config import DEFAULT_DATABASE_MAX_CONNECTIONS, DEFAULT_SQLITE_BUSY_TIMEOUT_SECONDS
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # How long a session waits for a pooled PostgreSQL connection when all of the process's are in use.
@@ -262,6 +261,9 @@ async def execute_planned_for_values(
 
 
 def alembic_config(url: str) -> Config:
+    # Alembic is imported where migrations are read or run: a short command that only writes a row never loads it.
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -332,6 +334,8 @@ def temporary_failure(
 
 def migrate(url: str, revision: str = "head") -> None:
     """Apply migrations up to `revision`. Safe to call from several processes at once on PostgreSQL."""
+    from alembic import command
+
     command.upgrade(alembic_config(url), revision)
 
 
@@ -339,6 +343,8 @@ def unmigrated_schema(url: str) -> str | None:
     """Why this version of flexsync cannot run on the database yet, or None: no tables, or a schema behind this
     version's migrations. A schema ahead of them (a newer flexsync migrated it) is not refused: migrations
     add, so an older process keeps working during a rolling deploy."""
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
 
     async def current() -> str | None:
         engine = create_engine(url, null_pool=True)
