@@ -392,6 +392,29 @@ def test_a_new_public_url_moves_the_endpoint_with_no_delivery_refused(
     assert refused_deliveries(endpoint_server) == refused_before
 
 
+def test_an_endpoint_made_for_a_connection_never_saved_is_deleted_by_the_check(
+    api: httpx.Client, tenant: TenantContext, stripe_api: stripe.StripeClient
+) -> None:
+    """A create whose write never committed (the process died after Stripe made the endpoint) leaves an endpoint
+    flexsync made at the URL: the periodic check deletes it. One made by hand is left alone."""
+    connection = connect(api)
+    stray = stripe_api.v1.webhook_endpoints.create(
+        {
+            "url": webhook_url(tenant),
+            "enabled_events": CUSTOMER_EVENTS,
+            "metadata": {"flexsync_connection_id": "conn_never_saved"},
+        }
+    )
+    by_hand = stripe_api.v1.webhook_endpoints.create({"url": webhook_url(tenant), "enabled_events": ["*"]})
+
+    def stray_gone() -> bool:
+        return stray.id not in {e.id for e in endpoints_at(stripe_api, webhook_url(tenant))}
+
+    wait_for(stray_gone, timeout=30, what="the check to delete the stray endpoint")
+    left = {e.id for e in endpoints_at(stripe_api, webhook_url(tenant))}
+    assert left == {connection["webhook_endpoint"]["id"], by_hand.id}
+
+
 def test_manage_webhook_endpoint_and_a_webhook_secret_conflict(api: httpx.Client) -> None:
     body = {"name": "Stripe", "provider": "stripe", **TEST_KEYS, "webhook_secret": "whsec_pasted"}
     refused = api.post("/v1/connections", json={**body, "manage_webhook_endpoint": True})

@@ -403,6 +403,50 @@ def test_a_catch_up_killed_midway_resumes_from_its_place(
     assert catch_up_state(module_db, inbound.connection_id).run_position is None  # type: ignore[union-attr]
 
 
+def test_a_worker_stopped_mid_catch_up_hands_it_back_and_exits(
+    module_db: DatabaseUnderTest,
+    inbound: InboundTenant,
+    stripe_api: stripe.StripeClient,
+    quiet_standin: StandIn,
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while a worker catches up: the run ends after the page set it is storing (or, waiting on Stripe,
+    at the end of the worker's grace), its lease is handed back at once (not left to run out) with its place
+    kept, and the process exits by itself; the next catch-up finishes the job, every customer once."""
+    for n in range(250):
+        stripe_api.v1.customers.create({"name": f"Customer {n}"})
+    # The first page of each type at once; the next ones slowly, so the stop arrives mid-run.
+    quiet_standin.faults(
+        {"action": "pass", "method": "GET", "path": "/v1/events", "count": 3},
+        {"action": "delay", "seconds": 2, "method": "GET", "path": "/v1/events", "count": 10},
+    )
+    since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    requested = inbound.api.post(f"/v1/connections/{inbound.connection_id}/catch-up", json={"since": since})
+    assert requested.status_code == 202, requested.text
+    worker = start_worker(module_db, tmp_path, FLEXSYNC_STRIPE_API_BASE=quiet_standin.base_url)
+
+    def first_page_written() -> bool:
+        state = catch_up_state(module_db, inbound.connection_id)
+        return bool(state and state.run_position and state.run_position["customer.created"])
+
+    try:
+        wait_for(first_page_written, timeout=60, what="the first page to be stored")
+        worker.process.terminate()
+        exit_code = worker.process.wait(60)
+    finally:
+        worker.stop()
+    assert exit_code == 0, worker.log()
+    state = catch_up_state(module_db, inbound.connection_id)
+    assert state is not None and state.leased_by is None and state.leased_until is None
+    assert state.run_position is not None and state.run_position["customer.created"] != "done"
+    assert len(inbound.customers()) < 250
+
+    quiet_standin.faults()
+    catch_up(module_db, inbound.connection_id, quiet_standin.base_url)
+    assert len(inbound.customers()) == 250
+    assert len(inbound.events(source="catch_up")) == 250
+
+
 def test_one_catch_up_per_connection_at_a_time(
     module_db: DatabaseUnderTest, inbound: InboundTenant, stripe_api: stripe.StripeClient
 ) -> None:

@@ -34,6 +34,16 @@ async def connection(session: AsyncSession, connection_id: str, *, for_update: b
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+async def live_connection_ids(session: AsyncSession, connection_ids: set[str]) -> set[str]:
+    """Those of `connection_ids` that name a connection not deleted."""
+    if not connection_ids:
+        return set()
+    stmt = select(StripeConnection.id).where(
+        StripeConnection.id.in_(connection_ids), StripeConnection.deleted_at.is_(None)
+    )
+    return set((await session.execute(stmt)).scalars())
+
+
 async def add_row(session: AsyncSession, connection_id: str) -> None:
     """The connection's row, if it has none yet (connections made before endpoints were managed have none)."""
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert

@@ -311,9 +311,11 @@ async def check(db: AppContext, caller: StripeCaller, connection_id: str) -> Non
     account = stripe_account(connection, db.box, db.settings)
     try:
         endpoint = await stripe_endpoints.retrieve(caller, account, row.stripe_endpoint_id)
+        listed = await stripe_endpoints.list_all(caller, account)
     except StripeCallFailed as failure:
         log.warning("could not read the webhook endpoint's status", connection_id=connection_id, error=failure.message)
         return
+    await _delete_strays(db, caller, account, row, listed)
     if row.retiring_endpoint_ids:
         await _retire(db, caller, connection_id, account)
     now = utcnow()
@@ -334,6 +336,34 @@ async def check(db: AppContext, caller: StripeCaller, connection_id: str) -> Non
             fresh.old_secrets_until = None
     if endpoint is not None and endpoint.status == "disabled":
         log.warning("Stripe has disabled the webhook endpoint", connection_id=connection_id, endpoint_id=endpoint.id)
+
+
+async def _delete_strays(
+    db: AppContext, caller: StripeCaller, account: StripeAccount, row: WebhookEndpoint, listed: Sequence[StripeEndpoint]
+) -> None:
+    """Delete the endpoints flexsync made at this connection's URL for a connection that is not live: one made for a
+    new connection whose write never committed (the process died in between, or the COMMIT was lost and the
+    request not sent again). Stripe would deliver to it with a secret nobody holds. Endpoints made by hand are left
+    alone (only `establish` replaces those, when asked)."""
+    candidates = {
+        e.id: e.metadata.get(stripe_endpoints.CONNECTION_METADATA_KEY)
+        for e in listed
+        if e.url == row.url and e.id != row.stripe_endpoint_id and e.id not in row.retiring_endpoint_ids
+    }
+    made_for = {endpoint_id: owner for endpoint_id, owner in candidates.items() if owner}
+    if not made_for:
+        return
+    async with db.read() as session:
+        live = await repository.live_connection_ids(session, set(made_for.values()))
+    for endpoint_id, owner in made_for.items():
+        if owner in live:
+            continue
+        try:
+            await stripe_endpoints.delete(caller, account, endpoint_id)
+        except StripeCallFailed as failure:
+            log.warning("could not delete a stray webhook endpoint", endpoint_id=endpoint_id, error=failure.message)
+            continue
+        log.info("deleted a stray webhook endpoint", connection_id=row.connection_id, endpoint_id=endpoint_id)
 
 
 async def check_due(db: AppContext, caller: StripeCaller) -> None:
