@@ -99,8 +99,9 @@ class _AfterCommit:
         if message["type"] == "http.response.start" and self.write.pending is not None:
             self.start = message
             return
-        if message["type"] == "http.response.start" and message["status"] >= 400 and self.write.keyed:
-            # Refused before writing anything: a retry whose first attempt did the work meets that work here.
+        if message["type"] == "http.response.start" and 400 <= message["status"] < 500 and self.write.keyed:
+            # Refused before writing anything: a retry whose first attempt did the work meets that work here (a
+            # 5xx is not looked up: the database may be what failed, and the client retries it with its key).
             recorded = await self.write.answered_before()
             if recorded is not None:
                 self.replaced = True

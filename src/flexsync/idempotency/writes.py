@@ -27,7 +27,7 @@ the records of what Stripe did commit between Stripe calls): those steps run in 
 answered is answered again before Stripe is asked anything. Work that must wait until the write has committed
 (deleting in Stripe what the write replaced) is handed to `after_commit`.
 
-A keyed request answered 4xx or 5xx without having written (a check before its write failed: the connection it
+A keyed request answered 4xx without having written (a check before its write failed: the connection it
 would create exists, the connection it would delete is gone) is answered from the key's record when there is one
 with its fingerprint: the middleware asks `answered_before`. So a retry whose first attempt did its work is
 answered as that attempt was, whatever the handler reads before its write.
