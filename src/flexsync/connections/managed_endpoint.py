@@ -345,12 +345,12 @@ async def _delete_strays(
     new connection whose write never committed (the process died in between, or the COMMIT was lost and the
     request not sent again). Stripe would deliver to it with a secret nobody holds. Endpoints made by hand are left
     alone (only `establish` replaces those, when asked)."""
-    candidates = {
-        e.id: e.metadata.get(stripe_endpoints.CONNECTION_METADATA_KEY)
+    known = {row.stripe_endpoint_id, *row.retiring_endpoint_ids}
+    made_for = {
+        e.id: e.metadata[stripe_endpoints.CONNECTION_METADATA_KEY]
         for e in listed
-        if e.url == row.url and e.id != row.stripe_endpoint_id and e.id not in row.retiring_endpoint_ids
+        if e.url == row.url and e.id not in known and e.metadata.get(stripe_endpoints.CONNECTION_METADATA_KEY)
     }
-    made_for = {endpoint_id: owner for endpoint_id, owner in candidates.items() if owner}
     if not made_for:
         return
     async with db.read() as session:
@@ -407,11 +407,8 @@ async def set_up(db: AppContext, connection_id: str, url: str, *, secret_key: st
     """`establish` for a request or a command, with a Stripe caller of its own; `secret_key`: a key the
     connection is about to take instead of its stored one."""
     account = await _account(db, connection_id, secret_key)
-    caller = StripeCaller(db.settings, db.sessions)
-    try:
+    async with StripeCaller(db.settings, db.sessions) as caller:
         await establish(db, caller, connection_id, account, url)
-    finally:
-        await caller.aclose()
 
 
 async def tear_down(db: AppContext, connection_id: str) -> None:
@@ -420,11 +417,8 @@ async def tear_down(db: AppContext, connection_id: str) -> None:
         if not await _has_managed_endpoint(session, connection_id):
             return
     account = await _account(db, connection_id, None)
-    caller = StripeCaller(db.settings, db.sessions)
-    try:
+    async with StripeCaller(db.settings, db.sessions) as caller:
         await remove(db, caller, connection_id, account)
-    finally:
-        await caller.aclose()
 
 
 async def sync_endpoint(db: AppContext, connection_id: str) -> dict[str, Any] | None:
@@ -470,6 +464,9 @@ async def create_connection(
     except BaseException:
         await _abandon(db, new)
         raise
+    log.info(
+        "webhook endpoint set up", connection_id=new.connection_id, endpoint_id=new.endpoint.id, replacing=new.replaces
+    )
     if new.replaces:
         await db.after_commit(lambda: _retire_replaced(db, new.connection_id))
     return connection
@@ -478,16 +475,16 @@ async def create_connection(
 async def _make_for_new(db: AppContext, data: ConnectionCreate, url: str) -> _NewEndpoint:
     connection_id = new_id("conn")
     account = unsaved_account(data.secret_key.get_secret_value())
-    caller = StripeCaller(db.settings, db.sessions)
     try:
-        listed = await stripe_endpoints.list_all(caller, account)
-        key = _idempotency_key(connection_id, 0, url)
-        description = _description(connection_id, data.name)
-        endpoint = await stripe_endpoints.create(caller, account, url, description, key, connection_id=connection_id)
+        async with StripeCaller(db.settings, db.sessions) as caller:
+            listed = await stripe_endpoints.list_all(caller, account)
+            key = _idempotency_key(connection_id, 0, url)
+            description = _description(connection_id, data.name)
+            endpoint = await stripe_endpoints.create(
+                caller, account, url, description, key, connection_id=connection_id
+            )
     except StripeCallFailed as failure:
         raise _refused(failure, "set up the Stripe webhook endpoint") from None
-    finally:
-        await caller.aclose()
     new = _NewEndpoint(connection_id, endpoint, [e.id for e in listed if e.url == url and e.id != endpoint.id], account)
     if not endpoint.secret:
         await _abandon(db, new)
@@ -504,31 +501,22 @@ def _row_for_new(box: SecretBox, connection: StripeConnection, new: _NewEndpoint
         connection_id=connection.id, managed=True, generation=1, retiring_endpoint_ids=sorted(new.replaces)
     )
     _note(row, new.endpoint, now)
-    log.info(
-        "webhook endpoint set up", connection_id=connection.id, endpoint_id=new.endpoint.id, replacing=new.replaces
-    )
     return row
 
 
 async def _abandon(db: AppContext, new: _NewEndpoint) -> None:
     """The connection was not saved: its endpoint goes from Stripe too (what fails, a later one replaces)."""
-    caller = StripeCaller(db.settings, db.sessions)
     try:
-        await stripe_endpoints.delete(caller, new.account, new.endpoint.id)
+        async with StripeCaller(db.settings, db.sessions) as caller:
+            await stripe_endpoints.delete(caller, new.account, new.endpoint.id)
     except Exception:
         log.warning("could not delete an unsaved connection's webhook endpoint", exc_info=True)
-    finally:
-        await caller.aclose()
 
 
 async def _retire_replaced(db: AppContext, connection_id: str) -> None:
     account = await _account(db, connection_id, None)
-    caller = StripeCaller(db.settings, db.sessions)
-    try:
-        async with _lease(db, connection_id):
-            await _retire(db, caller, connection_id, account)
-    finally:
-        await caller.aclose()
+    async with StripeCaller(db.settings, db.sessions) as caller, _lease(db, connection_id):
+        await _retire(db, caller, connection_id, account)
 
 
 async def shown(session: AsyncSession, connection: StripeConnection | None) -> dict[str, Any] | None:

@@ -70,11 +70,8 @@ async def verify_with_stripe(secret_key: str, db: AppContext) -> Verified:
     Through a StripeCaller like every Stripe request (metrics, classification); not rate limited, as the key
     belongs to no saved connection yet. Stripe's own error messages are not passed on: some quote the key.
     """
-    caller = StripeCaller(db.settings, db.sessions)
-    try:
+    async with StripeCaller(db.settings, db.sessions) as caller:
         return await _verify(caller, unsaved_account(secret_key))
-    finally:
-        await caller.aclose()
 
 
 async def _verify(caller: StripeCaller, account: StripeAccount) -> Verified:

@@ -48,7 +48,7 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from sqlalchemy import text
@@ -178,12 +178,24 @@ class RequestWrite:
             found = await repository.find(session, self.environment_id, self.key)
         if found is None:
             return
-        if found.created_at <= utcnow() - KEPT_FOR:
+        if _expired(found):
             await repository.forget(session, self.environment_id, self.key)
             return
+        self._answer_again(found)
+
+    def _answer_again(self, found: Any) -> NoReturn:
+        """The key's record (not expired): this request again is answered as then; another request is refused."""
         if found.fingerprint != self.fingerprint:
             raise _other_request()
         raise Replayed(_stored_answer(found))
+
+    async def replay_if_recorded(self) -> None:
+        """See the module-level `replay_if_recorded`."""
+        assert self.environment_id is not None and self.key is not None
+        async with self._sessions() as session:
+            found = await repository.find(session, self.environment_id, self.key)
+        if found is not None and not _expired(found):
+            self._answer_again(found)
 
     async def answered_before(self) -> Answer | None:
         """The recorded answer of an earlier request with the key and this request's fingerprint, if there is one:
@@ -198,7 +210,7 @@ class RequestWrite:
                 found = await repository.find(session, self.environment_id, self.key)
         except Exception:
             return None
-        if found is None or found.fingerprint != self.fingerprint or found.created_at <= utcnow() - KEPT_FOR:
+        if found is None or found.fingerprint != self.fingerprint or _expired(found):
             return None
         return _stored_answer(found)
 
@@ -285,6 +297,10 @@ def _other_request() -> APIError:
     )
 
 
+def _expired(found: Any) -> bool:
+    return bool(found.created_at <= utcnow() - KEPT_FOR)
+
+
 def _stored_answer(found: Any) -> Answer:
     headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in found.headers]
     return Answer(found.status_code, [*headers, (REPLAYED_HEADER.lower().encode(), b"true")], found.body)
@@ -333,16 +349,8 @@ async def replay_if_recorded() -> None:
     before the write commits): when the request was made before under its key, answer as then (`Replayed`) or
     refuse another request under the key (400), before anything runs again. A no-op without a key."""
     write = keyed_write()
-    if write is None or write.writing:
-        return
-    assert write.environment_id is not None and write.key is not None
-    async with write._sessions() as session:
-        found = await repository.find(session, write.environment_id, write.key)
-    if found is None or found.created_at <= utcnow() - KEPT_FOR:
-        return
-    if found.fingerprint != write.fingerprint:
-        raise _other_request()
-    raise Replayed(_stored_answer(found))
+    if write is not None and not write.writing:
+        await write.replay_if_recorded()
 
 
 def pending_session() -> AsyncSession | None:

@@ -53,7 +53,9 @@ class Worker:
         self.concurrency = concurrency
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._caller = StripeCaller(db.settings, db.sessions)
-        self._context = WorkerContext(db, self._caller, self.id, self._retry_or_fail, lambda: self._stopping)
+        # Set once the worker is stopping: loops end, sweeps hand their work back (WorkerContext.stopping).
+        self._stopped = asyncio.Event()
+        self._context = WorkerContext(db, self._caller, self.id, self._retry_or_fail, self._stopped.is_set)
         sweeps = [sweep for sweep in registry.sweeps if sweep.enabled(self.settings)]
         self._tick_sweeps = [sweep for sweep in sweeps if not sweep.own_task]
         self._task_sweeps = [sweep for sweep in sweeps if sweep.own_task]
@@ -62,11 +64,9 @@ class Worker:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._sweep_tasks: list[asyncio.Task[None]] = []
-        self._stopped = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
         self._listener_retry_at = 0.0
         self._stop_local_wake: Callable[[], None] | None = None
-        self._stopping = False
         self._last_empty_claim = 0.0
 
     def wake(self) -> None:
@@ -86,7 +86,6 @@ class Worker:
 
     async def stop(self) -> None:
         """Stop claiming, let running jobs and sweeps finish for a few seconds, then hand the rest back."""
-        self._stopping = True
         self._stopped.set()
         if self._stop_local_wake is not None:
             self._stop_local_wake()
@@ -140,7 +139,7 @@ class Worker:
             await self._sweep(sweep)
 
     async def _sweep_loop(self, sweep: Sweep) -> None:
-        while not self._stopping:
+        while not self._stopped.is_set():
             await self._sweep(sweep)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), timeout=sweep.every(self.settings))
@@ -152,7 +151,7 @@ class Worker:
             log.exception(sweep.name + " failed", worker=self.id)
 
     async def _loop(self) -> None:
-        while not self._stopping:
+        while not self._stopped.is_set():
             self._wakeup.clear()
             try:
                 await self.tick()
@@ -187,7 +186,7 @@ class Worker:
 
     async def _ensure_listener(self) -> None:
         """On PostgreSQL, LISTEN on a dedicated connection; reconnect (at most once per poll) if it dropped."""
-        if self.db.engine.dialect.name != "postgresql" or self._stopping:
+        if self.db.engine.dialect.name != "postgresql" or self._stopped.is_set():
             return
         if self._listener is not None and not self._listener.is_closed():
             return

@@ -120,3 +120,10 @@ class StripeCaller:
 
     async def aclose(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]
+
+    async def __aenter__(self) -> StripeCaller:
+        """`async with StripeCaller(...) as caller:` for a caller of one request or command, closed at the end."""
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()

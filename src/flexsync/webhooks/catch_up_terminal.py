@@ -31,13 +31,12 @@ async def catch_up_in_foreground(
     on_progress: Progress | None = None,
 ) -> Report:
     db = open_context(settings, max_connections=min(settings.database_max_connections, MAX_CONNECTIONS))
-    caller = StripeCaller(db.settings, db.sessions)
     try:
-        return await run_catch_up(
-            db, caller, connection_id, new_holder("cli"), since=since, on_progress=on_progress, on_gap=on_gap
-        )
+        async with StripeCaller(db.settings, db.sessions) as caller:
+            return await run_catch_up(
+                db, caller, connection_id, new_holder("cli"), since=since, on_progress=on_progress, on_gap=on_gap
+            )
     finally:
-        await caller.aclose()
         await db.engine.dispose()
 
 

@@ -163,8 +163,7 @@ async def _apply_with_stripe_state(
     # Through a StripeCaller like every other Stripe request: the connection's shared rate limit, metrics.
     async with contextlib.AsyncExitStack() as own:
         if caller is None:
-            caller = StripeCaller(db.settings, db.sessions)
-            own.push_async_callback(caller.aclose)
+            caller = await own.enter_async_context(StripeCaller(db.settings, db.sessions))
         for connection_id, stripe_ids in by_connection.items():
             async with db.read() as session:
                 connection = await session.get(StripeConnection, connection_id)
